@@ -1,0 +1,28 @@
+//! netd: multi-tenant virtual networking in userspace.
+//!
+//! A hosting provider runs many virtual servers on one Linux host. netd gives each its own
+//! network namespace whose only interface (`eth0`) is the kernel side of a TAP that netd holds,
+//! switches Ethernet frames between those TAPs inside per-tenant isolated L2 domains, and
+//! shapes each tenant to its guaranteed rate, lending unused bandwidth by weight.
+//!
+//! ```text
+//!  virtual server ns ──TAP──► port.read ─► wire: typed views over the bytes (no copy)
+//!    ─► switch::guard: anti-spoof (src MAC / IPv4 / ARP sender / IPv6 == the port's)
+//!    ─► switch::forward: tenant's MAC→port table; broadcast/multicast → tenant's other ports
+//!    ─► shaper: charge the sending tenant; send now or queue (bounded)
+//!    ─► port.write ──TAP──► destination virtual server ns
+//! ```
+//!
+//! Layers and their contracts:
+//! - [`topology`]: file → validated typed model; every error names file, key and value.
+//! - [`wire`]: frame views; parsing never panics or allocates.
+//! - [`switch`]: pure forwarding decisions; never crosses tenants.
+//! - [`shaper`]: pure token-bucket hierarchy with an injected clock.
+//! - [`kernel`]: the only `unsafe` code: TAP ioctls, namespaces, links; start-up rolls back.
+//! - [`datapath`]: the event loop tying ports, switch and shaper together.
+//! - [`stats`]: counters and drop reasons.
+
+pub mod stats;
+pub mod switch;
+pub mod topology;
+pub mod wire;

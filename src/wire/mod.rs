@@ -1,0 +1,5 @@
+//! Wire formats: typed, checked views over frame bytes.
+
+pub mod mac;
+
+pub use mac::MacAddr;
