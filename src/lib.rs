@@ -26,3 +26,8 @@ pub mod stats;
 pub mod switch;
 pub mod topology;
 pub mod wire;
+pub mod daemon;
+pub mod datapath;
+pub mod kernel;
+pub mod port;
+pub mod pool;

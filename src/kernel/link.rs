@@ -1,0 +1,37 @@
+//! Configure a server's `eth0` inside its namespace: MAC, MTU, addresses, link state.
+
+use std::fmt::Write;
+
+use super::{KernelError, SERVER_IFNAME, ip_command};
+use crate::topology::Server;
+
+/// Render the iproute2 batch that gives `eth0` the server's identity and brings it and `lo` up.
+fn batch(server: &Server) -> String {
+    let mut cmds = String::new();
+    // The MAC must be set while the link is down; `eui64` makes the kernel derive the
+    // link-local address from the MAC, which is the one the switch's guard allows.
+    let _ = writeln!(
+        cmds,
+        "link set dev {SERVER_IFNAME} address {} mtu {} addrgenmode eui64",
+        server.mac, server.mtu
+    );
+    let _ = writeln!(cmds, "address add {} dev {SERVER_IFNAME}", server.ip);
+    if let Some(ipv6) = server.ipv6 {
+        // nodad: the switch already guarantees the address is unique in the tenant.
+        let _ = writeln!(cmds, "address add {ipv6} dev {SERVER_IFNAME} nodad");
+    }
+    let _ = writeln!(cmds, "link set dev {SERVER_IFNAME} up");
+    let _ = writeln!(cmds, "link set dev lo up");
+    cmds
+}
+
+/// Apply [`batch`] inside the server's namespace with one `ip` process.
+pub fn configure(server: &Server) -> Result<(), KernelError> {
+    ip_command(&["-n", &server.netns, "-batch", "-"], Some(&batch(server))).map_err(|detail| {
+        KernelError::ConfigureLink {
+            server: server.name.clone(),
+            netns: server.netns.clone(),
+            detail,
+        }
+    })
+}

@@ -1,0 +1,164 @@
+//! Kernel plumbing: namespaces, TAPs and their links. All `unsafe` lives in [`sys`].
+//!
+//! Contract: [`bring_up`] either creates every server's namespace, TAP and address, or
+//! nothing: a failure half-way rolls back what it had created. The returned [`Plumbing`] owns
+//! the TAP fds; dropping it (or calling [`Plumbing::tear_down`]) closes the TAPs first, which
+//! removes them, then deletes the namespaces netd created, and only those.
+//!
+//! Links are configured with iproute2 (`ip -n NS -batch -`, one process per server) rather
+//! than raw netlink: it is the tool operators debug with, it handles the `/run/netns` mount
+//! dance, and it keeps this module free of hand-written netlink encoding. See `link.rs`.
+
+mod link;
+pub mod netns;
+pub mod sys;
+
+use std::fs::File;
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use tracing::{debug, info, warn};
+
+use crate::topology::{PortId, Topology};
+
+/// Name of each server's interface inside its namespace.
+pub const SERVER_IFNAME: &str = "eth0";
+
+/// Why the kernel side of a topology could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    #[error("netd must run as root (it creates network namespaces and TAP devices)")]
+    NotRoot,
+    #[error("Cannot open {path}: load the tun module or run where TAP devices are allowed", path = sys::TUN_PATH)]
+    NoTunDevice(#[source] std::io::Error),
+    #[error("Cannot run `ip` (install iproute2)")]
+    NoIpTool(#[source] std::io::Error),
+    #[error("Network namespace(s) already exist, refusing to touch them: {}", .0.join(", "))]
+    NamespacesExist(Vec<String>),
+    #[error("Cannot create network namespace {netns:?}: {detail}")]
+    CreateNamespace { netns: String, detail: String },
+    #[error("Cannot delete network namespace {netns:?}: {detail}")]
+    DeleteNamespace { netns: String, detail: String },
+    #[error("Cannot create the TAP of server {server:?} in namespace {netns:?}")]
+    CreateTap {
+        server: String,
+        netns: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("Cannot configure {SERVER_IFNAME} of server {server:?} in namespace {netns:?}: {detail}")]
+    ConfigureLink { server: String, netns: String, detail: String },
+}
+
+/// One server's TAP, held open by netd.
+#[derive(Debug)]
+pub struct ServerTap {
+    pub port: PortId,
+    pub file: File,
+}
+
+/// Everything netd created in the kernel for a topology; dropping it removes all of it.
+#[derive(Debug, Default)]
+pub struct Plumbing {
+    taps: Vec<ServerTap>,
+    namespaces: Vec<String>,
+}
+
+impl Plumbing {
+    /// Hand the TAP files to the data path (namespaces stay owned here for tear-down).
+    pub fn take_taps(&mut self) -> Vec<ServerTap> {
+        std::mem::take(&mut self.taps)
+    }
+
+    /// Return the namespaces netd created, in creation order.
+    pub fn namespaces(&self) -> &[String] {
+        &self.namespaces
+    }
+
+    /// Close the TAPs, then delete the namespaces netd created; log what could not be removed.
+    pub fn tear_down(&mut self) {
+        // TAP fds pin their namespace; close them first so deleting the name frees it.
+        self.taps.clear();
+        for name in self.namespaces.drain(..).rev() {
+            match netns::delete(&name) {
+                Ok(()) => debug!(netns = %name, "deleted namespace"),
+                Err(err) => warn!(netns = %name, cause = %err, "namespace left behind"),
+            }
+        }
+    }
+}
+
+impl Drop for Plumbing {
+    fn drop(&mut self) {
+        self.tear_down();
+    }
+}
+
+/// Check, before creating anything, that netd can build this topology on this host.
+pub fn preflight(topology: &Topology) -> Result<(), KernelError> {
+    if !sys::is_root() {
+        return Err(KernelError::NotRoot);
+    }
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(sys::TUN_PATH)
+        .map_err(KernelError::NoTunDevice)?;
+    Command::new("ip")
+        .arg("-V")
+        .stdout(Stdio::null())
+        .status()
+        .map_err(KernelError::NoIpTool)?;
+    let clashes: Vec<String> = topology
+        .servers
+        .iter()
+        .filter(|s| netns::exists(&s.netns))
+        .map(|s| s.netns.clone())
+        .collect();
+    if !clashes.is_empty() {
+        return Err(KernelError::NamespacesExist(clashes));
+    }
+    Ok(())
+}
+
+/// Create every server's namespace and TAP and configure its link; all or nothing.
+pub fn bring_up(topology: &Topology) -> Result<Plumbing, KernelError> {
+    preflight(topology)?;
+    // On any error below, `plumbing` drops and removes what was already created.
+    let mut plumbing = Plumbing::default();
+    for server in &topology.servers {
+        netns::create(&server.netns)?;
+        plumbing.namespaces.push(server.netns.clone());
+        let file = netns::run_in(&server.netns, || sys::open_tap(SERVER_IFNAME).map(File::from))
+            .map_err(|source| KernelError::CreateTap {
+                server: server.name.clone(),
+                netns: server.netns.clone(),
+                source,
+            })?;
+        plumbing.taps.push(ServerTap { port: server.id, file });
+        link::configure(server)?;
+        debug!(server = %server.name, netns = %server.netns, mac = %server.mac, ip = %server.ip, "server plumbed");
+    }
+    info!(servers = topology.servers.len(), "created namespaces and TAPs");
+    Ok(plumbing)
+}
+
+/// Run `ip ARGS` (with `stdin` fed to it when given); on failure return its stderr.
+fn ip_command(args: &[&str], stdin: Option<&str>) -> Result<(), String> {
+    let mut child = Command::new("ip")
+        .args(args)
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run ip: {e}"))?;
+    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        pipe.write_all(input.as_bytes()).map_err(|e| format!("cannot feed ip: {e}"))?;
+    }
+    let output = child.wait_with_output().map_err(|e| format!("ip failed: {e}"))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&output.stderr).trim().to_string())
+    }
+}

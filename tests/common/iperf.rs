@@ -1,0 +1,92 @@
+//! iperf3 inside namespaces: a server guard and a JSON-parsed client run.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// An `iperf3 -s` running in a namespace; killed on drop.
+pub struct IperfServer {
+    child: Child,
+}
+
+impl IperfServer {
+    /// Start an iperf3 server in `ns` on `port`, and give it a moment to listen.
+    pub fn start(ns: &str, port: u16) -> IperfServer {
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns, "iperf3", "-s", "-p", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn iperf3 -s (apt-get install iperf3)");
+        std::thread::sleep(Duration::from_millis(300));
+        IperfServer { child }
+    }
+}
+
+impl Drop for IperfServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The parts of `iperf3 -J` output the tests read.
+#[derive(Debug, Deserialize)]
+pub struct IperfReport {
+    pub end: IperfEnd,
+    #[serde(default)]
+    pub intervals: Vec<IperfInterval>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct IperfEnd {
+    pub sum_received: Option<IperfSum>,
+    pub sum_sent: Option<IperfSum>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct IperfInterval {
+    pub sum: IperfSum,
+}
+
+#[derive(Debug, Deserialize, Clone)]
+pub struct IperfSum {
+    pub bits_per_second: f64,
+    #[serde(default)]
+    pub retransmits: Option<u64>,
+    #[serde(default)]
+    pub start: f64,
+    #[serde(default)]
+    pub end: f64,
+}
+
+impl IperfReport {
+    /// Receiver goodput in bit/s.
+    pub fn received_bps(&self) -> f64 {
+        self.end.sum_received.as_ref().map(|s| s.bits_per_second).unwrap_or(0.0)
+    }
+}
+
+/// Start `iperf3 -c target` from `ns` for `secs` seconds (omitting the first `omit`).
+pub fn client(ns: &str, target: &str, port: u16, secs: u32, omit: u32, flows: u32) -> Child {
+    Command::new("ip")
+        .args(["netns", "exec", ns, "iperf3", "-J", "-c", target])
+        .args(["-p", &port.to_string(), "-t", &secs.to_string(), "-O", &omit.to_string()])
+        .args(["-P", &flows.to_string(), "--connect-timeout", "3000"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn iperf3 -c")
+}
+
+/// Wait for a client and parse its report.
+pub fn report(child: Child) -> IperfReport {
+    let out = child.wait_with_output().expect("wait for iperf3");
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(&text).unwrap_or_else(|e| {
+        panic!("iperf3 output is not a report ({e}): {text}\n{}", String::from_utf8_lossy(&out.stderr))
+    })
+}

@@ -1,0 +1,248 @@
+//! Helpers for privileged integration tests: unique names, a daemon guard, namespace exec.
+//!
+//! Every name a test creates starts with a per-run prefix (`nt` + 5 hex digits), and every
+//! guard removes what it made in `Drop`, so a failing or panicking test leaves nothing behind
+//! and a leftover from a killed run cannot clash with the next one.
+#![allow(dead_code)] // each test binary uses a different subset
+
+pub mod iperf;
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Fail with a clear message unless we run as root with /dev/net/tun and iproute2.
+pub fn require_privileges() {
+    // SAFETY-free check: `id -u` avoids unsafe in tests.
+    let uid = Command::new("id").arg("-u").output().expect("run id -u");
+    let uid = String::from_utf8_lossy(&uid.stdout).trim().to_string();
+    assert_eq!(
+        uid, "0",
+        "this test creates network namespaces and TAP devices: run it as root (e.g. `sudo -E cargo test`)"
+    );
+    assert!(
+        std::path::Path::new("/dev/net/tun").exists(),
+        "this test needs /dev/net/tun (modprobe tun)"
+    );
+    for tool in ["ip", "ping"] {
+        assert!(
+            Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output().map(|o| o.status.success()).unwrap_or(false),
+            "this test needs `{tool}`: run .ci/run or apt-get install iproute2 iputils-ping"
+        );
+    }
+}
+
+/// Return a fresh name prefix, unique per process and call: `nt` + 5 hex digits.
+pub fn unique_prefix() -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().subsec_nanos();
+    let mix = std::process::id()
+        .wrapping_mul(2_654_435_761)
+        .wrapping_add(nanos)
+        .wrapping_add(COUNTER.fetch_add(1, Ordering::Relaxed).wrapping_mul(40_503));
+    format!("nt{:05x}", mix & 0xfffff)
+}
+
+/// Path of the netd binary cargo built for these tests.
+pub fn netd_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_netd"))
+}
+
+/// A topology written to a temp file, with `{p}` in the template replaced by a unique prefix.
+pub struct TestTopology {
+    pub prefix: String,
+    pub path: PathBuf,
+}
+
+impl TestTopology {
+    /// Write `template` (TOML with `{p}` placeholders) under a fresh prefix.
+    pub fn new(template: &str) -> TestTopology {
+        let prefix = unique_prefix();
+        let dir = std::env::temp_dir().join("netd-tests");
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("{prefix}.toml"));
+        std::fs::write(&path, template.replace("{p}", &prefix)).unwrap();
+        TestTopology { prefix, path }
+    }
+
+    /// Return `{prefix}-{name}`, the name a template's `{p}-{name}` became.
+    pub fn name(&self, name: &str) -> String {
+        format!("{}-{}", self.prefix, name)
+    }
+}
+
+impl Drop for TestTopology {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+        // Whatever happened, leave no namespace of this run behind.
+        for ns in namespaces_with_prefix(&self.prefix) {
+            let _ = Command::new("ip").args(["netns", "delete", &ns]).status();
+        }
+    }
+}
+
+/// List the named namespaces whose name starts with `prefix`.
+pub fn namespaces_with_prefix(prefix: &str) -> Vec<String> {
+    let out = Command::new("ip").args(["netns", "list"]).output().expect("ip netns list");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with(prefix))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Return true when namespace `ns` exists.
+pub fn netns_exists(ns: &str) -> bool {
+    std::path::Path::new("/run/netns").join(ns).exists()
+}
+
+/// Run `cmd` inside namespace `ns`.
+pub fn exec(ns: &str, cmd: &[&str]) -> Output {
+    Command::new("ip")
+        .args(["netns", "exec", ns])
+        .args(cmd)
+        .stdin(Stdio::null())
+        .output()
+        .expect("ip netns exec")
+}
+
+/// Run a shell command line inside namespace `ns`; return (success, stdout+stderr).
+pub fn sh(ns: &str, script: &str) -> (bool, String) {
+    let out = exec(ns, &["sh", "-c", script]);
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+/// Ping `target` from `ns` (`count` echo requests, 1 s deadline each); true if any reply came.
+pub fn ping(ns: &str, target: &str, count: u32) -> bool {
+    exec(ns, &["ping", "-n", "-q", "-c", &count.to_string(), "-W", "1", "-i", "0.2", target])
+        .status
+        .success()
+}
+
+/// A running `netd up`; dropping it stops the daemon (SIGTERM, then SIGKILL) and reaps it.
+pub struct Daemon {
+    child: Option<Child>,
+    lines: Arc<Mutex<Vec<String>>>,
+    rx: Receiver<String>,
+}
+
+impl Daemon {
+    /// Start `netd up FILE` with JSON logs and wait until it reports "netd is up".
+    pub fn start(topology: &TestTopology, extra: &[&str]) -> Daemon {
+        let mut daemon = Daemon::spawn(topology, extra);
+        daemon
+            .wait_for("netd is up", Duration::from_secs(30))
+            .unwrap_or_else(|| panic!("netd did not come up; its log:\n{}", daemon.log()));
+        daemon
+    }
+
+    /// Start `netd up FILE` without waiting.
+    pub fn spawn(topology: &TestTopology, extra: &[&str]) -> Daemon {
+        let mut child = Command::new(netd_bin())
+            .args(["--log-format", "json", "up"])
+            .arg(&topology.path)
+            .args(extra)
+            .env("NETD_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn netd");
+        let stderr = child.stderr.take().unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = channel();
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line.clone());
+                let _ = tx.send(line);
+            }
+        });
+        Daemon { child: Some(child), lines, rx }
+    }
+
+    /// Wait until a log line containing `needle` appears; return it.
+    pub fn wait_for(&mut self, needle: &str, timeout: Duration) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        if let Some(line) = self.lines.lock().unwrap().iter().find(|l| l.contains(needle)) {
+            return Some(line.clone());
+        }
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return Some(line),
+                Ok(_) => {}
+                Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => return None,
+            }
+        }
+    }
+
+    /// Return everything the daemon logged so far.
+    pub fn log(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+
+    /// Send SIGTERM and wait for exit (10 s at most); return the exit code.
+    pub fn stop(&mut self) -> Option<i32> {
+        let mut child = self.child.take()?;
+        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                // Let the reader thread collect the last lines.
+                std::thread::sleep(Duration::from_millis(50));
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Wait for the daemon to exit on its own (10 s at most); return the exit code.
+    pub fn wait_exit(&mut self) -> Option<i32> {
+        let mut child = self.child.take()?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                std::thread::sleep(Duration::from_millis(50));
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// After [`Daemon::stop`], return the shutdown drop counters logged for one server.
+    pub fn port_drops(&self, server: &str) -> String {
+        let log = self.log();
+        log.lines()
+            .filter(|l| l.contains("\"port counters\"") && l.contains(&format!("\"server\":\"{server}\"")))
+            .last()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).expect("JSON log line");
+                v["fields"]["drops"].as_str().unwrap_or_default().to_string()
+            })
+            .unwrap_or_else(|| panic!("no counters logged for {server}; log:\n{log}"))
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
