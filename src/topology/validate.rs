@@ -25,6 +25,8 @@
 //! Defaults: tenant ceiling = capacity, weight 1, netns = server name, MTU 1500.
 
 use std::collections::BTreeMap;
+#[cfg(test)]
+use std::collections::BTreeSet;
 use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
@@ -760,5 +762,435 @@ fn check_ipv6(text: &str) -> Result<Ipv6Network, ErrorKind> {
         Err(ErrorKind::LinkLocalIpv6)
     } else {
         Ok(net)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::mem::discriminant;
+
+    use rstest::rstest;
+
+    use super::*;
+    use crate::topology::parse;
+
+    /// A valid topology using every key; each test breaks one thing.
+    const BASE: &str = r#"
+[host]
+capacity = "1gbit"
+
+[tenants.acme]
+guaranteed = "600mbit"
+ceiling = "1gbit"
+weight = 2
+
+[tenants.globex]
+guaranteed = "300mbit"
+
+[servers.acme-web]
+tenant = "acme"
+ip = "10.1.0.10/24"
+mac = "02:00:00:00:01:0a"
+netns = "acme-web"
+ipv6 = "fd00::10/64"
+mtu = 1500
+guaranteed = "100mbit"
+ceiling = "500mbit"
+
+[servers.acme-db]
+tenant = "acme"
+ip = "10.1.0.11/24"
+
+[servers.globex-web]
+tenant = "globex"
+ip = "10.1.0.10/24"
+"#;
+
+    const PATH: &str = "topology/base.toml";
+
+    fn mbit(n: u64) -> Rate {
+        Rate::from_bits_per_sec(n * 1_000_000)
+    }
+
+    /// Apply each (from, to) replacement to BASE; every `from` must occur exactly once.
+    fn mutate(edits: &[(&str, &str)]) -> String {
+        let mut text = BASE.to_string();
+        for (from, to) in edits {
+            assert_eq!(text.matches(from).count(), 1, "{from:?} must occur once");
+            text = text.replace(from, to);
+        }
+        text
+    }
+
+    fn errors(text: &str) -> Vec<ValidationError> {
+        match parse(Path::new(PATH), text) {
+            Ok(t) => panic!("expected errors, got {t:#?}"),
+            Err(errors) => errors,
+        }
+    }
+
+    fn topology(text: &str) -> Topology {
+        match parse(Path::new(PATH), text) {
+            Ok(t) => t,
+            Err(errors) => panic!("expected a topology, got {errors:#?}"),
+        }
+    }
+
+    #[test]
+    fn base_is_valid() {
+        topology(BASE);
+    }
+
+    /// One broken rule gives exactly one error, of that kind, at that key.
+    #[rstest]
+    // Reading the TOML.
+    #[case::unknown_key(&[("mtu = 1500", "mtu = 1500\ncolour = \"blue\"")], "servers.acme-web.colour", ErrorKind::UnknownKey { expected: String::new() })]
+    #[case::unknown_table(&[("[host]", "[hosts.x]\ny = 1\n[host]")], "hosts", ErrorKind::UnknownKey { expected: String::new() })]
+    #[case::wrong_type(&[("mtu = 1500", "mtu = \"big\"")], "servers.acme-web.mtu", ErrorKind::WrongType { message: String::new() })]
+    #[case::wrong_type_string(&[("ip = \"10.1.0.11/24\"", "ip = 10")], "servers.acme-db.ip", ErrorKind::WrongType { message: String::new() })]
+    // Structure.
+    #[case::missing_host(&[("[host]\ncapacity = \"1gbit\"\n", "")], "host", ErrorKind::MissingKey)]
+    #[case::missing_capacity(&[("capacity = \"1gbit\"", "")], "host.capacity", ErrorKind::MissingKey)]
+    #[case::missing_tenant_guarantee(&[("guaranteed = \"300mbit\"", "")], "tenants.globex.guaranteed", ErrorKind::MissingKey)]
+    #[case::missing_server_tenant(&[("tenant = \"globex\"", "")], "servers.globex-web.tenant", ErrorKind::MissingKey)]
+    #[case::missing_server_ip(&[("ip = \"10.1.0.11/24\"", "")], "servers.acme-db.ip", ErrorKind::MissingKey)]
+    #[case::unknown_tenant(&[("tenant = \"globex\"", "tenant = \"initech\"")], "servers.globex-web.tenant", ErrorKind::UnknownTenant)]
+    // Rates.
+    #[case::malformed_capacity(&[("capacity = \"1gbit\"", "capacity = \"fast\"")], "host.capacity", ErrorKind::MalformedRate { reason: String::new() })]
+    #[case::unknown_unit(&[("guaranteed = \"300mbit\"", "guaranteed = \"300mb\"")], "tenants.globex.guaranteed", ErrorKind::MalformedRate { reason: String::new() })]
+    #[case::malformed_server_rate(&[("guaranteed = \"100mbit\"", "guaranteed = \"lots\"")], "servers.acme-web.guaranteed", ErrorKind::MalformedRate { reason: String::new() })]
+    #[case::zero_capacity(&[("capacity = \"1gbit\"", "capacity = \"0gbit\"")], "host.capacity", ErrorKind::NonPositiveRate)]
+    #[case::zero_guarantee(&[("guaranteed = \"300mbit\"", "guaranteed = \"0mbit\"")], "tenants.globex.guaranteed", ErrorKind::NonPositiveRate)]
+    #[case::negative_ceiling(&[("ceiling = \"1gbit\"", "ceiling = \"-1gbit\"")], "tenants.acme.ceiling", ErrorKind::NonPositiveRate)]
+    #[case::zero_server_guarantee(&[("guaranteed = \"100mbit\"", "guaranteed = \"0bit\"")], "servers.acme-web.guaranteed", ErrorKind::NonPositiveRate)]
+    #[case::zero_server_ceiling(&[("ceiling = \"500mbit\"", "ceiling = \"0kbit\"")], "servers.acme-web.ceiling", ErrorKind::NonPositiveRate)]
+    #[case::ceiling_below_guarantee(&[("ceiling = \"1gbit\"", "ceiling = \"500mbit\"")], "tenants.acme.ceiling", ErrorKind::CeilingBelowGuarantee { guaranteed: mbit(600) })]
+    #[case::ceiling_above_capacity(&[("ceiling = \"1gbit\"", "ceiling = \"2gbit\"")], "tenants.acme.ceiling", ErrorKind::CeilingAboveCapacity { capacity: mbit(1000) })]
+    #[case::guarantees_above_capacity(&[("guaranteed = \"300mbit\"", "guaranteed = \"500mbit\"")], "tenants", ErrorKind::GuaranteesExceedCapacity { sum: mbit(1100), capacity: mbit(1000) })]
+    #[case::server_guarantees_above_tenant(&[("ip = \"10.1.0.11/24\"", "ip = \"10.1.0.11/24\"\nguaranteed = \"550mbit\"")], "tenants.acme.guaranteed", ErrorKind::ServerGuaranteesExceedTenant { sum: mbit(650) })]
+    #[case::server_ceiling_above_tenant(&[("ceiling = \"500mbit\"", "ceiling = \"2gbit\"")], "servers.acme-web.ceiling", ErrorKind::ServerCeilingAboveTenant { ceiling: mbit(1000) })]
+    #[case::server_ceiling_below_guarantee(&[("ceiling = \"500mbit\"", "ceiling = \"50mbit\"")], "servers.acme-web.ceiling", ErrorKind::CeilingBelowGuarantee { guaranteed: mbit(100) })]
+    #[case::weight_zero(&[("weight = 2", "weight = 0")], "tenants.acme.weight", ErrorKind::InvalidWeight)]
+    #[case::weight_negative(&[("weight = 2", "weight = -1")], "tenants.acme.weight", ErrorKind::InvalidWeight)]
+    #[case::weight_huge(&[("weight = 2", "weight = 4294967296")], "tenants.acme.weight", ErrorKind::InvalidWeight)]
+    #[case::weight_float(&[("weight = 2", "weight = 1.5")], "tenants.acme.weight", ErrorKind::WrongType { message: String::new() })]
+    #[case::weight_string(&[("weight = 2", "weight = \"two\"")], "tenants.acme.weight", ErrorKind::WrongType { message: String::new() })]
+    // MACs.
+    #[case::malformed_mac(&[("02:00:00:00:01:0a", "02:00:00:00:01")], "servers.acme-web.mac", ErrorKind::MalformedMac)]
+    #[case::malformed_mac_hex(&[("02:00:00:00:01:0a", "02:00:00:00:01:zz")], "servers.acme-web.mac", ErrorKind::MalformedMac)]
+    #[case::multicast_mac(&[("02:00:00:00:01:0a", "01:00:5e:00:00:01")], "servers.acme-web.mac", ErrorKind::MulticastMac)]
+    #[case::broadcast_mac(&[("02:00:00:00:01:0a", "ff:ff:ff:ff:ff:ff")], "servers.acme-web.mac", ErrorKind::MulticastMac)]
+    #[case::zero_mac(&[("02:00:00:00:01:0a", "00:00:00:00:00:00")], "servers.acme-web.mac", ErrorKind::ZeroMac)]
+    // acme-db sorts first, so the second holder of the MAC is acme-web.
+    #[case::duplicate_mac(&[("ip = \"10.1.0.11/24\"", "ip = \"10.1.0.11/24\"\nmac = \"02:00:00:00:01:0A\"")], "servers.acme-web.mac", ErrorKind::DuplicateMac { other: "acme-db".into() })]
+    #[case::duplicate_mac_across_tenants(&[("[servers.globex-web]", "[servers.globex-web]\nmac = \"02:00:00:00:01:0a\"")], "servers.globex-web.mac", ErrorKind::DuplicateMac { other: "acme-web".into() })]
+    // IPv4.
+    #[case::ip_without_prefix(&[("10.1.0.11/24", "10.1.0.11")], "servers.acme-db.ip", ErrorKind::MalformedIp { reason: String::new() })]
+    #[case::ip_prefix_too_long(&[("10.1.0.11/24", "10.1.0.11/33")], "servers.acme-db.ip", ErrorKind::MalformedIp { reason: String::new() })]
+    #[case::ip_bad_octet(&[("10.1.0.11/24", "10.1.0.300/24")], "servers.acme-db.ip", ErrorKind::MalformedIp { reason: String::new() })]
+    #[case::ip_empty_prefix(&[("10.1.0.11/24", "10.1.0.11/")], "servers.acme-db.ip", ErrorKind::MalformedIp { reason: String::new() })]
+    #[case::ip_signed_prefix(&[("10.1.0.11/24", "10.1.0.11/+4")], "servers.acme-db.ip", ErrorKind::MalformedIp { reason: String::new() })]
+    #[case::ip_is_ipv6(&[("10.1.0.11/24", "fd00::1/64")], "servers.acme-db.ip", ErrorKind::MalformedIp { reason: String::new() })]
+    #[case::ip_network(&[("10.1.0.11/24", "10.1.0.0/24")], "servers.acme-db.ip", ErrorKind::NetworkAddress)]
+    #[case::ip_broadcast(&[("10.1.0.11/24", "10.1.0.255/24")], "servers.acme-db.ip", ErrorKind::BroadcastAddress)]
+    #[case::ip_limited_broadcast(&[("10.1.0.11/24", "255.255.255.255/32")], "servers.acme-db.ip", ErrorKind::BroadcastAddress)]
+    #[case::ip_multicast(&[("10.1.0.11/24", "224.0.0.5/24")], "servers.acme-db.ip", ErrorKind::MulticastIp)]
+    #[case::ip_unspecified(&[("10.1.0.11/24", "0.0.0.0/8")], "servers.acme-db.ip", ErrorKind::UnspecifiedIp)]
+    #[case::ip_loopback(&[("10.1.0.11/24", "127.0.0.1/8")], "servers.acme-db.ip", ErrorKind::LoopbackIp)]
+    #[case::ip_duplicate(&[("10.1.0.11/24", "10.1.0.10/24")], "servers.acme-web.ip", ErrorKind::DuplicateIp { other: "acme-db".into() })]
+    #[case::ip_duplicate_other_prefix(&[("10.1.0.11/24", "10.1.0.10/16")], "servers.acme-web.ip", ErrorKind::DuplicateIp { other: "acme-db".into() })]
+    // IPv6.
+    #[case::ipv6_without_prefix(&[("fd00::10/64", "fd00::10")], "servers.acme-web.ipv6", ErrorKind::MalformedIp { reason: String::new() })]
+    #[case::ipv6_prefix_too_long(&[("fd00::10/64", "fd00::10/129")], "servers.acme-web.ipv6", ErrorKind::MalformedIp { reason: String::new() })]
+    #[case::ipv6_bad(&[("fd00::10/64", "fd00::zz/64")], "servers.acme-web.ipv6", ErrorKind::MalformedIp { reason: String::new() })]
+    #[case::ipv6_multicast(&[("fd00::10/64", "ff02::1/64")], "servers.acme-web.ipv6", ErrorKind::MulticastIp)]
+    #[case::ipv6_unspecified(&[("fd00::10/64", "::/64")], "servers.acme-web.ipv6", ErrorKind::UnspecifiedIp)]
+    #[case::ipv6_loopback(&[("fd00::10/64", "::1/128")], "servers.acme-web.ipv6", ErrorKind::LoopbackIp)]
+    #[case::ipv6_link_local(&[("fd00::10/64", "fe80::10/64")], "servers.acme-web.ipv6", ErrorKind::LinkLocalIpv6)]
+    #[case::ipv6_duplicate(&[("ip = \"10.1.0.11/24\"", "ip = \"10.1.0.11/24\"\nipv6 = \"fd00::10/48\"")], "servers.acme-web.ipv6", ErrorKind::DuplicateIp { other: "acme-db".into() })]
+    // Names.
+    #[case::tenant_name_too_long(&[("[tenants.globex]", "[tenants.globex-corporation]"), ("tenant = \"globex\"", "tenant = \"globex-corporation\"")], "tenants.globex-corporation", ErrorKind::InvalidName(NameProblem::TooLong { len: 18, max: 15 }))]
+    #[case::server_name_too_long(&[("[servers.globex-web]", "[servers.globex-web-server-1]")], "servers.globex-web-server-1", ErrorKind::InvalidName(NameProblem::TooLong { len: 19, max: 15 }))]
+    #[case::server_name_space(&[("[servers.globex-web]", "[servers.\"globex web\"]")], "servers.\"globex web\"", ErrorKind::InvalidName(NameProblem::BadChar(' ')))]
+    #[case::server_name_slash(&[("[servers.globex-web]", "[servers.\"globex/web\"]")], "servers.\"globex/web\"", ErrorKind::InvalidName(NameProblem::BadChar('/')))]
+    #[case::server_name_non_ascii(&[("[servers.globex-web]", "[servers.\"globéx\"]")], "servers.\"globéx\"", ErrorKind::InvalidName(NameProblem::BadChar('é')))]
+    #[case::server_name_dash(&[("[servers.globex-web]", "[servers.-globex]")], "servers.-globex", ErrorKind::InvalidName(NameProblem::BadStart('-')))]
+    #[case::server_name_dot(&[("[servers.globex-web]", "[servers.\".globex\"]")], "servers.\".globex\"", ErrorKind::InvalidName(NameProblem::BadStart('.')))]
+    #[case::server_name_dotdot(&[("[servers.globex-web]", "[servers.\"..\"]")], "servers.\"..\"", ErrorKind::InvalidName(NameProblem::BadStart('.')))]
+    #[case::server_name_empty(&[("[servers.globex-web]", "[servers.\"\"]")], "servers.\"\"", ErrorKind::InvalidName(NameProblem::Empty))]
+    #[case::netns_bad_start(&[("netns = \"acme-web\"", "netns = \"-acme\"")], "servers.acme-web.netns", ErrorKind::InvalidNetns(NameProblem::BadStart('-')))]
+    #[case::netns_bad_char(&[("netns = \"acme-web\"", "netns = \"acme/web\"")], "servers.acme-web.netns", ErrorKind::InvalidNetns(NameProblem::BadChar('/')))]
+    #[case::netns_empty(&[("netns = \"acme-web\"", "netns = \"\"")], "servers.acme-web.netns", ErrorKind::InvalidNetns(NameProblem::Empty))]
+    #[case::netns_too_long(&[("netns = \"acme-web\"", "netns = \"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\"")], "servers.acme-web.netns", ErrorKind::InvalidNetns(NameProblem::TooLong { len: 65, max: 64 }))]
+    #[case::netns_duplicate(&[("ip = \"10.1.0.11/24\"", "ip = \"10.1.0.11/24\"\nnetns = \"acme-web\"")], "servers.acme-web.netns", ErrorKind::DuplicateNetns { other: "acme-db".into() })]
+    #[case::netns_duplicate_of_default(&[("[servers.globex-web]", "[servers.globex-web]\nnetns = \"acme-db\"")], "servers.globex-web.netns", ErrorKind::DuplicateNetns { other: "acme-db".into() })]
+    // MTU.
+    #[case::mtu_too_small(&[("mtu = 1500", "mtu = 67")], "servers.acme-web.mtu", ErrorKind::MtuOutOfRange)]
+    #[case::mtu_too_large(&[("mtu = 1500", "mtu = 9001")], "servers.acme-web.mtu", ErrorKind::MtuOutOfRange)]
+    #[case::mtu_negative(&[("mtu = 1500", "mtu = -1500")], "servers.acme-web.mtu", ErrorKind::MtuOutOfRange)]
+    #[case::mtu_huge(&[("mtu = 1500", "mtu = 70000")], "servers.acme-web.mtu", ErrorKind::MtuOutOfRange)]
+    fn one_rule_one_error(
+        #[case] edits: &[(&str, &str)],
+        #[case] key: &str,
+        #[case] kind: ErrorKind,
+    ) {
+        let errors = errors(&mutate(edits));
+        assert_eq!(errors.len(), 1, "{errors:#?}");
+        let error = &errors[0];
+        assert_eq!(error.key, key, "{error}");
+        // Kinds carrying serde's or a parser's wording are matched by variant only.
+        let by_variant = matches!(
+            kind,
+            ErrorKind::UnknownKey { .. }
+                | ErrorKind::WrongType { .. }
+                | ErrorKind::MalformedRate { .. }
+                | ErrorKind::MalformedIp { .. }
+        );
+        if by_variant {
+            assert_eq!(discriminant(&error.kind), discriminant(&kind), "{error}");
+        } else {
+            assert_eq!(error.kind, kind, "{error}");
+        }
+        assert_eq!(error.file, Path::new(PATH));
+    }
+
+    #[rstest]
+    #[case::prefix_31(&[("10.1.0.11/24", "10.1.0.0/31")])]
+    #[case::prefix_32(&[("10.1.0.11/24", "10.1.0.11/32")])]
+    #[case::mtu_min(&[("mtu = 1500", "mtu = 68")])]
+    #[case::mtu_max(&[("mtu = 1500", "mtu = 9000")])]
+    #[case::name_15_bytes(&[("[servers.globex-web]", "[servers.globex-web-srv1]")])]
+    #[case::name_dots_underscores(&[("[servers.globex-web]", "[servers.\"globex_web.1\"]")])]
+    #[case::netns_64_bytes(&[("netns = \"acme-web\"", "netns = \"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\"")])]
+    #[case::guarantees_equal_capacity(&[("guaranteed = \"300mbit\"", "guaranteed = \"400mbit\"")])]
+    #[case::ceiling_equals_guarantee(&[("ceiling = \"1gbit\"", "ceiling = \"600mbit\""), ("ceiling = \"500mbit\"", "ceiling = \"100mbit\"")])]
+    #[case::byte_units(&[("capacity = \"1gbit\"", "capacity = \"125mbps\"")])]
+    #[case::ipv6_global(&[("fd00::10/64", "2001:db8::10/64")])]
+    fn edge_values_accepted(#[case] edits: &[(&str, &str)]) {
+        topology(&mutate(edits));
+    }
+
+    #[test]
+    fn syntax_error_names_line_and_column() {
+        let errors = errors(&mutate(&[("weight = 2", "weight = = 2")]));
+        assert_eq!(errors.len(), 1, "{errors:#?}");
+        let error = &errors[0];
+        assert!(matches!(error.kind, ErrorKind::Toml { .. }), "{error}");
+        assert_eq!(error.location, Some(Location { line: 8, col: 10 }));
+        assert!(
+            error.to_string().starts_with("topology/base.toml:8:10: "),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn no_tenants() {
+        let text =
+            "[host]\ncapacity = \"1gbit\"\n[servers.a]\ntenant = \"t\"\nip = \"10.0.0.1/24\"\n";
+        let errors = errors(text);
+        let keys: Vec<_> = errors.iter().map(|e| (e.key.as_str(), &e.kind)).collect();
+        assert_eq!(
+            keys,
+            [
+                ("tenants", &ErrorKind::NoTenants),
+                ("servers.a.tenant", &ErrorKind::UnknownTenant)
+            ]
+        );
+    }
+
+    #[test]
+    fn no_servers() {
+        let text = "[host]\ncapacity = \"1gbit\"\n[tenants.t]\nguaranteed = \"1mbit\"\n";
+        let errors = errors(text);
+        assert_eq!(errors.len(), 1, "{errors:#?}");
+        assert_eq!(
+            (errors[0].key.as_str(), &errors[0].kind),
+            ("servers", &ErrorKind::NoServers)
+        );
+    }
+
+    #[test]
+    fn empty_file_reports_everything_missing() {
+        let kinds: Vec<_> = errors("").into_iter().map(|e| (e.key, e.kind)).collect();
+        assert_eq!(
+            kinds,
+            [
+                ("host".to_string(), ErrorKind::MissingKey),
+                ("tenants".to_string(), ErrorKind::NoTenants),
+                ("servers".to_string(), ErrorKind::NoServers),
+            ]
+        );
+    }
+
+    #[test]
+    fn collects_every_error_at_once() {
+        let text = mutate(&[
+            ("mtu = 1500", "mtu = 1\ncolour = \"blue\""),
+            ("weight = 2", "weight = 0"),
+            ("02:00:00:00:01:0a", "01:00:00:00:00:01"),
+            ("10.1.0.11/24", "10.1.0.11/33"),
+            ("tenant = \"globex\"", "tenant = \"initech\""),
+            ("guaranteed = \"300mbit\"", "guaranteed = \"500mbit\""),
+        ]);
+        let errors = errors(&text);
+        let found: Vec<_> = errors
+            .iter()
+            .map(|e| (e.key.as_str(), discriminant(&e.kind)))
+            .collect();
+        let expected = [
+            (
+                "servers.acme-web.colour",
+                ErrorKind::UnknownKey {
+                    expected: String::new(),
+                },
+            ),
+            ("servers.acme-web.mtu", ErrorKind::MtuOutOfRange),
+            ("tenants.acme.weight", ErrorKind::InvalidWeight),
+            ("servers.acme-web.mac", ErrorKind::MulticastMac),
+            (
+                "servers.acme-db.ip",
+                ErrorKind::MalformedIp {
+                    reason: String::new(),
+                },
+            ),
+            ("servers.globex-web.tenant", ErrorKind::UnknownTenant),
+            (
+                "tenants",
+                ErrorKind::GuaranteesExceedCapacity {
+                    sum: mbit(1100),
+                    capacity: mbit(1000),
+                },
+            ),
+        ];
+        for (key, kind) in &expected {
+            assert!(
+                found.contains(&(key, discriminant(kind))),
+                "{key}: {errors:#?}"
+            );
+        }
+        assert_eq!(errors.len(), expected.len(), "{errors:#?}");
+    }
+
+    #[test]
+    fn display_names_file_key_value_and_reason() {
+        let multicast = errors(&mutate(&[("02:00:00:00:01:0a", "01:00:5e:00:00:01")]));
+        assert_eq!(
+            multicast[0].to_string(),
+            r#"topology/base.toml: servers.acme-web.mac = "01:00:5e:00:00:01": multicast MAC address cannot belong to a server"#
+        );
+        let missing = errors(&mutate(&[("ip = \"10.1.0.11/24\"", "")]));
+        assert_eq!(
+            missing[0].to_string(),
+            "topology/base.toml: servers.acme-db.ip: required key is missing"
+        );
+    }
+
+    #[test]
+    fn defaults_applied() {
+        let t = topology(BASE);
+        assert_eq!(t.name, "base");
+        assert_eq!(t.source, Path::new(PATH));
+        assert_eq!(t.capacity, mbit(1000));
+
+        let names: Vec<_> = t.tenants.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["acme", "globex"]);
+        let globex = t.tenant_by_name("globex").unwrap();
+        assert_eq!(globex.id, TenantId(1));
+        assert_eq!(globex.guaranteed, mbit(300));
+        assert_eq!(globex.ceiling, t.capacity);
+        assert_eq!(globex.weight, DEFAULT_WEIGHT);
+        assert_eq!(t.tenant(TenantId(0)).weight, 2);
+
+        let names: Vec<_> = t.servers.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["acme-db", "acme-web", "globex-web"]);
+        let db = t.server(PortId(0));
+        assert_eq!(db.id, PortId(0));
+        assert_eq!(db.tenant, TenantId(0));
+        assert_eq!(db.netns, "acme-db");
+        assert_eq!(db.mtu, DEFAULT_MTU);
+        assert_eq!((db.ipv6, db.guaranteed, db.ceiling), (None, None, None));
+        assert_eq!(db.ip, "10.1.0.11/24".parse::<Ipv4Network>().unwrap());
+
+        let web = t.server_by_name("acme-web").unwrap();
+        assert_eq!(web.mac, "02:00:00:00:01:0a".parse::<MacAddr>().unwrap());
+        assert_eq!(
+            web.ipv6,
+            Some("fd00::10/64".parse::<Ipv6Network>().unwrap())
+        );
+        assert_eq!(
+            (web.guaranteed, web.ceiling),
+            (Some(mbit(100)), Some(mbit(500)))
+        );
+        assert_eq!(t.servers_of(TenantId(1)).count(), 1);
+    }
+
+    #[test]
+    fn overlapping_ips_across_tenants_accepted() {
+        let t = topology(BASE);
+        let acme = t.server_by_name("acme-web").unwrap();
+        let globex = t.server_by_name("globex-web").unwrap();
+        assert_eq!(acme.ip, globex.ip);
+        assert_ne!(acme.tenant, globex.tenant);
+    }
+
+    #[test]
+    fn derived_macs_are_deterministic_unique_local_unicast() {
+        let a = topology(BASE);
+        let b = topology(BASE);
+        assert_eq!(a, b);
+        let db = a.server_by_name("acme-db").unwrap().mac;
+        let globex = a.server_by_name("globex-web").unwrap().mac;
+        assert_eq!(db, derived_mac("acme-db", 0));
+        assert_eq!(globex, derived_mac("globex-web", 0));
+        let macs: BTreeSet<_> = a.servers.iter().map(|s| s.mac).collect();
+        assert_eq!(macs.len(), a.servers.len());
+        for mac in [db, globex] {
+            assert!(
+                mac.is_local() && !mac.is_multicast() && !mac.is_zero(),
+                "{mac}"
+            );
+        }
+        // Many similar names still get distinct addresses.
+        let many: BTreeSet<_> = (0..10_000)
+            .map(|i| derived_mac(&format!("srv{i}"), 0))
+            .collect();
+        assert_eq!(many.len(), 10_000);
+    }
+
+    #[test]
+    fn derived_mac_avoids_given_and_derived_ones() {
+        // Give acme-web the MAC acme-db would derive: acme-db must re-hash.
+        let taken = derived_mac("acme-db", 0).to_string();
+        let t = topology(&mutate(&[("02:00:00:00:01:0a", &taken)]));
+        let db = t.server_by_name("acme-db").unwrap().mac;
+        assert_eq!(db, derived_mac("acme-db", 1));
+        assert_ne!(db.to_string(), taken);
+        assert!(db.is_local() && !db.is_multicast());
+    }
+
+    #[test]
+    fn validate_accepts_an_in_memory_file() {
+        let file = FileTopology::from_toml(Path::new(""), BASE).unwrap();
+        let t = validate(Path::new(""), &file).unwrap();
+        assert_eq!(t.name, "");
+        assert_eq!(t.servers.len(), 3);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_text_never_panics(text in "\\PC{0,200}") {
+            let _ = parse(Path::new(PATH), &text);
+        }
+
+        #[test]
+        fn arbitrary_values_never_panic(
+            field in proptest::sample::select(vec![
+                "capacity = \"1gbit\"", "weight = 2", "02:00:00:00:01:0a", "10.1.0.11/24",
+                "fd00::10/64", "mtu = 1500", "netns = \"acme-web\"", "ceiling = \"500mbit\"",
+            ]),
+            value in "\\PC{0,30}",
+        ) {
+            let _ = parse(Path::new(PATH), &BASE.replace(field, &value));
+        }
     }
 }
