@@ -3,7 +3,7 @@
 //! Contract: [`FileTopology::from_toml`] fails only on TOML syntax errors (and on the rare serde
 //! error it cannot pin to a key), returning one [`ValidationError`] with file, line:col and
 //! message. Unknown keys and values of the wrong TOML type do not abort the parse: each is
-//! recorded in [`FileTopology::problems`], the key is dropped, and [`super::validate`] reports
+//! recorded in [`FileTopology::problems`], the key is dropped, and [`super::validate()`] reports
 //! them together with every other problem. Every leaf is kept raw (rates, MACs and addresses as
 //! strings, integers as `i64`) so that validation, not serde, judges the values and collects all
 //! errors. Tables are `BTreeMap`s, so tenants and servers come out in name order.
@@ -90,6 +90,8 @@ impl FileTopology {
             let attempt = FileTopology::deserialize(toml::de::Deserializer::from(root.clone()));
             let err = match attempt {
                 Ok(mut file) => {
+                    // Serde met them in key order; report them in file order.
+                    problems.sort_by_key(|p: &ValidationError| p.location);
                     file.problems = problems;
                     return Ok(file);
                 }
@@ -101,6 +103,8 @@ impl FileTopology {
             let Some((keys, value)) = remove_key_at(root.get_mut(), &span) else {
                 return Err(toml_error(path, text, &err));
             };
+            // deny_unknown_fields words it as serde's `Error::unknown_field`; any other error
+            // pinned to a key is a value of the wrong TOML type.
             let kind = match err.message().strip_prefix("unknown field ") {
                 Some(rest) => ErrorKind::UnknownKey {
                     expected: rest
@@ -215,4 +219,118 @@ fn remove_key_at<'i>(
     let key = hit?;
     let value = table.remove(key.as_str())?;
     Some((vec![key], value))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[allow(clippy::result_large_err)]
+    fn read(text: &str) -> Result<FileTopology, ValidationError> {
+        FileTopology::from_toml(Path::new("t.toml"), text)
+    }
+
+    #[test]
+    fn reads_every_key() {
+        let file = read(
+            r#"
+            host.capacity = "1gbit"
+            tenants.a = { guaranteed = "1mbit", ceiling = "2mbit", weight = 3 }
+            [servers.s]
+            tenant = "a"
+            ip = "10.0.0.1/24"
+            mac = "02:00:00:00:00:01"
+            netns = "ns"
+            ipv6 = "fd00::1/64"
+            mtu = 9000
+            guaranteed = "1mbit"
+            ceiling = "2mbit"
+            "#,
+        )
+        .unwrap();
+        assert!(file.problems.is_empty());
+        assert_eq!(file.tenants["a"].weight, Some(3));
+        assert_eq!(file.servers["s"].mtu, Some(9000));
+        assert_eq!(file.servers["s"].netns.as_deref(), Some("ns"));
+    }
+
+    #[test]
+    fn unknown_keys_are_collected_with_line_and_column() {
+        let file = read("[host]\ncapacity = \"1gbit\"\nspeed = 5\n[extra.deep]\nx = 1\n[servers]\ns.colour = \"red\"\n")
+            .unwrap();
+        let found: Vec<_> = file
+            .problems
+            .iter()
+            .map(|p| (p.key.as_str(), p.value.as_deref(), p.location))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                ("host.speed", Some("5"), Some(Location { line: 3, col: 1 })),
+                // An unknown table is dropped once, as a whole.
+                ("extra", Some("{...}"), Some(Location { line: 4, col: 2 })),
+                (
+                    "servers.s.colour",
+                    Some("\"red\""),
+                    Some(Location { line: 7, col: 3 })
+                ),
+            ]
+        );
+        assert!(
+            file.problems
+                .iter()
+                .all(|p| matches!(p.kind, ErrorKind::UnknownKey { .. }))
+        );
+        assert_eq!(file.host.unwrap().capacity.as_deref(), Some("1gbit"));
+    }
+
+    #[test]
+    fn wrong_types_are_collected_in_toml_words() {
+        let file = read("host = 5\n[tenants.a]\nweight = \"x\"\n[[servers]]\n").unwrap();
+        let found: Vec<_> = file
+            .problems
+            .iter()
+            .map(|p| (p.key.as_str(), p.kind.to_string()))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                (
+                    "host",
+                    "invalid type: integer `5`, expected a table".to_string()
+                ),
+                (
+                    "tenants.a.weight",
+                    "invalid type: string \"x\", expected an integer".to_string()
+                ),
+                (
+                    "servers",
+                    "invalid type: array, expected a table".to_string()
+                ),
+            ]
+        );
+        assert!(file.host.is_none() && file.servers.is_empty());
+    }
+
+    #[test]
+    fn syntax_errors_stop_with_one_located_error() {
+        for (text, line, col) in [
+            ("a = \n", 1, 5),
+            ("[host]\n[host]\n", 2, 2),
+            ("x = \"é\n", 1, 7),
+        ] {
+            let err = read(text).unwrap_err();
+            assert!(matches!(err.kind, ErrorKind::Toml { .. }), "{err}");
+            assert_eq!(
+                err.location,
+                Some(Location { line, col }),
+                "{text:?}: {err}"
+            );
+            assert!(
+                err.to_string()
+                    .starts_with(&format!("t.toml:{line}:{col}: ")),
+                "{err}"
+            );
+        }
+    }
 }

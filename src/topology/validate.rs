@@ -48,9 +48,11 @@ pub const MIN_MTU: u16 = 68;
 pub const MAX_MTU: u16 = 9000;
 
 /// A line and column (both 1-based) in the topology file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Location {
+    /// Line, from 1.
     pub line: usize,
+    /// Column in characters, from 1.
     pub col: usize,
 }
 
@@ -89,9 +91,13 @@ impl fmt::Display for ValidationError {
 /// Why a name cannot be used as an interface or namespace name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NameProblem {
+    /// The name is empty.
     Empty,
+    /// The name has `len` bytes, more than `max`.
     TooLong { len: usize, max: usize },
+    /// The name starts with `-` or `.`.
     BadStart(char),
+    /// The name holds a character outside `[A-Za-z0-9_.-]`.
     BadChar(char),
 }
 
@@ -111,7 +117,9 @@ impl fmt::Display for NameProblem {
     }
 }
 
-/// Why a topology value is rejected; tests match on this, not on messages.
+/// Why a topology value is rejected; match on this, not on messages.
+///
+/// Messages are lower-case: they follow `file: key = value: ` in [`ValidationError`]'s display.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ErrorKind {
     // Reading the TOML.
