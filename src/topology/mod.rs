@@ -1,6 +1,6 @@
 //! The topology: a validated, typed model of a topology file.
 //!
-//! Contract: nothing downstream of [`load`]/[`validate`] ever sees the raw file form
+//! Contract: nothing downstream of [`load`]/[`validate()`] ever sees the raw file form
 //! ([`file::FileTopology`]); a [`Topology`] value always satisfies every rule the validator
 //! checks (unique MACs, unique IPs within a tenant, guarantees within capacity, valid names...).
 //! Tenants and servers are kept in name order; [`TenantId`] and [`PortId`] index into them.
