@@ -192,7 +192,7 @@ fn a_clashing_namespace_makes_up_fail_and_stays_untouched() {
     let clash = topo.name("yb");
     assert!(std::process::Command::new("ip").args(["netns", "add", &clash]).status().unwrap().success());
     // A marker inside it, to prove netd did not recreate or touch it.
-    let (ok, out) = sh(&clash, "ip link add marker0 type dummy");
+    let (ok, out) = sh(&clash, "ip link add marker0 type veth peer name marker1");
     assert!(ok, "{out}");
     let mut netd = Daemon::spawn(&topo, &[]);
     let code = netd.wait_exit();
