@@ -282,3 +282,318 @@ fn is_extension_header(next: IpProtocol) -> bool {
         0 | 43 | 44 | 50 | 51 | 60 | 135 | 139 | 140 | 253 | 254
     )
 }
+
+#[cfg(test)]
+mod tests {
+    //! The anti-spoof matrix. Patched fixtures keep their now-stale checksums: the guard
+    //! never reads checksums, so only the patched field decides.
+
+    use rstest::rstest;
+
+    use super::*;
+    use crate::switch::fixtures::*;
+    use crate::topology::PortId;
+    use DropReason::*;
+
+    fn facts(port: PortId) -> PortFacts {
+        PortFacts::new(topology().server(port))
+    }
+
+    fn check_from(port: PortId, frame: &[u8]) -> Result<(), DropReason> {
+        check(&facts(port), frame).map(|_| ())
+    }
+
+    fn v6(addr: &str) -> [u8; 16] {
+        addr.parse::<Ipv6Addr>().unwrap().octets()
+    }
+
+    /// Append `bytes` to an IPv6 fixture's payload (an extra ND option, say).
+    fn with_appended(frame: &[u8], bytes: &[u8]) -> Vec<u8> {
+        let mut out = frame.to_vec();
+        out.extend_from_slice(bytes);
+        let len = u16::try_from(out.len() - 14 - 40).unwrap();
+        patched(&out, at::IPV6_PAYLOAD_LEN, &len.to_be_bytes())
+    }
+
+    /// Put a Destination Options header (PadN only) between an IPv6 fixture's header and
+    /// its payload, and set the hop limit.
+    fn behind_dest_opts(frame: &[u8], hop_limit: u8) -> Vec<u8> {
+        let mut out = frame[..at::ICMPV6].to_vec();
+        out.extend_from_slice(&[frame[at::IPV6_NEXT_HEADER], 0, 1, 4, 0, 0, 0, 0]);
+        out.extend_from_slice(&frame[at::ICMPV6..]);
+        let len = u16::try_from(out.len() - 14 - 40).unwrap();
+        let out = patched(&out, at::IPV6_PAYLOAD_LEN, &len.to_be_bytes());
+        let out = patched(&out, at::IPV6_NEXT_HEADER, &[60]);
+        patched(&out, at::IPV6_HOP_LIMIT, &[hop_limit])
+    }
+
+    #[rstest]
+    #[case::arp_request(&ARP_REQUEST)]
+    #[case::arp_reply(&ARP_REPLY)]
+    #[case::arp_probe_from_zero(&ARP_PROBE)]
+    #[case::ipv4_icmp(&IPV4_ICMP)]
+    #[case::ipv4_udp(&IPV4_UDP)]
+    #[case::ipv4_tcp(&IPV4_TCP)]
+    #[case::dhcp_discover_from_zero(&DHCP_DISCOVER)]
+    #[case::nd_neighbour_solicitation(&NDP_NS)]
+    #[case::nd_neighbour_advertisement(&NDP_NA)]
+    #[case::ipv6_global_icmp(&IPV6_GLOBAL)]
+    #[case::ipv6_global_udp(&IPV6_GLOBAL_UDP)]
+    #[case::dad_ns_from_unspecified(&DAD_NS)]
+    #[case::mld_report_from_unspecified(&MLD_REPORT_DAD)]
+    #[case::router_solicitation(&ROUTER_SOLICIT)]
+    fn legitimate_frames_pass(#[case] frame: &[u8]) {
+        assert_eq!(check_from(A1, frame), Ok(()));
+    }
+
+    #[rstest]
+    #[case::eth_src_same_tenant(&ARP_REQUEST, at::ETH_SRC, &A2_MAC, SpoofedMac)]
+    #[case::eth_src_other_tenant(&IPV4_UDP, at::ETH_SRC, &B1_MAC, SpoofedMac)]
+    #[case::eth_src_on_nd(&NDP_NS, at::ETH_SRC, &A2_MAC, SpoofedMac)]
+    #[case::eth_src_broadcast(&IPV4_UDP, at::ETH_SRC, &[0xff; 6], SpoofedMac)]
+    #[case::eth_src_before_ethertype(&patched(&IPV4_UDP, at::ETHERTYPE, &[0x81, 0]), at::ETH_SRC, &A2_MAC, SpoofedMac)]
+    #[case::ipv4_src_neighbour(&IPV4_ICMP, at::IPV4_SRC, &[10, 0, 0, 2], SpoofedIpv4)]
+    #[case::ipv4_src_unassigned(&IPV4_TCP, at::IPV4_SRC, &[10, 0, 0, 3], SpoofedIpv4)]
+    #[case::ipv4_src_broadcast(&IPV4_UDP, at::IPV4_SRC, &[255; 4], SpoofedIpv4)]
+    #[case::dhcp_from_other_address(&DHCP_DISCOVER, at::IPV4_SRC, &[10, 0, 0, 3], SpoofedIpv4)]
+    #[case::arp_sender_mac(&ARP_REQUEST, at::ARP_SHA, &A2_MAC, SpoofedArp)]
+    #[case::arp_sender_mac_other_tenant(&ARP_REPLY, at::ARP_SHA, &B1_MAC, SpoofedArp)]
+    #[case::arp_sender_ip_poisoning(&ARP_REPLY, at::ARP_SPA, &[10, 0, 0, 2], SpoofedArp)]
+    #[case::arp_sender_ip_gateway(&ARP_REQUEST, at::ARP_SPA, &[10, 0, 0, 254], SpoofedArp)]
+    #[case::arp_probe_sender_mac(&ARP_PROBE, at::ARP_SHA, &A2_MAC, SpoofedArp)]
+    #[case::ipv6_src_global(&IPV6_GLOBAL, at::IPV6_SRC, &v6("fd00::2"), SpoofedIpv6)]
+    #[case::ipv6_src_unassigned(&IPV6_GLOBAL_UDP, at::IPV6_SRC, &v6("fd00::99"), SpoofedIpv6)]
+    #[case::ipv6_src_link_local(&NDP_NS, at::IPV6_SRC, &v6("fe80::ff:fe00:2"), SpoofedIpv6)]
+    #[case::ipv6_src_multicast(&IPV6_GLOBAL, at::IPV6_SRC, &v6("ff02::1"), SpoofedIpv6)]
+    #[case::ipv6_src_unspecified_udp(&IPV6_GLOBAL_UDP, at::IPV6_SRC, &v6("::"), SpoofedIpv6)]
+    #[case::ipv6_src_unspecified_echo(&IPV6_GLOBAL, at::IPV6_SRC, &v6("::"), SpoofedIpv6)]
+    #[case::na_target_neighbour(&NDP_NA, at::ND_TARGET, &v6("fe80::ff:fe00:2"), SpoofedIpv6)]
+    #[case::na_target_global(&NDP_NA, at::ND_TARGET, &v6("fd00::2"), SpoofedIpv6)]
+    #[case::ns_source_lla(&NDP_NS, at::NS_NA_OPTION + 2, &A2_MAC, SpoofedIpv6)]
+    #[case::na_target_lla(&NDP_NA, at::NS_NA_OPTION + 2, &B1_MAC, SpoofedIpv6)]
+    #[case::rs_source_lla(&ROUTER_SOLICIT, at::RS_OPTION + 2, &A2_MAC, SpoofedIpv6)]
+    #[case::router_advertisement(&ROUTER_ADVERT, at::ETH_SRC, &A1_MAC, SpoofedIpv6)]
+    #[case::router_advertisement_from_global(&ROUTER_ADVERT, at::IPV6_SRC, &v6("fd00::1"), SpoofedIpv6)]
+    #[case::router_advertisement_from_unspecified(&ROUTER_ADVERT, at::IPV6_SRC, &v6("::"), SpoofedIpv6)]
+    #[case::redirect(&NDP_NA, at::ICMPV6, &[137], SpoofedIpv6)]
+    #[case::dad_for_neighbours_address(&DAD_NS, at::ND_TARGET, &v6("fd00::2"), SpoofedIpv6)]
+    #[case::dad_for_other_link_local(&DAD_NS, at::ND_TARGET, &v6("fe80::ff:fe00:2"), SpoofedIpv6)]
+    #[case::na_from_unspecified(&DAD_NS, at::ICMPV6, &[136], SpoofedIpv6)]
+    #[case::rs_from_unspecified(&ROUTER_SOLICIT, at::IPV6_SRC, &v6("::"), SpoofedIpv6)]
+    #[case::hbh_echo_from_unspecified(&MLD_REPORT_DAD, at::ICMPV6 + 8, &[128], SpoofedIpv6)]
+    #[case::hbh_udp_from_unspecified(&MLD_REPORT_DAD, at::ICMPV6, &[17], SpoofedIpv6)]
+    #[case::mld_query_from_unspecified(&MLD_REPORT_DAD, at::ICMPV6 + 8, &[130], SpoofedIpv6)]
+    fn spoofed_frames_drop(
+        #[case] frame: &[u8],
+        #[case] offset: usize,
+        #[case] bytes: &[u8],
+        #[case] reason: DropReason,
+    ) {
+        assert_eq!(check_from(A1, &patched(frame, offset, bytes)), Err(reason));
+    }
+
+    #[rstest]
+    #[case::ipv4_version(&IPV4_UDP, 14, &[0x65], Malformed)]
+    #[case::ipv4_ihl_below_minimum(&IPV4_UDP, 14, &[0x44], Malformed)]
+    #[case::ipv4_ihl_beyond_total(&IPV4_UDP, 14, &[0x4f], Malformed)]
+    #[case::ipv4_total_below_header(&IPV4_UDP, at::IPV4_TOTAL_LEN, &[0, 19], Malformed)]
+    #[case::ipv4_total_beyond_frame(&IPV4_UDP, at::IPV4_TOTAL_LEN, &[0, 33], Truncated)]
+    #[case::ipv4_options_beyond_frame(&patched(&IPV4_UDP, 14, &[0x4f]), at::IPV4_TOTAL_LEN, &[0, 60], Truncated)]
+    #[case::arp_hardware_type(&ARP_REQUEST, 14, &[0, 6], Malformed)]
+    #[case::arp_protocol_type(&ARP_REQUEST, 16, &[0x86, 0xdd], Malformed)]
+    #[case::arp_hardware_len(&ARP_REQUEST, 18, &[8], Malformed)]
+    #[case::arp_protocol_len(&ARP_REQUEST, 19, &[16], Malformed)]
+    #[case::arp_rarp_operation(&ARP_REQUEST, at::ARP_OPER, &[0, 3], Malformed)]
+    #[case::ipv6_version(&IPV6_GLOBAL, 14, &[0x40], Malformed)]
+    #[case::ipv6_payload_beyond_frame(&IPV6_GLOBAL, at::IPV6_PAYLOAD_LEN, &[0, 17], Truncated)]
+    #[case::icmpv6_empty(&NDP_NS, at::IPV6_PAYLOAD_LEN, &[0, 0], Malformed)]
+    #[case::ns_shorter_than_target(&NDP_NS, at::IPV6_PAYLOAD_LEN, &[0, 20], Malformed)]
+    #[case::dad_ns_shorter_than_target(&DAD_NS, at::IPV6_PAYLOAD_LEN, &[0, 20], Malformed)]
+    #[case::na_shorter_than_target(&NDP_NA, at::IPV6_PAYLOAD_LEN, &[0, 8], Malformed)]
+    #[case::nd_option_zero_length(&NDP_NS, at::NS_NA_OPTION + 1, &[0], Malformed)]
+    #[case::nd_option_overrun(&NDP_NS, at::NS_NA_OPTION + 1, &[2], Malformed)]
+    #[case::nd_option_cut_short(&NDP_NA, at::IPV6_PAYLOAD_LEN, &[0, 28], Malformed)]
+    #[case::hbh_beyond_payload(&MLD_REPORT_DAD, at::ICMPV6 + 1, &[9], Malformed)]
+    #[case::vlan_8021q(&IPV4_UDP, at::ETHERTYPE, &[0x81, 0x00], UnsupportedEtherType)]
+    #[case::vlan_8021ad(&IPV4_UDP, at::ETHERTYPE, &[0x88, 0xa8], UnsupportedEtherType)]
+    #[case::lldp(&ARP_REQUEST, at::ETHERTYPE, &[0x88, 0xcc], UnsupportedEtherType)]
+    #[case::rarp(&ARP_REQUEST, at::ETHERTYPE, &[0x80, 0x35], UnsupportedEtherType)]
+    #[case::ieee_8023_length(&ARP_REQUEST, at::ETHERTYPE, &[0x00, 0x1c], UnsupportedEtherType)]
+    fn broken_frames_drop(
+        #[case] frame: &[u8],
+        #[case] offset: usize,
+        #[case] bytes: &[u8],
+        #[case] reason: DropReason,
+    ) {
+        assert_eq!(check_from(A1, &patched(frame, offset, bytes)), Err(reason));
+    }
+
+    #[test]
+    fn every_nd_option_is_checked_not_just_the_first() {
+        let mut foreign = vec![1, 1];
+        foreign.extend_from_slice(&A2_MAC);
+        assert_eq!(
+            check_from(A1, &with_appended(&NDP_NS, &foreign)),
+            Err(SpoofedIpv6)
+        );
+        let mut own = vec![2, 1];
+        own.extend_from_slice(&A1_MAC);
+        assert_eq!(check_from(A1, &with_appended(&NDP_NA, &own)), Ok(()));
+    }
+
+    #[test]
+    fn link_layer_option_longer_than_ethernet_is_malformed() {
+        // A 16-octet SLLA whose first six octets are the port's MAC.
+        let frame = with_appended(&ROUTER_SOLICIT, &[0; 8]);
+        let frame = patched(&frame, at::RS_OPTION + 1, &[2]);
+        assert_eq!(check_from(A1, &frame), Err(Malformed));
+    }
+
+    #[test]
+    fn dad_with_a_nonce_option_passes() {
+        // Linux's enhanced DAD adds a Nonce option (RFC 7527, type 14).
+        let frame = with_appended(&DAD_NS, &[14, 1, 1, 2, 3, 4, 5, 6]);
+        assert_eq!(check_from(A1, &frame), Ok(()));
+    }
+
+    #[test]
+    fn dad_for_the_link_local_address_passes() {
+        let frame = patched(&DAD_NS, at::ND_TARGET, &v6("fe80::ff:fe00:1"));
+        assert_eq!(check_from(A1, &frame), Ok(()));
+    }
+
+    #[test]
+    fn nd_hidden_behind_extension_headers_at_hop_limit_255_drops() {
+        assert_eq!(
+            check_from(A1, &behind_dest_opts(&ROUTER_ADVERT, 255)),
+            Err(SpoofedIpv6)
+        );
+        // Even an innocent payload: the guard does not walk the chain to find out.
+        assert_eq!(
+            check_from(A1, &behind_dest_opts(&IPV6_GLOBAL_UDP, 255)),
+            Err(SpoofedIpv6)
+        );
+        let fragment = patched(&behind_dest_opts(&NDP_NA, 255), at::IPV6_NEXT_HEADER, &[44]);
+        assert_eq!(check_from(A1, &fragment), Err(SpoofedIpv6));
+    }
+
+    #[test]
+    fn extension_headers_below_hop_limit_255_pass_unexamined() {
+        // Receivers ignore ND whose hop limit is not 255, so there is nothing to guard.
+        assert_eq!(
+            check_from(A1, &behind_dest_opts(&ROUTER_ADVERT, 64)),
+            Ok(())
+        );
+        assert_eq!(
+            check_from(A1, &behind_dest_opts(&IPV6_GLOBAL_UDP, 64)),
+            Ok(())
+        );
+        // And a transport header straight after IPv6 at 255 (GTSM, RFC 5082) is fine.
+        let gtsm = patched(&IPV6_GLOBAL_UDP, at::IPV6_HOP_LIMIT, &[255]);
+        assert_eq!(check_from(A1, &gtsm), Ok(()));
+    }
+
+    #[test]
+    fn port_without_ipv6_passes_only_link_local_and_dad() {
+        let from_a2 = |frame: &[u8], src: &str| {
+            let frame = patched(frame, at::ETH_SRC, &A2_MAC);
+            patched(&frame, at::IPV6_SRC, &v6(src))
+        };
+        let global = from_a2(&IPV6_GLOBAL_UDP, "fd00::2");
+        assert_eq!(check_from(A2, &global), Err(SpoofedIpv6));
+        let link_local = from_a2(&IPV6_GLOBAL_UDP, "fe80::ff:fe00:2");
+        assert_eq!(check_from(A2, &link_local), Ok(()));
+        let ns = patched(
+            &from_a2(&NDP_NS, "fe80::ff:fe00:2"),
+            at::NS_NA_OPTION + 2,
+            &A2_MAC,
+        );
+        assert_eq!(check_from(A2, &ns), Ok(()));
+        let dad = from_a2(&DAD_NS, "::");
+        assert_eq!(
+            check_from(A2, &dad),
+            Err(SpoofedIpv6),
+            "target fd00::1 is a1's"
+        );
+        let dad = patched(&dad, at::ND_TARGET, &v6("fe80::ff:fe00:2"));
+        assert_eq!(check_from(A2, &dad), Ok(()));
+    }
+
+    #[test]
+    fn same_addresses_pass_on_another_tenants_port() {
+        // b1 has a1's IPv4 and IPv6 addresses in its own tenant; only the MAC differs.
+        for frame in [&IPV4_UDP[..], &ARP_REPLY, &IPV6_GLOBAL, &DAD_NS] {
+            let frame = patched(frame, at::ETH_SRC, &B1_MAC);
+            let frame = if frame[at::ETHERTYPE..at::ETHERTYPE + 2] == [0x08, 0x06] {
+                patched(&frame, at::ARP_SHA, &B1_MAC)
+            } else {
+                frame
+            };
+            assert_eq!(check_from(B1, &frame), Ok(()));
+            assert_eq!(check_from(A1, &frame), Err(SpoofedMac));
+        }
+    }
+
+    #[test]
+    fn ethernet_padding_is_ignored() {
+        for frame in [
+            &ARP_REQUEST[..],
+            &IPV4_UDP,
+            &NDP_NS,
+            &DAD_NS,
+            &MLD_REPORT_DAD,
+        ] {
+            let mut padded = frame.to_vec();
+            padded.resize(frame.len().max(60), 0);
+            padded.extend_from_slice(&[0xee; 4]);
+            assert_eq!(check_from(A1, &padded), Ok(()));
+        }
+    }
+
+    #[test]
+    fn length_limits_follow_the_port_mtu() {
+        // A 1514-byte frame (MTU 1500) passes; one byte more is Oversized, before anything
+        // else is read.
+        let mut max = IPV4_UDP.to_vec();
+        max.resize(1514, 0);
+        let max = patched(&max, at::IPV4_TOTAL_LEN, &1500u16.to_be_bytes());
+        assert_eq!(check_from(A1, &max), Ok(()));
+        let mut over = max.clone();
+        over.push(0);
+        assert_eq!(check_from(A1, &over), Err(Oversized));
+        assert_eq!(check_from(A1, &[0xff; 1515]), Err(Oversized));
+        // b2 has MTU 9000.
+        assert_eq!(facts(B2).max_frame_len, 9014);
+        let mut jumbo = patched(&IPV4_UDP, at::ETH_SRC, &B2_MAC);
+        jumbo.resize(9014, 0);
+        let jumbo = patched(&jumbo, at::IPV4_TOTAL_LEN, &9000u16.to_be_bytes());
+        let jumbo = patched(&jumbo, at::IPV4_SRC, &[10, 0, 0, 2]);
+        assert_eq!(check_from(B2, &jumbo), Ok(()));
+        let mut over = jumbo;
+        over.push(0);
+        assert_eq!(check_from(B2, &over), Err(Oversized));
+    }
+
+    #[test]
+    fn shorter_than_an_ethernet_header_is_truncated() {
+        for len in 0..14 {
+            assert_eq!(check_from(A1, &ARP_REQUEST[..len]), Err(Truncated));
+        }
+    }
+
+    #[test]
+    fn facts_come_from_the_server() {
+        let a1 = facts(A1);
+        assert_eq!(a1.mac, MacAddr(A1_MAC));
+        assert_eq!(a1.ipv4, Ipv4Addr::new(10, 0, 0, 1));
+        assert_eq!(a1.ipv6, Some("fd00::1".parse().unwrap()));
+        assert_eq!(
+            a1.ipv6_link_local,
+            "fe80::ff:fe00:1".parse::<Ipv6Addr>().unwrap()
+        );
+        assert_eq!(a1.max_frame_len, 1514);
+        assert_eq!(a1.tenant, ACME);
+        assert_eq!(facts(A2).ipv6, None);
+        assert!(a1.owns_ipv6(a1.ipv6_link_local) && !a1.owns_ipv6(Ipv6Addr::UNSPECIFIED));
+    }
+}

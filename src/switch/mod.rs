@@ -16,6 +16,9 @@
 mod forward;
 mod guard;
 
+#[cfg(test)]
+mod fixtures;
+
 use crate::stats::DropReason;
 use crate::topology::{PortId, TenantId, Topology};
 use crate::wire::MacAddr;
