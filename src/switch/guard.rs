@@ -35,8 +35,8 @@
 //!   hop limit, receivers ignore whatever ND it may carry, so it passes unexamined.
 //!
 //! Not checked here: checksums (the receiving kernel verifies them; a bad one hurts only
-//! the sender), destinations (the forward step's job), and IPv4 payloads (a server's own
-//! DHCP server or ICMP redirects stay inside its tenant).
+//! the sender), destinations (the forward step's job), and IPv4 payloads (a rogue DHCP
+//! server or ICMP redirect on a server can mislead only its own tenant).
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
