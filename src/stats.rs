@@ -26,7 +26,9 @@ pub enum DropReason {
     SpoofedIpv4,
     /// ARP sender hardware or protocol address is not the port's own.
     SpoofedArp,
-    /// IPv6 source address is neither the port's address nor its link-local one.
+    /// IPv6 source address is neither the port's address nor its link-local one, or a
+    /// Neighbour Discovery message claims another node's address (NA target, link-layer
+    /// address option), or is one only routers may send (Router Advertisement, Redirect).
     SpoofedIpv6,
     /// Unicast destination MAC that no port of the sender's tenant owns.
     UnknownDestination,
@@ -73,9 +75,8 @@ impl DropReason {
         }
     }
 
-    // Not called yet: it will index the per-reason counter array.
-    #[allow(dead_code)]
-    fn index(self) -> usize {
+    /// Return the position in [`DropReason::ALL`], for indexing per-reason counter arrays.
+    pub fn index(self) -> usize {
         self as usize
     }
 }

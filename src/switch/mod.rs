@@ -1,1 +1,333 @@
-//! Switch (placeholder).
+//! Switch: the pure per-frame decision of an isolated, multi-tenant L2 switch.
+//!
+//! Contract:
+//! - [`Switch::decide`] never panics and never allocates, whatever the bytes and whatever
+//!   the ingress port; it does no I/O and keeps no state, so one `Switch` can serve every
+//!   data-path thread at once.
+//! - Nothing crosses tenants: a frame from a tenant's port is delivered, flooded or dropped
+//!   within that tenant only.
+//! - Every drop names its [`DropReason`], for the data path to count.
+//!
+//! A decision is `guard` (anti-spoofing: every source address in the frame is the port's
+//! own) then `forward` (the tenant's static MAC table; group addresses flood the tenant).
+//! The switch is immutable and built whole from a [`Topology`]; the control plane replaces
+//! it whole when the topology changes.
+
+mod forward;
+mod guard;
+
+#[cfg(test)]
+mod fixtures;
+
+use crate::stats::DropReason;
+use crate::topology::{PortId, TenantId, Topology};
+use crate::wire::MacAddr;
+
+use forward::ForwardTable;
+use guard::PortFacts;
+
+/// The decision for one frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Send it to this port (always another port of the sender's tenant).
+    Unicast(PortId),
+    /// Send a copy to every port of this tenant except the ingress.
+    Flood(TenantId),
+    /// Drop it and count the reason.
+    Drop(DropReason),
+}
+
+/// An immutable switch: per-port facts for the guard and per-tenant tables for forwarding.
+#[derive(Clone, Debug)]
+pub struct Switch {
+    /// Indexed by `PortId`.
+    ports: Box<[PortFacts]>,
+    table: ForwardTable,
+}
+
+impl Switch {
+    /// Build the switch for every server of `topology`, one port each.
+    pub fn new(topology: &Topology) -> Switch {
+        let ports = topology
+            .servers
+            .iter()
+            .enumerate()
+            .map(|(i, server)| {
+                debug_assert_eq!(server.id.index(), i, "PortId(i) is servers[i]");
+                PortFacts::new(server)
+            })
+            .collect();
+        Switch {
+            ports,
+            table: ForwardTable::new(topology),
+        }
+    }
+
+    /// Decide what to do with one frame read from `ingress`.
+    ///
+    /// A port this switch does not know (say, one removed by a topology change while its
+    /// frame was in flight) owns no address, so its frames drop as `SpoofedMac`.
+    pub fn decide(&self, ingress: PortId, frame: &[u8]) -> Decision {
+        let Some(port) = self.ports.get(ingress.index()) else {
+            return Decision::Drop(DropReason::SpoofedMac);
+        };
+        match guard::check(port, frame) {
+            Ok(eth) => self
+                .table
+                .forward(ingress, port.tenant, MacAddr::from(eth.dst_addr())),
+            Err(reason) => Decision::Drop(reason),
+        }
+    }
+
+    /// Return all ports of a tenant, in port order (the caller skips the ingress port when
+    /// flooding); empty for a tenant without servers or unknown to this switch.
+    pub fn tenant_ports(&self, tenant: TenantId) -> &[PortId] {
+        self.table.members(tenant)
+    }
+
+    /// Return the tenant of a port.
+    ///
+    /// # Panics
+    /// If `port` is not a port of this switch (`port.index() >= self.port_count()`).
+    pub fn tenant_of(&self, port: PortId) -> TenantId {
+        self.ports[port.index()].tenant
+    }
+
+    /// Return the number of ports; `PortId(0)..PortId(port_count)` are this switch's ports.
+    pub fn port_count(&self) -> usize {
+        self.ports.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::LazyLock;
+
+    use proptest::prelude::*;
+    use proptest::sample::Index;
+    use rstest::rstest;
+
+    use super::fixtures::*;
+    use super::*;
+    use Decision::{Flood, Unicast};
+    use DropReason::*;
+
+    static SWITCH: LazyLock<Switch> = LazyLock::new(|| Switch::new(&topology()));
+
+    /// Re-address a fixture from `a1` as sent by `src` to `dst` (the ARP sender MAC too).
+    fn readdressed(frame: &[u8], src: [u8; 6], dst: [u8; 6]) -> Vec<u8> {
+        let frame = patched(frame, at::ETH_SRC, &src);
+        let frame = patched(&frame, at::ETH_DST, &dst);
+        if frame[at::ETHERTYPE..at::ETHERTYPE + 2] == [0x08, 0x06] {
+            patched(&frame, at::ARP_SHA, &src)
+        } else {
+            frame
+        }
+    }
+
+    /// Assert the isolation contract for one decision.
+    fn assert_isolated(ingress: PortId, decision: Decision) {
+        if ingress.index() >= SWITCH.port_count() {
+            assert_eq!(decision, Decision::Drop(SpoofedMac));
+            return;
+        }
+        let tenant = SWITCH.tenant_of(ingress);
+        match decision {
+            Unicast(port) => {
+                assert_ne!(port, ingress, "unicast back to the ingress");
+                assert_eq!(SWITCH.tenant_of(port), tenant, "unicast crossed tenants");
+            }
+            Flood(flooded) => assert_eq!(flooded, tenant, "flood crossed tenants"),
+            Decision::Drop(_) => {}
+        }
+    }
+
+    #[test]
+    fn ports_and_tenants_come_from_the_topology() {
+        assert_eq!(SWITCH.port_count(), 4);
+        assert_eq!(
+            [A1, A2, B1, B2].map(|p| SWITCH.tenant_of(p)),
+            [ACME, ACME, BLUE, BLUE]
+        );
+        assert_eq!(SWITCH.tenant_ports(ACME), [A1, A2]);
+        assert_eq!(SWITCH.tenant_ports(BLUE), [B1, B2]);
+        assert_eq!(SWITCH.tenant_ports(IDLE), []);
+        assert_eq!(SWITCH.tenant_ports(TenantId(42)), []);
+    }
+
+    #[test]
+    #[should_panic]
+    fn tenant_of_an_unknown_port_panics() {
+        SWITCH.tenant_of(PortId(4));
+    }
+
+    #[rstest]
+    #[case::arp_request(&ARP_REQUEST, Flood(ACME))]
+    #[case::arp_reply(&ARP_REPLY, Unicast(A2))]
+    #[case::arp_probe(&ARP_PROBE, Flood(ACME))]
+    #[case::ipv4_icmp(&IPV4_ICMP, Unicast(A2))]
+    #[case::ipv4_udp(&IPV4_UDP, Unicast(A2))]
+    #[case::ipv4_tcp(&IPV4_TCP, Unicast(A2))]
+    #[case::dhcp_discover(&DHCP_DISCOVER, Flood(ACME))]
+    #[case::nd_solicitation(&NDP_NS, Flood(ACME))]
+    #[case::nd_advertisement(&NDP_NA, Unicast(A2))]
+    #[case::ipv6_global_icmp(&IPV6_GLOBAL, Unicast(A2))]
+    #[case::ipv6_global_udp(&IPV6_GLOBAL_UDP, Unicast(A2))]
+    #[case::dad(&DAD_NS, Flood(ACME))]
+    #[case::mld_report(&MLD_REPORT_DAD, Flood(ACME))]
+    #[case::router_solicitation(&ROUTER_SOLICIT, Flood(ACME))]
+    #[case::router_advertisement(&ROUTER_ADVERT, Decision::Drop(SpoofedIpv6))]
+    fn decides_each_fixture_from_its_port(#[case] frame: &[u8], #[case] expected: Decision) {
+        assert_eq!(SWITCH.decide(A1, frame), expected);
+    }
+
+    #[rstest]
+    fn every_fixture_from_another_port_is_spoofed(
+        #[values(A2, B1, B2, PortId(4), PortId(u32::MAX))] ingress: PortId,
+    ) {
+        for (name, frame) in ALL {
+            assert_eq!(
+                SWITCH.decide(ingress, frame),
+                Decision::Drop(SpoofedMac),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn tenants_with_overlapping_ips_each_forward_correctly() {
+        // a1/b1 are both 10.0.0.1 and fd00::1, a2/b2 both 10.0.0.2; only the MACs differ.
+        for frame in [
+            &IPV4_ICMP[..],
+            &IPV4_UDP,
+            &IPV4_TCP,
+            &ARP_REPLY,
+            &IPV6_GLOBAL,
+        ] {
+            let acme = readdressed(frame, A1_MAC, A2_MAC);
+            assert_eq!(SWITCH.decide(A1, &acme), Unicast(A2));
+            let blue = readdressed(frame, B1_MAC, B2_MAC);
+            assert_eq!(SWITCH.decide(B1, &blue), Unicast(B2));
+            let acme_to_blue = readdressed(frame, A1_MAC, B2_MAC);
+            assert_eq!(
+                SWITCH.decide(A1, &acme_to_blue),
+                Decision::Drop(UnknownDestination)
+            );
+            let blue_to_acme = readdressed(frame, B1_MAC, A2_MAC);
+            assert_eq!(
+                SWITCH.decide(B1, &blue_to_acme),
+                Decision::Drop(UnknownDestination)
+            );
+        }
+        // (NDP_NS carries a1's link-local source and SLLA, so it is not b1's to send.)
+        for frame in [&ARP_REQUEST[..], &DHCP_DISCOVER, &DAD_NS] {
+            let dst = frame[at::ETH_DST..at::ETH_DST + 6].try_into().unwrap();
+            assert_eq!(
+                SWITCH.decide(B1, &readdressed(frame, B1_MAC, dst)),
+                Flood(BLUE)
+            );
+        }
+    }
+
+    #[test]
+    fn hairpin_and_unknown_destinations_drop() {
+        let hairpin = readdressed(&IPV4_UDP, A1_MAC, A1_MAC);
+        assert_eq!(SWITCH.decide(A1, &hairpin), Decision::Drop(Hairpin));
+        let unknown = readdressed(&IPV4_UDP, A1_MAC, [2, 0, 0, 0, 0, 0x99]);
+        assert_eq!(
+            SWITCH.decide(A1, &unknown),
+            Decision::Drop(UnknownDestination)
+        );
+    }
+
+    #[test]
+    fn multicast_floods_the_senders_tenant() {
+        for dst in [[0x33, 0x33, 0, 0, 0, 0xfb], [0x01, 0x00, 0x5e, 0, 0, 0xfb]] {
+            assert_eq!(
+                SWITCH.decide(A1, &readdressed(&IPV4_UDP, A1_MAC, dst)),
+                Flood(ACME)
+            );
+            assert_eq!(
+                SWITCH.decide(B1, &readdressed(&ARP_REQUEST, B1_MAC, dst)),
+                Flood(BLUE)
+            );
+        }
+    }
+
+    #[test]
+    fn oversized_frames_drop() {
+        let mut frame = IPV4_UDP.to_vec();
+        frame.resize(1515, 0);
+        assert_eq!(SWITCH.decide(A1, &frame), Decision::Drop(Oversized));
+        assert_eq!(SWITCH.decide(A1, &[0; 65536]), Decision::Drop(Oversized));
+    }
+
+    #[test]
+    fn every_truncation_of_every_fixture_is_truncated() {
+        for (name, frame) in ALL {
+            for len in 0..frame.len() {
+                for ingress in (0..6).map(PortId) {
+                    let decision = SWITCH.decide(ingress, &frame[..len]);
+                    assert_isolated(ingress, decision);
+                }
+                assert_eq!(
+                    SWITCH.decide(A1, &frame[..len]),
+                    Decision::Drop(Truncated),
+                    "{name}[..{len}]"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn every_single_byte_corruption_is_decided_within_the_tenant() {
+        for (_, frame) in ALL {
+            let mut corrupt = frame.to_vec();
+            for at in 0..frame.len() {
+                for value in 0..=u8::MAX {
+                    corrupt[at] = value;
+                    assert_isolated(A1, SWITCH.decide(A1, &corrupt));
+                }
+                corrupt[at] = frame[at];
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn decide_never_panics_on_random_bytes(
+            ingress in 0u32..6,
+            frame in prop::collection::vec(any::<u8>(), 0..1600),
+        ) {
+            assert_isolated(PortId(ingress), SWITCH.decide(PortId(ingress), &frame));
+        }
+
+        #[test]
+        fn decide_never_panics_past_a_valid_ethernet_header(
+            ethertype in prop::sample::select(vec![[0x08, 0x00], [0x08, 0x06], [0x86, 0xdd]]),
+            dst in any::<[u8; 6]>(),
+            payload in prop::collection::vec(any::<u8>(), 0..200),
+        ) {
+            let mut frame = dst.to_vec();
+            frame.extend_from_slice(&A1_MAC);
+            frame.extend_from_slice(&ethertype);
+            frame.extend_from_slice(&payload);
+            assert_isolated(A1, SWITCH.decide(A1, &frame));
+        }
+
+        #[test]
+        fn decide_never_panics_on_mutated_fixtures(
+            fixture in 0..ALL.len(),
+            edits in prop::collection::vec((any::<Index>(), any::<u8>()), 1..8),
+            cut in any::<Index>(),
+        ) {
+            let mut frame = ALL[fixture].1.to_vec();
+            for (at, value) in edits {
+                let at = at.index(frame.len());
+                frame[at] = value;
+            }
+            let len = cut.index(frame.len() + 1);
+            assert_isolated(A1, SWITCH.decide(A1, &frame[..len]));
+        }
+    }
+}
