@@ -47,8 +47,8 @@ pub async fn up(
         .map(|tap| TapPort::new(tap.port, tap.file))
         .collect();
     let stats = Arc::new(Stats::new(topology.servers.len(), topology.tenants.len()));
-    let (datapath, stop) =
-        DataPath::new(Switch::new(&topology), ports, stats.clone()).map_err(DaemonError::StartDataPath)?;
+    let (datapath, stop) = DataPath::new(Switch::new(&topology), ports, stats.clone())
+        .map_err(DaemonError::StartDataPath)?;
     let thread = datapath.spawn().map_err(DaemonError::StartDataPath)?;
     let mut finished = tokio::task::spawn_blocking(move || thread.join());
     info!(

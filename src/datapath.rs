@@ -63,17 +63,27 @@ pub struct DataPath {
 
 impl DataPath {
     /// Register `ports` with a new poller; return the loop and a handle to stop it.
-    pub fn new(switch: Switch, ports: Vec<TapPort>, stats: Arc<Stats>) -> io::Result<(DataPath, StopHandle)> {
+    pub fn new(
+        switch: Switch,
+        ports: Vec<TapPort>,
+        stats: Arc<Stats>,
+    ) -> io::Result<(DataPath, StopHandle)> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let mut slot_of = vec![None; switch.port_count()];
         for (slot, port) in ports.iter().enumerate() {
-            poll.registry()
-                .register(&mut SourceFd(&port.as_raw_fd()), Token(slot), Interest::READABLE)?;
+            poll.registry().register(
+                &mut SourceFd(&port.as_raw_fd()),
+                Token(slot),
+                Interest::READABLE,
+            )?;
             slot_of[port.id().index()] = Some(slot);
         }
         let stop = Arc::new(AtomicBool::new(false));
-        let handle = StopHandle { stop: stop.clone(), waker };
+        let handle = StopHandle {
+            stop: stop.clone(),
+            waker,
+        };
         let ready = vec![false; ports.len()];
         Ok((
             DataPath {
@@ -102,7 +112,11 @@ impl DataPath {
         let mut events = Events::with_capacity(1024);
         loop {
             let busy = self.ready.iter().any(|&r| r);
-            let timeout = if busy { Some(std::time::Duration::ZERO) } else { None };
+            let timeout = if busy {
+                Some(std::time::Duration::ZERO)
+            } else {
+                None
+            };
             match self.poll.poll(&mut events, timeout) {
                 Ok(()) => {}
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,

@@ -22,12 +22,12 @@
 //! - [`datapath`]: the event loop tying ports, switch and shaper together.
 //! - [`stats`]: counters and drop reasons.
 
+pub mod daemon;
+pub mod datapath;
+pub mod kernel;
+pub mod pool;
+pub mod port;
 pub mod stats;
 pub mod switch;
 pub mod topology;
 pub mod wire;
-pub mod daemon;
-pub mod datapath;
-pub mod kernel;
-pub mod port;
-pub mod pool;

@@ -59,7 +59,10 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Up { file, stats_interval } => {
+        Command::Up {
+            file,
+            stats_interval,
+        } => {
             let topology = match topology::load(&file) {
                 Ok(topology) => topology,
                 Err(err) => {
@@ -71,7 +74,9 @@ fn main() -> ExitCode {
                 None => None,
                 Some(s) if s.is_finite() && s > 0.0 => Some(Duration::from_secs_f64(s)),
                 Some(s) => {
-                    eprintln!("error: --stats-interval must be a positive number of seconds, not {s}");
+                    eprintln!(
+                        "error: --stats-interval must be a positive number of seconds, not {s}"
+                    );
                     return ExitCode::FAILURE;
                 }
             };
@@ -88,7 +93,9 @@ fn main() -> ExitCode {
 }
 
 fn run_up(topology: Topology, options: UpOptions) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async {
         // Install the handlers before creating anything, so a signal during start-up is
         // remembered and leads to a clean tear-down instead of killing us half-way.
@@ -108,7 +115,9 @@ fn run_up(topology: Topology, options: UpOptions) -> anyhow::Result<()> {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("NETD_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Human => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -127,7 +136,10 @@ fn print_summary(topology: &Topology) {
     for t in &topology.tenants {
         println!(
             "  {:<15} guaranteed {:>10}  ceiling {:>10}  weight {}",
-            t.name, t.guaranteed.to_string(), t.ceiling.to_string(), t.weight
+            t.name,
+            t.guaranteed.to_string(),
+            t.ceiling.to_string(),
+            t.weight
         );
     }
     println!("servers:");

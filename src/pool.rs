@@ -21,12 +21,20 @@ pub struct BufferPool {
 impl BufferPool {
     /// Create a pool whose large class holds `large_size` bytes.
     pub fn new(large_size: usize) -> BufferPool {
-        BufferPool { small: Vec::new(), large: Vec::new(), large_size }
+        BufferPool {
+            small: Vec::new(),
+            large: Vec::new(),
+            large_size,
+        }
     }
 
     /// Return an empty buffer able to hold `len` bytes.
     pub fn take(&mut self, len: usize) -> Vec<u8> {
-        let (list, size) = if len <= SMALL { (&mut self.small, SMALL) } else { (&mut self.large, self.large_size.max(len)) };
+        let (list, size) = if len <= SMALL {
+            (&mut self.small, SMALL)
+        } else {
+            (&mut self.large, self.large_size.max(len))
+        };
         match list.pop() {
             Some(mut buf) if buf.capacity() >= len => {
                 buf.clear();
@@ -45,7 +53,13 @@ impl BufferPool {
 
     /// Return a buffer to its free list (or free it when the list is full).
     pub fn give(&mut self, buf: Vec<u8>) {
-        let list = if buf.capacity() >= self.large_size { &mut self.large } else if buf.capacity() >= SMALL { &mut self.small } else { return };
+        let list = if buf.capacity() >= self.large_size {
+            &mut self.large
+        } else if buf.capacity() >= SMALL {
+            &mut self.small
+        } else {
+            return;
+        };
         if list.len() < KEEP {
             list.push(buf);
         }

@@ -41,7 +41,10 @@ impl TapPort {
         if n == frame.len() {
             Ok(())
         } else {
-            Err(io::Error::new(io::ErrorKind::WriteZero, "short write to TAP"))
+            Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                "short write to TAP",
+            ))
         }
     }
 }

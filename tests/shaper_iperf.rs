@@ -54,12 +54,24 @@ ip = "10.80.0.2/24"
 "#;
 
 /// Ideal entitlement (bit/s) for demands `d`: guarantees first, then weighted water-filling.
-fn entitlement(capacity: f64, guaranteed: &[f64], ceiling: &[f64], weight: &[f64], demand: &[f64]) -> Vec<f64> {
-    let mut give: Vec<f64> = demand.iter().zip(guaranteed).map(|(d, g)| d.min(*g)).collect();
+fn entitlement(
+    capacity: f64,
+    guaranteed: &[f64],
+    ceiling: &[f64],
+    weight: &[f64],
+    demand: &[f64],
+) -> Vec<f64> {
+    let mut give: Vec<f64> = demand
+        .iter()
+        .zip(guaranteed)
+        .map(|(d, g)| d.min(*g))
+        .collect();
     let mut spare = capacity - give.iter().sum::<f64>();
     let cap: Vec<f64> = demand.iter().zip(ceiling).map(|(d, c)| d.min(*c)).collect();
     while spare > 1.0 {
-        let hungry: Vec<usize> = (0..give.len()).filter(|&i| give[i] + 1e-6 < cap[i]).collect();
+        let hungry: Vec<usize> = (0..give.len())
+            .filter(|&i| give[i] + 1e-6 < cap[i])
+            .collect();
         if hungry.is_empty() {
             break;
         }
@@ -87,7 +99,10 @@ fn run_phase(topo: &TestTopology, tenants: &[&str], secs: u32) -> Vec<f64> {
         .iter()
         .map(|t| client(&topo.name(&format!("{t}s")), "10.80.0.2", 5201, secs, 1, 1))
         .collect();
-    let rates = clients.into_iter().map(|c| report(c).received_bps()).collect();
+    let rates = clients
+        .into_iter()
+        .map(|c| report(c).received_bps())
+        .collect();
     drop(servers);
     rates
 }
@@ -105,7 +120,13 @@ fn three_tenants_get_their_entitlement_and_share_an_idle_tenants_bandwidth_by_we
 
     // All three saturate: each gets exactly its guarantee (they sum to the capacity).
     let busy = run_phase(&topo, &["1", "2", "3"], 5);
-    let want = entitlement(300.0 * mbit, &guaranteed, &ceiling, &weight, &[f64::INFINITY; 3]);
+    let want = entitlement(
+        300.0 * mbit,
+        &guaranteed,
+        &ceiling,
+        &weight,
+        &[f64::INFINITY; 3],
+    );
     let mut report_lines = Vec::new();
     for i in 0..3 {
         let goodput_want = want[i] * GOODPUT_PER_L2;
@@ -119,7 +140,13 @@ fn three_tenants_get_their_entitlement_and_share_an_idle_tenants_bandwidth_by_we
     }
     // t3 silent: t1 and t2 split its 60 Mbit/s 2:1 by weight.
     let loaned = run_phase(&topo, &["1", "2"], 5);
-    let want_loan = entitlement(300.0 * mbit, &guaranteed, &ceiling, &weight, &[f64::INFINITY, f64::INFINITY, 0.0]);
+    let want_loan = entitlement(
+        300.0 * mbit,
+        &guaranteed,
+        &ceiling,
+        &weight,
+        &[f64::INFINITY, f64::INFINITY, 0.0],
+    );
     for i in 0..2 {
         report_lines.push(format!(
             "t3 idle t{}: entitlement {:.1} Mbit/s (goodput {:.1}), measured {:.1} Mbit/s",
@@ -134,11 +161,21 @@ fn three_tenants_get_their_entitlement_and_share_an_idle_tenants_bandwidth_by_we
     for i in 0..3 {
         let goodput_want = want[i] * GOODPUT_PER_L2;
         let err = (busy[i] - goodput_want) / goodput_want;
-        assert!(err.abs() <= 0.10, "all busy: t{} off by {:.1}%\n{text}", i + 1, err * 100.0);
+        assert!(
+            err.abs() <= 0.10,
+            "all busy: t{} off by {:.1}%\n{text}",
+            i + 1,
+            err * 100.0
+        );
     }
     for i in 0..2 {
         let goodput_want = want_loan[i] * GOODPUT_PER_L2;
         let err = (loaned[i] - goodput_want) / goodput_want;
-        assert!(err.abs() <= 0.10, "t3 idle: t{} off by {:.1}%\n{text}", i + 1, err * 100.0);
+        assert!(
+            err.abs() <= 0.10,
+            "t3 idle: t{} off by {:.1}%\n{text}",
+            i + 1,
+            err * 100.0
+        );
     }
 }

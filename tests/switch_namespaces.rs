@@ -55,7 +55,10 @@ fn servers_of_one_tenant_reach_each_other_and_overlapping_tenants_both_work() {
     // The ARP entry each sees is its own tenant's server, not the other tenant's.
     let (_, neigh) = sh(&topo.name("xa"), "ip neigh show 10.77.0.2");
     let xb_mac = mac_of(&topo.name("xb"));
-    assert!(neigh.contains(&xb_mac), "xa resolved 10.77.0.2 to {neigh:?}, want xb's {xb_mac}");
+    assert!(
+        neigh.contains(&xb_mac),
+        "xa resolved 10.77.0.2 to {neigh:?}, want xb's {xb_mac}"
+    );
 }
 
 #[test]
@@ -64,16 +67,28 @@ fn nothing_crosses_tenants() {
     let topo = TestTopology::new(TWO_TENANTS);
     let _netd = Daemon::start(&topo, &[]);
     // 10.77.0.3 exists only in tenant y: tenant x cannot reach it, even by ARP.
-    assert!(!ping(&topo.name("xa"), "10.77.0.3", 2), "x reached tenant y's 10.77.0.3");
+    assert!(
+        !ping(&topo.name("xa"), "10.77.0.3", 2),
+        "x reached tenant y's 10.77.0.3"
+    );
     let (_, neigh) = sh(&topo.name("xa"), "ip neigh show 10.77.0.3");
-    assert!(!neigh.contains("lladdr"), "tenant y's MAC leaked to tenant x: {neigh}");
+    assert!(
+        !neigh.contains("lladdr"),
+        "tenant y's MAC leaked to tenant x: {neigh}"
+    );
     // Unicast to another tenant's MAC, forced with a static ARP entry, is dropped too.
     let yc_mac = mac_of(&topo.name("yc"));
-    let (ok, out) = sh(&topo.name("xa"), &format!("ip neigh replace 10.77.0.99 lladdr {yc_mac} dev eth0"));
+    let (ok, out) = sh(
+        &topo.name("xa"),
+        &format!("ip neigh replace 10.77.0.99 lladdr {yc_mac} dev eth0"),
+    );
     assert!(ok, "{out}");
     let (ok, out) = sh(&topo.name("yc"), "ip addr add 10.77.0.99/32 dev eth0");
     assert!(ok, "{out}");
-    assert!(!ping(&topo.name("xa"), "10.77.0.99", 2), "x reached y's MAC by unicast");
+    assert!(
+        !ping(&topo.name("xa"), "10.77.0.99", 2),
+        "x reached y's MAC by unicast"
+    );
 }
 
 #[test]
@@ -86,21 +101,44 @@ fn broadcasts_stay_inside_their_tenant() {
     // Capture broadcasts in a peer of the sender's tenant (control) and in the other tenant.
     let capture = |ns: String| {
         std::thread::spawn(move || {
-            sh(&ns, "timeout 4 tcpdump -n -i eth0 -c 100 'ether broadcast and ip' 2>/dev/null | wc -l")
-                .1
-                .trim()
-                .parse::<u32>()
-                .unwrap_or(0)
+            // Inbound only: what the switch delivered to this server.
+            let (_, out) = sh(
+                &ns,
+                "timeout 4 tcpdump -e -n -l -Q in -i eth0 -c 100 'ether broadcast and ip' 2>/dev/null",
+            );
+            out.lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(str::to_string)
+                .collect::<Vec<_>>()
         })
     };
     let seen_same = capture(same);
     let seen_other = capture(other);
     std::thread::sleep(Duration::from_millis(1500));
     // An IPv4 broadcast ping: each request is an Ethernet broadcast.
-    let _ = exec(&topo.name("xa"), &["ping", "-b", "-c", "5", "-i", "0.2", "-W", "1", "10.77.0.255"]);
+    let _ = exec(
+        &topo.name("xa"),
+        &[
+            "ping",
+            "-b",
+            "-c",
+            "5",
+            "-i",
+            "0.2",
+            "-W",
+            "1",
+            "10.77.0.255",
+        ],
+    );
     let (seen_same, seen_other) = (seen_same.join().unwrap(), seen_other.join().unwrap());
-    assert!(seen_same >= 3, "the sender's own tenant saw only {seen_same} broadcasts");
-    assert_eq!(seen_other, 0, "another tenant saw {seen_other} broadcasts");
+    assert!(
+        seen_same.len() >= 3,
+        "the sender's own tenant saw only {seen_same:?}"
+    );
+    assert!(
+        seen_other.is_empty(),
+        "another tenant saw broadcasts: {seen_other:?}"
+    );
 }
 
 #[test]
@@ -114,21 +152,44 @@ fn a_server_that_spoofs_its_mac_or_ip_reaches_nobody_and_is_counted() {
     assert!(ping(&ya, "10.77.0.2", 2), "baseline ping failed");
 
     // xa takes another MAC: every frame it sends now has a foreign source MAC.
-    let (ok, out) = sh(&xa, "ip neigh flush dev eth0; ip link set dev eth0 address 02:99:99:99:99:01");
+    let (ok, out) = sh(
+        &xa,
+        "ip neigh flush dev eth0; ip link set dev eth0 address 02:99:99:99:99:01",
+    );
     assert!(ok, "{out}");
-    assert!(!ping(&xa, "10.77.0.2", 3), "spoofed MAC still reached its peer");
+    assert!(
+        !ping(&xa, "10.77.0.2", 3),
+        "spoofed MAC still reached its peer"
+    );
 
     // ya takes another IP: its ARP sender and IPv4 source no longer match.
-    let (ok, out) = sh(&ya, "ip neigh flush dev eth0; ip addr flush dev eth0; ip addr add 10.77.0.50/24 dev eth0");
+    let (ok, out) = sh(
+        &ya,
+        "ip neigh flush dev eth0; ip addr flush dev eth0; ip addr add 10.77.0.50/24 dev eth0",
+    );
     assert!(ok, "{out}");
-    assert!(!ping(&ya, "10.77.0.2", 3), "spoofed IP still reached its peer");
+    assert!(
+        !ping(&ya, "10.77.0.2", 3),
+        "spoofed IP still reached its peer"
+    );
     // And even with the peer's MAC known, the spoofed IPv4 source is dropped.
     let yb_mac = mac_of(&topo.name("yb"));
-    let (ok, out) = sh(&ya, &format!("ip neigh replace 10.77.0.2 lladdr {yb_mac} dev eth0"));
+    let (ok, out) = sh(
+        &ya,
+        &format!("ip neigh replace 10.77.0.2 lladdr {yb_mac} dev eth0"),
+    );
     assert!(ok, "{out}");
-    assert!(!ping(&ya, "10.77.0.2", 2), "spoofed IPv4 source reached its peer");
+    assert!(
+        !ping(&ya, "10.77.0.2", 2),
+        "spoofed IPv4 source reached its peer"
+    );
 
-    assert_eq!(netd.stop(), Some(0), "netd did not exit cleanly; log:\n{}", netd.log());
+    assert_eq!(
+        netd.stop(),
+        Some(0),
+        "netd did not exit cleanly; log:\n{}",
+        netd.log()
+    );
     let xa_drops = netd.port_drops(&xa);
     let ya_drops = netd.port_drops(&ya);
     assert!(xa_drops.contains("spoofed_mac"), "xa drops: {xa_drops}");
@@ -144,15 +205,59 @@ fn ipv6_link_local_and_global_work_and_spoofed_ipv6_is_dropped() {
     let xa = topo.name("xa");
     let xb_ll = link_local_of(&topo.name("xb"));
     assert!(
-        exec(&xa, &["ping", "-6", "-n", "-q", "-c", "3", "-W", "1", "-i", "0.2", &format!("{xb_ll}%eth0")]).status.success(),
+        exec(
+            &xa,
+            &[
+                "ping",
+                "-6",
+                "-n",
+                "-q",
+                "-c",
+                "3",
+                "-W",
+                "1",
+                "-i",
+                "0.2",
+                &format!("{xb_ll}%eth0")
+            ]
+        )
+        .status
+        .success(),
         "link-local ping xa -> xb failed"
     );
-    assert!(exec(&xa, &["ping", "-6", "-n", "-q", "-c", "3", "-W", "1", "-i", "0.2", "fd77::2"]).status.success(), "global ping failed");
+    assert!(
+        exec(
+            &xa,
+            &[
+                "ping", "-6", "-n", "-q", "-c", "3", "-W", "1", "-i", "0.2", "fd77::2"
+            ]
+        )
+        .status
+        .success(),
+        "global ping failed"
+    );
     // ya has no IPv6 configured: its link-local works, a global address it invents does not.
     let ya = topo.name("ya");
     let yb_ll = link_local_of(&topo.name("yb"));
     assert!(
-        exec(&ya, &["ping", "-6", "-n", "-q", "-c", "2", "-W", "1", "-i", "0.2", &format!("{yb_ll}%eth0")]).status.success(),
+        exec(
+            &ya,
+            &[
+                "ping",
+                "-6",
+                "-n",
+                "-q",
+                "-c",
+                "2",
+                "-W",
+                "1",
+                "-i",
+                "0.2",
+                &format!("{yb_ll}%eth0")
+            ]
+        )
+        .status
+        .success(),
         "link-local ping ya -> yb failed"
     );
     let (ok, out) = sh(&topo.name("yb"), "ip -6 addr add fd99::2/64 dev eth0 nodad");
@@ -160,11 +265,22 @@ fn ipv6_link_local_and_global_work_and_spoofed_ipv6_is_dropped() {
     let (ok, out) = sh(&ya, "ip -6 addr add fd99::1/64 dev eth0 nodad");
     assert!(ok, "{out}");
     assert!(
-        !exec(&ya, &["ping", "-6", "-n", "-q", "-c", "2", "-W", "1", "-i", "0.2", "fd99::2"]).status.success(),
+        !exec(
+            &ya,
+            &[
+                "ping", "-6", "-n", "-q", "-c", "2", "-W", "1", "-i", "0.2", "fd99::2"
+            ]
+        )
+        .status
+        .success(),
         "an undeclared IPv6 source got through"
     );
     assert_eq!(netd.stop(), Some(0));
-    assert!(netd.port_drops(&ya).contains("spoofed_ipv6"), "ya drops: {}", netd.port_drops(&ya));
+    assert!(
+        netd.port_drops(&ya).contains("spoofed_ipv6"),
+        "ya drops: {}",
+        netd.port_drops(&ya)
+    );
 }
 
 #[test]
@@ -172,7 +288,10 @@ fn sigterm_removes_every_namespace_and_tap() {
     require_privileges();
     let topo = TestTopology::new(TWO_TENANTS);
     let mut netd = Daemon::start(&topo, &[]);
-    let names: Vec<String> = ["xa", "xb", "ya", "yb", "yc"].iter().map(|n| topo.name(n)).collect();
+    let names: Vec<String> = ["xa", "xb", "ya", "yb", "yc"]
+        .iter()
+        .map(|n| topo.name(n))
+        .collect();
     for ns in &names {
         assert!(netns_exists(ns), "{ns} missing while netd runs");
         let (ok, out) = sh(ns, "ip -o link show eth0");
@@ -190,18 +309,39 @@ fn a_clashing_namespace_makes_up_fail_and_stays_untouched() {
     require_privileges();
     let topo = TestTopology::new(TWO_TENANTS);
     let clash = topo.name("yb");
-    assert!(std::process::Command::new("ip").args(["netns", "add", &clash]).status().unwrap().success());
+    assert!(
+        std::process::Command::new("ip")
+            .args(["netns", "add", &clash])
+            .status()
+            .unwrap()
+            .success()
+    );
     // A marker inside it, to prove netd did not recreate or touch it.
     let (ok, out) = sh(&clash, "ip link add marker0 type veth peer name marker1");
     assert!(ok, "{out}");
     let mut netd = Daemon::spawn(&topo, &[]);
     let code = netd.wait_exit();
-    assert_eq!(code, Some(1), "netd should refuse to start; log:\n{}", netd.log());
-    assert!(netd.log().contains(&clash), "error does not name the clash:\n{}", netd.log());
+    assert_eq!(
+        code,
+        Some(1),
+        "netd should refuse to start; log:\n{}",
+        netd.log()
+    );
+    assert!(
+        netd.log().contains(&clash),
+        "error does not name the clash:\n{}",
+        netd.log()
+    );
     let (ok, out) = sh(&clash, "ip -o link show marker0");
-    assert!(ok && out.contains("marker0"), "the pre-existing namespace was touched: {out}");
+    assert!(
+        ok && out.contains("marker0"),
+        "the pre-existing namespace was touched: {out}"
+    );
     for other in ["xa", "xb", "ya", "yc"] {
-        assert!(!netns_exists(&topo.name(other)), "netd created {other} before refusing");
+        assert!(
+            !netns_exists(&topo.name(other)),
+            "netd created {other} before refusing"
+        );
     }
 }
 
@@ -227,7 +367,10 @@ mac = "02:00:00:00:00:01"
     );
     let mut netd = Daemon::spawn(&topo, &[]);
     assert_eq!(netd.wait_exit(), Some(1));
-    assert!(common::namespaces_with_prefix(&topo.prefix).is_empty(), "an invalid topology created namespaces");
+    assert!(
+        common::namespaces_with_prefix(&topo.prefix).is_empty(),
+        "an invalid topology created namespaces"
+    );
 }
 
 /// Return the MAC of `eth0` inside `ns`.
@@ -239,7 +382,13 @@ fn mac_of(ns: &str) -> String {
 
 /// Return the link-local IPv6 address of `eth0` inside `ns`.
 fn link_local_of(ns: &str) -> String {
-    let (ok, out) = sh(ns, "ip -6 -o addr show dev eth0 scope link | awk '{print $4}' | cut -d/ -f1");
-    assert!(ok && !out.trim().is_empty(), "no link-local address in {ns}: {out}");
+    let (ok, out) = sh(
+        ns,
+        "ip -6 -o addr show dev eth0 scope link | awk '{print $4}' | cut -d/ -f1",
+    );
+    assert!(
+        ok && !out.trim().is_empty(),
+        "no link-local address in {ns}: {out}"
+    );
     out.trim().to_string()
 }

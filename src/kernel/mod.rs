@@ -46,8 +46,14 @@ pub enum KernelError {
         #[source]
         source: std::io::Error,
     },
-    #[error("Cannot configure {SERVER_IFNAME} of server {server:?} in namespace {netns:?}: {detail}")]
-    ConfigureLink { server: String, netns: String, detail: String },
+    #[error(
+        "Cannot configure {SERVER_IFNAME} of server {server:?} in namespace {netns:?}: {detail}"
+    )]
+    ConfigureLink {
+        server: String,
+        netns: String,
+        detail: String,
+    },
 }
 
 /// One server's TAP, held open by netd.
@@ -129,33 +135,61 @@ pub fn bring_up(topology: &Topology) -> Result<Plumbing, KernelError> {
     for server in &topology.servers {
         netns::create(&server.netns)?;
         plumbing.namespaces.push(server.netns.clone());
-        let file = netns::run_in(&server.netns, || sys::open_tap(SERVER_IFNAME).map(File::from))
-            .map_err(|source| KernelError::CreateTap {
+        let file = netns::run_in(&server.netns, open_server_tap).map_err(|source| {
+            KernelError::CreateTap {
                 server: server.name.clone(),
                 netns: server.netns.clone(),
                 source,
-            })?;
-        plumbing.taps.push(ServerTap { port: server.id, file });
+            }
+        })?;
+        plumbing.taps.push(ServerTap {
+            port: server.id,
+            file,
+        });
         link::configure(server)?;
         debug!(server = %server.name, netns = %server.netns, mac = %server.mac, ip = %server.ip, "server plumbed");
     }
-    info!(servers = topology.servers.len(), "created namespaces and TAPs");
+    info!(
+        servers = topology.servers.len(),
+        "created namespaces and TAPs"
+    );
     Ok(plumbing)
+}
+
+/// Create the server's TAP in the calling thread's namespace and switch off IPv6 duplicate
+/// address detection on it: the topology already guarantees unique addresses within a
+/// tenant, and DAD would leave the link-local address unusable for the first second or two.
+fn open_server_tap() -> std::io::Result<File> {
+    let tap = File::from(sys::open_tap(SERVER_IFNAME)?);
+    // /proc/sys/net is resolved against the opening thread's namespace: this one.
+    let dad = format!("/proc/sys/net/ipv6/conf/{SERVER_IFNAME}/accept_dad");
+    if let Err(err) = std::fs::write(&dad, "0") {
+        // Kernels without IPv6 have no such file; IPv4 works regardless.
+        debug!(path = %dad, cause = %err, "cannot disable DAD");
+    }
+    Ok(tap)
 }
 
 /// Run `ip ARGS` (with `stdin` fed to it when given); on failure return its stderr.
 fn ip_command(args: &[&str], stdin: Option<&str>) -> Result<(), String> {
     let mut child = Command::new("ip")
         .args(args)
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| format!("cannot run ip: {e}"))?;
     if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        pipe.write_all(input.as_bytes()).map_err(|e| format!("cannot feed ip: {e}"))?;
+        pipe.write_all(input.as_bytes())
+            .map_err(|e| format!("cannot feed ip: {e}"))?;
     }
-    let output = child.wait_with_output().map_err(|e| format!("ip failed: {e}"))?;
+    let output = child
+        .wait_with_output()
+        .map_err(|e| format!("ip failed: {e}"))?;
     if output.status.success() {
         Ok(())
     } else {

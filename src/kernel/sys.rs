@@ -33,7 +33,10 @@ struct IfReqFlags {
 /// thread's network namespace. The TAP lives as long as the returned fd.
 pub fn open_tap(name: &str) -> io::Result<OwnedFd> {
     if name.is_empty() || name.len() > IFNAMSIZ_MAX || name.contains('\0') {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("Bad interface name {name:?}")));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("Bad interface name {name:?}"),
+        ));
     }
     let fd: OwnedFd = std::fs::OpenOptions::new()
         .read(true)
@@ -42,7 +45,11 @@ pub fn open_tap(name: &str) -> io::Result<OwnedFd> {
         .open(TUN_PATH)?
         .into();
 
-    let mut ifr = IfReqFlags { name: [0; libc::IFNAMSIZ], flags: IFF_TAP | IFF_NO_PI, _pad: [0; 22] };
+    let mut ifr = IfReqFlags {
+        name: [0; libc::IFNAMSIZ],
+        flags: IFF_TAP | IFF_NO_PI,
+        _pad: [0; 22],
+    };
     for (dst, src) in ifr.name.iter_mut().zip(name.bytes()) {
         *dst = src as libc::c_char;
     }
@@ -83,19 +90,29 @@ impl TimerFd {
     /// Create a disarmed timer.
     pub fn new() -> io::Result<TimerFd> {
         // SAFETY: plain syscall with constant flags; the returned fd is checked and owned below.
-        let raw = unsafe { libc::timerfd_create(libc::CLOCK_MONOTONIC, libc::TFD_NONBLOCK | libc::TFD_CLOEXEC) };
+        let raw = unsafe {
+            libc::timerfd_create(
+                libc::CLOCK_MONOTONIC,
+                libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
+            )
+        };
         if raw < 0 {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: `raw` is a fresh fd from timerfd_create; nothing else owns it.
-        Ok(TimerFd(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) }))
+        Ok(TimerFd(unsafe {
+            <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw)
+        }))
     }
 
     /// Fire once after `delay` (a zero delay fires after 1 ns, since zero would disarm).
     pub fn arm_after(&self, delay: std::time::Duration) -> io::Result<()> {
         let nanos = delay.as_nanos().max(1);
         let spec = libc::itimerspec {
-            it_interval: libc::timespec { tv_sec: 0, tv_nsec: 0 },
+            it_interval: libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            },
             it_value: libc::timespec {
                 tv_sec: libc::time_t::try_from(nanos / 1_000_000_000).unwrap_or(libc::time_t::MAX),
                 // < 1e9, always fits.
@@ -103,7 +120,8 @@ impl TimerFd {
             },
         };
         // SAFETY: `self.0` is our timerfd; `spec` is a valid itimerspec; old value not requested.
-        let ret = unsafe { libc::timerfd_settime(self.0.as_raw_fd(), 0, &spec, std::ptr::null_mut()) };
+        let ret =
+            unsafe { libc::timerfd_settime(self.0.as_raw_fd(), 0, &spec, std::ptr::null_mut()) };
         if ret < 0 {
             return Err(io::Error::last_os_error());
         }

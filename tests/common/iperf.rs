@@ -65,7 +65,11 @@ pub struct IperfSum {
 impl IperfReport {
     /// Receiver goodput in bit/s.
     pub fn received_bps(&self) -> f64 {
-        self.end.sum_received.as_ref().map(|s| s.bits_per_second).unwrap_or(0.0)
+        self.end
+            .sum_received
+            .as_ref()
+            .map(|s| s.bits_per_second)
+            .unwrap_or(0.0)
     }
 }
 
@@ -73,7 +77,14 @@ impl IperfReport {
 pub fn client(ns: &str, target: &str, port: u16, secs: u32, omit: u32, flows: u32) -> Child {
     Command::new("ip")
         .args(["netns", "exec", ns, "iperf3", "-J", "-c", target])
-        .args(["-p", &port.to_string(), "-t", &secs.to_string(), "-O", &omit.to_string()])
+        .args([
+            "-p",
+            &port.to_string(),
+            "-t",
+            &secs.to_string(),
+            "-O",
+            &omit.to_string(),
+        ])
         .args(["-P", &flows.to_string(), "--connect-timeout", "3000"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -87,6 +98,9 @@ pub fn report(child: Child) -> IperfReport {
     let out = child.wait_with_output().expect("wait for iperf3");
     let text = String::from_utf8_lossy(&out.stdout);
     serde_json::from_str(&text).unwrap_or_else(|e| {
-        panic!("iperf3 output is not a report ({e}): {text}\n{}", String::from_utf8_lossy(&out.stderr))
+        panic!(
+            "iperf3 output is not a report ({e}): {text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
     })
 }

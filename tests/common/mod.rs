@@ -30,7 +30,12 @@ pub fn require_privileges() {
     );
     for tool in ["ip", "ping"] {
         assert!(
-            Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output().map(|o| o.status.success()).unwrap_or(false),
+            Command::new("sh")
+                .arg("-c")
+                .arg(format!("command -v {tool}"))
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false),
             "this test needs `{tool}`: run .ci/run or apt-get install iproute2 iputils-ping"
         );
     }
@@ -39,7 +44,10 @@ pub fn require_privileges() {
 /// Return a fresh name prefix, unique per process and call: `nt` + 5 hex digits.
 pub fn unique_prefix() -> String {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().subsec_nanos();
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
     let mix = std::process::id()
         .wrapping_mul(2_654_435_761)
         .wrapping_add(nanos)
@@ -87,7 +95,10 @@ impl Drop for TestTopology {
 
 /// List the named namespaces whose name starts with `prefix`.
 pub fn namespaces_with_prefix(prefix: &str) -> Vec<String> {
-    let out = Command::new("ip").args(["netns", "list"]).output().expect("ip netns list");
+    let out = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .expect("ip netns list");
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| l.split_whitespace().next())
@@ -121,9 +132,23 @@ pub fn sh(ns: &str, script: &str) -> (bool, String) {
 
 /// Ping `target` from `ns` (`count` echo requests, 1 s deadline each); true if any reply came.
 pub fn ping(ns: &str, target: &str, count: u32) -> bool {
-    exec(ns, &["ping", "-n", "-q", "-c", &count.to_string(), "-W", "1", "-i", "0.2", target])
-        .status
-        .success()
+    exec(
+        ns,
+        &[
+            "ping",
+            "-n",
+            "-q",
+            "-c",
+            &count.to_string(),
+            "-W",
+            "1",
+            "-i",
+            "0.2",
+            target,
+        ],
+    )
+    .status
+    .success()
 }
 
 /// A running `netd up`; dropping it stops the daemon (SIGTERM, then SIGKILL) and reaps it.
@@ -165,13 +190,23 @@ impl Daemon {
                 let _ = tx.send(line);
             }
         });
-        Daemon { child: Some(child), lines, rx }
+        Daemon {
+            child: Some(child),
+            lines,
+            rx,
+        }
     }
 
     /// Wait until a log line containing `needle` appears; return it.
     pub fn wait_for(&mut self, needle: &str, timeout: Duration) -> Option<String> {
         let deadline = Instant::now() + timeout;
-        if let Some(line) = self.lines.lock().unwrap().iter().find(|l| l.contains(needle)) {
+        if let Some(line) = self
+            .lines
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|l| l.contains(needle))
+        {
             return Some(line.clone());
         }
         loop {
@@ -179,7 +214,9 @@ impl Daemon {
             match self.rx.recv_timeout(left) {
                 Ok(line) if line.contains(needle) => return Some(line),
                 Ok(_) => {}
-                Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => return None,
+                Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => {
+                    return None;
+                }
             }
         }
     }
@@ -192,7 +229,9 @@ impl Daemon {
     /// Send SIGTERM and wait for exit (10 s at most); return the exit code.
     pub fn stop(&mut self) -> Option<i32> {
         let mut child = self.child.take()?;
-        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Ok(Some(status)) = child.try_wait() {
@@ -231,11 +270,16 @@ impl Daemon {
     pub fn port_drops(&self, server: &str) -> String {
         let log = self.log();
         log.lines()
-            .filter(|l| l.contains("\"port counters\"") && l.contains(&format!("\"server\":\"{server}\"")))
-            .last()
+            .rev()
+            .find(|l| {
+                l.contains("\"port counters\"") && l.contains(&format!("\"server\":\"{server}\""))
+            })
             .map(|l| {
                 let v: serde_json::Value = serde_json::from_str(l).expect("JSON log line");
-                v["fields"]["drops"].as_str().unwrap_or_default().to_string()
+                v["fields"]["drops"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string()
             })
             .unwrap_or_else(|| panic!("no counters logged for {server}; log:\n{log}"))
     }
