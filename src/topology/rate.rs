@@ -101,7 +101,7 @@ impl fmt::Display for Rate {
             (1_000, "kbit"),
         ];
         for (scale, unit) in UNITS {
-            if self.0 >= scale && self.0 % scale == 0 {
+            if self.0 >= scale && self.0.is_multiple_of(scale) {
                 return write!(f, "{}{}", self.0 / scale, unit);
             }
         }
