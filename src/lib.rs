@@ -22,6 +22,7 @@
 //! - [`datapath`]: the event loop tying ports, switch and shaper together.
 //! - [`stats`]: counters and drop reasons.
 
+pub mod shaper;
 pub mod stats;
 pub mod switch;
 pub mod topology;
