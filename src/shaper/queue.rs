@@ -17,6 +17,8 @@ struct Slot<T> {
     item: Option<T>,
     bytes: u32,
     enqueued: Nanos,
+    /// Bytes queued ahead of this item in its list when it was pushed.
+    ahead: u64,
     next: u32,
 }
 
@@ -103,6 +105,7 @@ impl<T> Arena<T> {
                 item: None,
                 bytes: 0,
                 enqueued: 0,
+                ahead: 0,
                 next: NIL,
             });
         }
@@ -130,6 +133,7 @@ impl<T> Arena<T> {
             item: Some(item),
             bytes,
             enqueued: now,
+            ahead: fifo.bytes,
             next: NIL,
         };
         if fifo.tail == NIL {
@@ -144,11 +148,12 @@ impl<T> Arena<T> {
         Ok(())
     }
 
-    /// Return the size and enqueue time of the head of `fifo`.
-    pub(crate) fn head(&self, fifo: &Fifo) -> Option<(u32, Nanos)> {
+    /// Return the head of `fifo`: when it was pushed and the bytes that were ahead of it
+    /// (all sent since, so `ahead / (now − enqueued)` is the list's recent drain rate).
+    pub(crate) fn head(&self, fifo: &Fifo) -> Option<(Nanos, u64)> {
         (fifo.head != NIL).then(|| {
             let slot = &self.slots[fifo.head as usize];
-            (slot.bytes, slot.enqueued)
+            (slot.enqueued, slot.ahead)
         })
     }
 
@@ -245,7 +250,8 @@ mod tests {
         arena.push(&mut a, 3, 30, 2).unwrap();
         assert_eq!(arena.push(&mut b, 4, 40, 3), Err(4));
         assert_eq!((a.frames(), a.bytes()), (2, 40));
-        assert_eq!(arena.head(&a), Some((10, 0)));
+        assert_eq!(arena.head(&a), Some((0, 0)));
+        assert_eq!(arena.head(&b), Some((1, 0)));
         assert_eq!(arena.pop(&mut a), Some((1, 10)));
         arena.push(&mut b, 4, 40, 3).unwrap();
         assert!(arena.fifo_is_valid(&a) && arena.fifo_is_valid(&b) && arena.is_valid());
