@@ -27,6 +27,7 @@ pub mod datapath;
 pub mod kernel;
 pub mod pool;
 pub mod port;
+pub mod shaper;
 pub mod stats;
 pub mod switch;
 pub mod topology;

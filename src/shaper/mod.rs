@@ -1,0 +1,247 @@
+//! The per-tenant shaper: a pure state machine with time passed in.
+//!
+//! Contract (what the data path and the simulations rely on):
+//! - Traffic is charged to the **sending** tenant, in the bytes the caller gives (the Ethernet
+//!   frame length; the wire bytes for a GSO frame).
+//! - For offered loads `dᵢ`, each tenant's **entitlement** is `min(dᵢ, guaranteedᵢ)` plus a
+//!   share of the spare (`capacity − Σ min(dⱼ, guaranteedⱼ)`) water-filled among the tenants
+//!   wanting more, in proportion to their weights, each capped at `min(dᵢ, ceilingᵢ)`.
+//!   Achieved rates follow the entitlement; the hierarchy (see [`hierarchy`]) says how.
+//! - A tenant under its guarantee is never held back by borrowers: its frames go on its own
+//!   tokens without waiting for the host's.
+//! - When a tenant falls idle, the others may use its share at once (its tokens stop being
+//!   spent, so the host's accrue to the borrowers); when it wakes, its own tokens are there at
+//!   once. Idle buckets bank at most one burst, which bounds the disturbance of a wake-up.
+//! - Inside a tenant, ports (servers) may have their own `guaranteed`/`ceiling`: the same
+//!   rules apply among the tenant's ports, within the tenant's entitlement; ports without a
+//!   guarantee share what remains equally.
+//! - Frames over the entitlement wait in a bounded per-tenant queue ([`QueueLimits`]); an
+//!   overflowing frame is dropped, counted and handed back ([`Admit::Dropped`]) so the caller
+//!   can recycle its buffer. No item is ever lost or duplicated: every offered item comes back
+//!   exactly once, through [`Admit`], [`Shaper::release`] or [`Shaper::reconfigure`].
+//! - Parameters can be swapped at run time ([`Shaper::reconfigure`]) keeping queued frames,
+//!   token levels and counters; tenants and ports may be added or removed.
+//! - No I/O, no clock read, no allocation per frame: queues are pre-sized at configuration.
+//!
+//! Calling convention (the event loop): for each frame, [`Shaper::offer`]; after a batch of
+//! offers and whenever the timer armed for [`Shaper::next_release`] fires, [`Shaper::release`].
+//! `now` must never go backwards (a smaller `now` is treated as the latest seen).
+
+mod bucket;
+pub mod hierarchy;
+mod queue;
+
+pub use hierarchy::Shaper;
+
+use crate::topology::{PortId, Rate, TenantId, Topology};
+
+/// Monotonic nanoseconds from an arbitrary origin, injected by the caller.
+pub type Nanos = u64;
+
+/// Nanoseconds per millisecond.
+const MILLI: Nanos = 1_000_000;
+
+/// Everything the shaper needs: the host capacity and each tenant's rates.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShaperConfig {
+    /// Aggregate rate shared among tenants.
+    pub capacity: Rate,
+    /// Tenants; ids are small dense indices (as in [`Topology::tenants`]).
+    pub tenants: Vec<TenantConfig>,
+    /// Per-tenant queue bounds.
+    pub queue: QueueLimits,
+    /// Bucket sizes.
+    pub burst: BurstConfig,
+}
+
+/// One tenant's rates.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TenantConfig {
+    pub id: TenantId,
+    /// Rate always available to the tenant (Σ over tenants ≤ capacity).
+    pub guaranteed: Rate,
+    /// Maximum rate including borrowed bandwidth (clamped to `[guaranteed, capacity]`).
+    pub ceiling: Rate,
+    /// Share of the spare relative to other borrowers (0 is taken as 1).
+    pub weight: u32,
+    /// Ports with their own queue; unlisted ports of the tenant share one default lane.
+    pub ports: Vec<PortConfig>,
+}
+
+/// One port's optional rates inside its tenant's entitlement.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PortConfig {
+    pub id: PortId,
+    /// Rate guaranteed to this port out of the tenant's (Σ over ports ≤ tenant's guarantee).
+    pub guaranteed: Option<Rate>,
+    /// Maximum rate of this port.
+    pub ceiling: Option<Rate>,
+}
+
+/// Bounds of each tenant's queue.
+///
+/// A frame is admitted when the tenant's queue is empty (a frame is never dropped for being
+/// big), or when all of these hold: fewer than `max_frames` queued; queued bytes plus the
+/// frame ≤ `max(min_bytes, ceiling × max_delay)`; and either fewer than `min_bytes` queued or
+/// the frame's estimated wait is at most `max_delay`. The wait is estimated from the port
+/// queue's measured drain rate (bytes sent while its head waited), so the time bound follows
+/// the tenant's actual share, whatever it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueLimits {
+    /// Queueing delay bound (default 5 ms).
+    pub max_delay: Nanos,
+    /// Bytes always accepted, so slow tenants can hold a few frames (default 64 KiB).
+    pub min_bytes: u32,
+    /// Frames per tenant; the queue's pre-sized slots (default 4096).
+    pub max_frames: u32,
+}
+
+impl Default for QueueLimits {
+    fn default() -> Self {
+        QueueLimits {
+            max_delay: 5 * MILLI,
+            min_bytes: 64 * 1024,
+            max_frames: 4096,
+        }
+    }
+}
+
+impl QueueLimits {
+    /// Return the byte bound of a tenant with this ceiling: `max(min_bytes, ceiling × max_delay)`.
+    pub fn byte_limit(&self, ceiling: Rate) -> u64 {
+        u64::from(self.min_bytes).max(bytes_in(ceiling, self.max_delay))
+    }
+}
+
+/// Bucket sizes: every bucket holds `max(min_bytes, rate × time)`.
+///
+/// Because buckets may go into debt, any size lets MTU and 64 KB GSO frames through at the
+/// configured rate. The burst bounds what an idle sender banks (and so how much a wake-up
+/// can disturb others: the pool pays the bank back from the spare) and how much burstiness a
+/// sender under its rate absorbs without queueing. The floor of one 64 KiB GSO frame lets a
+/// tenant under its guarantee send a GSO frame without waiting, even at a few Mbit/s; at
+/// high rates, 1 ms of traffic dominates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BurstConfig {
+    /// Time of traffic at the bucket's rate (default 1 ms).
+    pub time: Nanos,
+    /// Floor (default 64 KiB: one GSO frame).
+    pub min_bytes: u32,
+}
+
+impl Default for BurstConfig {
+    fn default() -> Self {
+        BurstConfig {
+            time: MILLI,
+            min_bytes: 64 * 1024,
+        }
+    }
+}
+
+impl BurstConfig {
+    /// Return the burst in bytes of a bucket with this rate.
+    pub fn bytes_for(&self, rate: Rate) -> u64 {
+        u64::from(self.min_bytes).max(bytes_in(rate, self.time))
+    }
+}
+
+/// Return the bytes `rate` carries in `time` (rounded down, saturating).
+fn bytes_in(rate: Rate, time: Nanos) -> u64 {
+    // bits/s × ns < 2¹²⁸; / 8·10⁹ gives bytes.
+    let bytes = u128::from(rate.bits_per_sec()) * u128::from(time) / 8_000_000_000;
+    u64::try_from(bytes).unwrap_or(u64::MAX)
+}
+
+impl ShaperConfig {
+    /// Build the shaper's view of a topology, with default queue and burst sizes.
+    pub fn from_topology(t: &Topology) -> ShaperConfig {
+        let tenants = t
+            .tenants
+            .iter()
+            .map(|tenant| TenantConfig {
+                id: tenant.id,
+                guaranteed: tenant.guaranteed,
+                ceiling: tenant.ceiling,
+                weight: tenant.weight,
+                ports: t
+                    .servers_of(tenant.id)
+                    .map(|server| PortConfig {
+                        id: server.id,
+                        guaranteed: server.guaranteed,
+                        ceiling: server.ceiling,
+                    })
+                    .collect(),
+            })
+            .collect();
+        ShaperConfig {
+            capacity: t.capacity,
+            tenants,
+            queue: QueueLimits::default(),
+            burst: BurstConfig::default(),
+        }
+    }
+}
+
+/// What [`Shaper::offer`] decided.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Admit<T> {
+    /// Send the item now.
+    Send(T),
+    /// The item waits in the tenant's queue; [`Shaper::release`] will hand it back.
+    Queued,
+    /// The queue is full (or the tenant unknown): the item is handed back, not sent.
+    Dropped(T),
+}
+
+/// One tenant's counters (a snapshot).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TenantCounters {
+    /// Frames sent on the tenant's own (guaranteed) tokens.
+    pub own_frames: u64,
+    /// Bytes sent on the tenant's own tokens.
+    pub own_bytes: u64,
+    /// Frames sent on tokens borrowed from the host.
+    pub borrowed_frames: u64,
+    /// Bytes sent on borrowed tokens.
+    pub borrowed_bytes: u64,
+    /// Frames waiting in the queue now.
+    pub queued_frames: u64,
+    /// Bytes waiting in the queue now.
+    pub queued_bytes: u64,
+    /// Frames dropped (queue full).
+    pub dropped_frames: u64,
+    /// Bytes dropped.
+    pub dropped_bytes: u64,
+}
+
+impl TenantCounters {
+    /// Return all frames sent (own and borrowed).
+    pub fn sent_frames(&self) -> u64 {
+        self.own_frames + self.borrowed_frames
+    }
+
+    /// Return all bytes sent (own and borrowed).
+    pub fn sent_bytes(&self) -> u64 {
+        self.own_bytes + self.borrowed_bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_sizes() {
+        let g = Rate::from_bits_per_sec(1_000_000_000);
+        assert_eq!(BurstConfig::default().bytes_for(g), 125_000);
+        assert_eq!(
+            BurstConfig::default().bytes_for(Rate::from_bits_per_sec(1_000_000)),
+            65_536
+        );
+        assert_eq!(QueueLimits::default().byte_limit(g), 625_000);
+        assert_eq!(
+            QueueLimits::default().byte_limit(Rate::from_bits_per_sec(1_000_000)),
+            65_536
+        );
+    }
+}
