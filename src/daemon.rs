@@ -12,6 +12,7 @@ use tracing::{error, info};
 use crate::datapath::DataPath;
 use crate::kernel::{self, KernelError};
 use crate::port::TapPort;
+use crate::shaper::ShaperConfig;
 use crate::stats::Stats;
 use crate::switch::Switch;
 use crate::topology::Topology;
@@ -47,8 +48,13 @@ pub async fn up(
         .map(|tap| TapPort::new(tap.port, tap.file))
         .collect();
     let stats = Arc::new(Stats::new(topology.servers.len(), topology.tenants.len()));
-    let (datapath, stop) = DataPath::new(Switch::new(&topology), ports, stats.clone())
-        .map_err(DaemonError::StartDataPath)?;
+    let (datapath, stop) = DataPath::new(
+        Switch::new(&topology),
+        ShaperConfig::from_topology(&topology),
+        ports,
+        stats.clone(),
+    )
+    .map_err(DaemonError::StartDataPath)?;
     let thread = datapath.spawn().map_err(DaemonError::StartDataPath)?;
     let mut finished = tokio::task::spawn_blocking(move || thread.join());
     info!(
@@ -93,11 +99,14 @@ pub async fn up(
 pub fn log_stats(topology: &Topology, stats: &Stats) {
     for tenant in &topology.tenants {
         let s = stats.tenants[tenant.id.index()].snapshot();
+        let shaped = stats.shaper[tenant.id.index()].snapshot();
         info!(
             tenant = %tenant.name,
             rx_frames = s.rx_frames, rx_bytes = s.rx_bytes,
             tx_frames = s.tx_frames, tx_bytes = s.tx_bytes,
             drops = ?s.drops,
+            own_bytes = shaped.own_bytes, borrowed_bytes = shaped.borrowed_bytes,
+            queued_bytes = shaped.queued_bytes, shaper_dropped_frames = shaped.dropped_frames,
             "tenant counters"
         );
     }

@@ -1,9 +1,14 @@
-//! The data path: one event loop moving frames from ports through the switch to ports.
+//! The data path: one event loop moving frames from ports through the switch and the shaper
+//! to ports.
 //!
 //! Contract: a single thread owns every port; it never blocks on one port (all fds are
-//! non-blocking, edge-triggered on epoll via mio), never allocates per frame (one reusable
-//! receive buffer), never panics on a frame, and never logs per frame: every frame ends up in
-//! a counter, as received, sent, or dropped with a [`DropReason`].
+//! non-blocking, edge-triggered on epoll via mio), never allocates per frame in steady state
+//! (buffers come from a [`BufferPool`]), never panics on a frame, and never logs per frame:
+//! every frame ends up in a counter, as received, sent, or dropped with a [`DropReason`].
+//!
+//! Per frame: read → [`Switch::decide`] (guard + forward) → [`Shaper::offer`] charged to the
+//! sending tenant → write now, or later when [`Shaper::release`] hands the frame back (a
+//! timerfd armed at [`Shaper::next_release`] wakes the loop with sub-millisecond precision).
 //!
 //! Fairness between ports: each readable port is drained at most [`BATCH`] frames per turn,
 //! round-robin, so one flooding server cannot monopolise the loop.
@@ -13,22 +18,27 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 use tracing::{debug, warn};
 
+use crate::kernel::sys::TimerFd;
+use crate::pool::{self, BufferPool};
 use crate::port::TapPort;
+use crate::shaper::{Admit, Nanos, Shaper, ShaperConfig};
 use crate::stats::{DropReason, Stats};
 use crate::switch::{Decision, Switch};
 use crate::topology::PortId;
 
-/// Largest frame a read can return: 64 KiB, so oversized frames are seen whole and counted.
-pub const MAX_FRAME: usize = 65_536;
 /// Frames read from one port before moving on to the next ready port.
 pub const BATCH: usize = 64;
+/// How often the shaper's counters are copied out for readers on other threads.
+const PUBLISH_EVERY: Nanos = 50_000_000;
 
 const WAKER: Token = Token(usize::MAX);
+const TIMER: Token = Token(usize::MAX - 1);
 
 /// Stops a running data path from another thread.
 #[derive(Debug, Clone)]
@@ -47,29 +57,56 @@ impl StopHandle {
     }
 }
 
-/// The event loop's state.
-pub struct DataPath {
-    poll: Poll,
+/// A frame that passed the switch and waits for (or just got) the shaper's go.
+#[derive(Debug)]
+pub struct Pending {
+    buf: Vec<u8>,
+    len: usize,
+    ingress: PortId,
+    decision: Decision,
+}
+
+/// Everything needed to put a frame on the wire, apart from the shaper (so the shaper can
+/// hand frames back to it while being borrowed itself).
+struct Egress {
     ports: Vec<TapPort>,
     /// Position of each port in `ports`, by `PortId` index.
     slot_of: Vec<Option<usize>>,
     switch: Switch,
     stats: Arc<Stats>,
+    pool: BufferPool,
+}
+
+/// The event loop's state.
+pub struct DataPath {
+    poll: Poll,
+    egress: Egress,
+    shaper: Shaper<Pending>,
+    timer: TimerFd,
+    /// When the timer was last armed for, to avoid re-arming it for the same instant.
+    timer_target: Option<Nanos>,
+    clock: Instant,
     stop: Arc<AtomicBool>,
     /// Ports known readable (edge seen, not yet drained to `WouldBlock`), by slot.
     ready: Vec<bool>,
-    buf: Box<[u8]>,
+    /// The read buffer: a large pool buffer.
+    rx: Vec<u8>,
+    last_publish: Nanos,
 }
 
 impl DataPath {
     /// Register `ports` with a new poller; return the loop and a handle to stop it.
     pub fn new(
         switch: Switch,
+        shaper: ShaperConfig,
         ports: Vec<TapPort>,
         stats: Arc<Stats>,
     ) -> io::Result<(DataPath, StopHandle)> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let timer = TimerFd::new()?;
+        poll.registry()
+            .register(&mut SourceFd(&timer.as_raw_fd()), TIMER, Interest::READABLE)?;
         let mut slot_of = vec![None; switch.port_count()];
         for (slot, port) in ports.iter().enumerate() {
             poll.registry().register(
@@ -85,16 +122,26 @@ impl DataPath {
             waker,
         };
         let ready = vec![false; ports.len()];
+        let mut pool = BufferPool::default();
+        let rx = pool.take_large();
         Ok((
             DataPath {
                 poll,
-                ports,
-                slot_of,
-                switch,
-                stats,
+                egress: Egress {
+                    ports,
+                    slot_of,
+                    switch,
+                    stats,
+                    pool,
+                },
+                shaper: Shaper::new(shaper, 0),
+                timer,
+                timer_target: None,
+                clock: Instant::now(),
                 stop,
                 ready,
-                buf: vec![0u8; MAX_FRAME].into_boxed_slice(),
+                rx,
+                last_publish: 0,
             },
             handle,
         ))
@@ -107,16 +154,17 @@ impl DataPath {
             .spawn(move || self.run())
     }
 
+    fn now(&self) -> Nanos {
+        // u64 nanoseconds last 584 years of uptime.
+        u64::try_from(self.clock.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
     /// Run until stopped.
     pub fn run(mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
         loop {
             let busy = self.ready.iter().any(|&r| r);
-            let timeout = if busy {
-                Some(std::time::Duration::ZERO)
-            } else {
-                None
-            };
+            let timeout = if busy { Some(Duration::ZERO) } else { None };
             match self.poll.poll(&mut events, timeout) {
                 Ok(()) => {}
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
@@ -125,6 +173,10 @@ impl DataPath {
             for event in events.iter() {
                 match event.token() {
                     WAKER => {}
+                    TIMER => {
+                        self.timer.clear();
+                        self.timer_target = None;
+                    }
                     Token(slot) => {
                         if let Some(r) = self.ready.get_mut(slot) {
                             *r = true;
@@ -134,61 +186,123 @@ impl DataPath {
             }
             if self.stop.load(Ordering::SeqCst) {
                 debug!("data path stopping");
+                self.publish_shaper_counters();
                 return Ok(());
             }
-            for slot in 0..self.ports.len() {
+            for slot in 0..self.ready.len() {
                 if self.ready[slot] {
                     self.ready[slot] = self.drain(slot);
                 }
             }
+            let now = self.now();
+            let egress = &mut self.egress;
+            self.shaper.release(now, |pending| egress.send(pending));
+            self.arm_timer(now)?;
+            if now.saturating_sub(self.last_publish) >= PUBLISH_EVERY {
+                self.publish_shaper_counters();
+                self.last_publish = now;
+            }
         }
+    }
+
+    /// Arm the timer for the shaper's next release, unless it is already armed for it.
+    fn arm_timer(&mut self, now: Nanos) -> io::Result<()> {
+        if let Some(at) = self.shaper.next_release()
+            && self.timer_target != Some(at)
+        {
+            self.timer
+                .arm_after(Duration::from_nanos(at.saturating_sub(now)))?;
+            self.timer_target = Some(at);
+        }
+        Ok(())
     }
 
     /// Read up to [`BATCH`] frames from the port in `slot`; return true if it may have more.
     fn drain(&mut self, slot: usize) -> bool {
         for _ in 0..BATCH {
-            let len = match self.ports[slot].read(&mut self.buf) {
+            let len = match self.egress.ports[slot].read(&mut self.rx) {
                 Ok(len) => len,
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => return false,
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
                 Err(err) => {
                     // A TAP whose device vanished keeps failing; stop polling it rather than spin.
-                    warn!(port = %self.ports[slot].id(), cause = %err, "read failed; port disabled");
+                    let port = &self.egress.ports[slot];
+                    warn!(port = %port.id(), cause = %err, "read failed; port disabled");
                     let _ = self
                         .poll
                         .registry()
-                        .deregister(&mut SourceFd(&self.ports[slot].as_raw_fd()));
+                        .deregister(&mut SourceFd(&port.as_raw_fd()));
                     return false;
                 }
             };
-            let ingress = self.ports[slot].id();
-            self.forward(ingress, len);
+            let ingress = self.egress.ports[slot].id();
+            self.receive(ingress, len);
         }
         true
     }
 
-    /// Count, decide and deliver the frame in `self.buf[..len]` that arrived on `ingress`.
-    fn forward(&self, ingress: PortId, len: usize) {
-        let frame = &self.buf[..len];
-        let tenant = self.switch.tenant_of(ingress);
-        let port_counters = &self.stats.ports[ingress.index()];
-        let tenant_counters = &self.stats.tenants[tenant.index()];
-        port_counters.count_rx(len);
-        tenant_counters.count_rx(len);
-        match self.switch.decide(ingress, frame) {
-            Decision::Unicast(egress) => self.deliver(egress, frame),
+    /// Count and decide the frame in `self.rx[..len]` from `ingress`, then offer it to the shaper.
+    fn receive(&mut self, ingress: PortId, len: usize) {
+        let now = self.now();
+        let egress = &mut self.egress;
+        let tenant = egress.switch.tenant_of(ingress);
+        egress.stats.ports[ingress.index()].count_rx(len);
+        egress.stats.tenants[tenant.index()].count_rx(len);
+        let decision = egress.switch.decide(ingress, &self.rx[..len]);
+        if let Decision::Drop(reason) = decision {
+            egress.count_drop(ingress, reason);
+            return;
+        }
+        // Small frames are copied out so a queued one does not pin 64 KiB; a large one keeps
+        // its read buffer and the loop takes a fresh one.
+        let buf = if len <= pool::SMALL {
+            egress.pool.copy_small(&self.rx[..len])
+        } else {
+            std::mem::replace(&mut self.rx, egress.pool.take_large())
+        };
+        let pending = Pending {
+            buf,
+            len,
+            ingress,
+            decision,
+        };
+        // A frame is at most 64 KiB: it always fits in u32.
+        let bytes = u32::try_from(len).unwrap_or(u32::MAX);
+        match self.shaper.offer(now, tenant, ingress, bytes, pending) {
+            Admit::Send(pending) => egress.send(pending),
+            Admit::Queued => {}
+            Admit::Dropped(pending) => {
+                egress.count_drop(ingress, DropReason::QueueFull);
+                egress.pool.give(pending.buf);
+            }
+        }
+    }
+
+    /// Copy the shaper's per-tenant counters to the shared stats.
+    fn publish_shaper_counters(&self) {
+        for (i, gauges) in self.egress.stats.shaper.iter().enumerate() {
+            let id = crate::topology::TenantId(u32::try_from(i).unwrap_or(u32::MAX));
+            gauges.publish(&self.shaper.counters(id));
+        }
+    }
+}
+
+impl Egress {
+    /// Deliver a frame the shaper let go, then recycle its buffer.
+    fn send(&mut self, pending: Pending) {
+        let frame = &pending.buf[..pending.len];
+        match pending.decision {
+            Decision::Unicast(port) => self.deliver(port, frame),
             Decision::Flood(tenant) => {
-                for &egress in self.switch.tenant_ports(tenant) {
-                    if egress != ingress {
-                        self.deliver(egress, frame);
+                for &port in self.switch.tenant_ports(tenant) {
+                    if port != pending.ingress {
+                        self.deliver(port, frame);
                     }
                 }
             }
-            Decision::Drop(reason) => {
-                port_counters.count_drop(reason);
-                tenant_counters.count_drop(reason);
-            }
+            Decision::Drop(_) => {}
         }
+        self.pool.give(pending.buf);
     }
 
     /// Write `frame` to `egress`, counting it as sent or as a write failure on that port.
@@ -208,5 +322,12 @@ impl DataPath {
                 self.stats.tenants[tenant.index()].count_drop(DropReason::WriteFailed);
             }
         }
+    }
+
+    /// Count a drop on the ingress port and its tenant.
+    fn count_drop(&self, ingress: PortId, reason: DropReason) {
+        let tenant = self.switch.tenant_of(ingress);
+        self.stats.ports[ingress.index()].count_drop(reason);
+        self.stats.tenants[tenant.index()].count_drop(reason);
     }
 }

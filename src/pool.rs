@@ -1,12 +1,15 @@
 //! Frame buffers reused across frames, so the data path does not allocate per frame.
 //!
-//! Contract: [`BufferPool::take`] returns an empty `Vec` with at least the requested capacity,
-//! from the free list when one fits; [`BufferPool::give`] returns it. Two size classes keep
-//! queued MTU-sized frames from pinning 64 KiB each. The free lists are capped, so a burst
-//! that needed many buffers gives the memory back once it has drained.
+//! Contract: two size classes. Small buffers (≤ [`SMALL`] bytes) hold copies of MTU-sized
+//! frames that must wait in a shaper queue; large buffers ([`LARGE`] bytes, kept at full
+//! length so they never need re-zeroing) are read targets, and a large frame that must wait
+//! keeps its read buffer instead of being copied. Free lists are capped, so memory a burst
+//! needed is given back once it drains; in steady state nothing is allocated.
 
-/// Capacity of the small class: an MTU-1500 frame (plus VLAN slack) fits.
+/// Capacity of a small buffer: an MTU-1500 frame with room to spare.
 pub const SMALL: usize = 2048;
+/// Length of a large buffer: the largest frame a TAP read can return (64 KiB).
+pub const LARGE: usize = 65_536;
 /// Buffers kept per class when idle.
 const KEEP: usize = 4096;
 
@@ -15,47 +18,31 @@ const KEEP: usize = 4096;
 pub struct BufferPool {
     small: Vec<Vec<u8>>,
     large: Vec<Vec<u8>>,
-    large_size: usize,
 }
 
 impl BufferPool {
-    /// Create a pool whose large class holds `large_size` bytes.
-    pub fn new(large_size: usize) -> BufferPool {
-        BufferPool {
-            small: Vec::new(),
-            large: Vec::new(),
-            large_size,
-        }
-    }
-
-    /// Return an empty buffer able to hold `len` bytes.
-    pub fn take(&mut self, len: usize) -> Vec<u8> {
-        let (list, size) = if len <= SMALL {
-            (&mut self.small, SMALL)
-        } else {
-            (&mut self.large, self.large_size.max(len))
-        };
-        match list.pop() {
-            Some(mut buf) if buf.capacity() >= len => {
-                buf.clear();
-                buf
-            }
-            _ => Vec::with_capacity(size),
-        }
-    }
-
-    /// Take a buffer holding a copy of `frame`.
-    pub fn copy_of(&mut self, frame: &[u8]) -> Vec<u8> {
-        let mut buf = self.take(frame.len());
+    /// Return a buffer holding a copy of `frame` (which must be at most [`SMALL`] bytes).
+    pub fn copy_small(&mut self, frame: &[u8]) -> Vec<u8> {
+        debug_assert!(frame.len() <= SMALL);
+        let mut buf = self
+            .small
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(SMALL));
+        buf.clear();
         buf.extend_from_slice(frame);
         buf
     }
 
+    /// Return a large buffer of exactly [`LARGE`] bytes (contents unspecified).
+    pub fn take_large(&mut self) -> Vec<u8> {
+        self.large.pop().unwrap_or_else(|| vec![0; LARGE])
+    }
+
     /// Return a buffer to its free list (or free it when the list is full).
     pub fn give(&mut self, buf: Vec<u8>) {
-        let list = if buf.capacity() >= self.large_size {
+        let list = if buf.len() == LARGE {
             &mut self.large
-        } else if buf.capacity() >= SMALL {
+        } else if buf.capacity() >= SMALL && buf.capacity() < LARGE {
             &mut self.small
         } else {
             return;
@@ -72,17 +59,19 @@ mod tests {
 
     #[test]
     fn reuses_buffers_by_class() {
-        let mut pool = BufferPool::new(65_536);
-        let a = pool.copy_of(&[1u8; 100]);
+        let mut pool = BufferPool::default();
+        let a = pool.copy_small(&[1u8; 100]);
         let ptr = a.as_ptr();
-        assert!(a.capacity() >= SMALL && a.capacity() < 65_536);
+        assert_eq!(a, vec![1u8; 100]);
         pool.give(a);
-        let b = pool.take(1500);
+        let b = pool.copy_small(&[2u8; 1500]);
         assert_eq!(b.as_ptr(), ptr, "small buffer reused");
-        assert!(b.is_empty());
-        let big = pool.take(9000);
-        assert!(big.capacity() >= 65_536);
+        assert_eq!(b.len(), 1500);
+        let big = pool.take_large();
+        let big_ptr = big.as_ptr();
+        assert_eq!(big.len(), LARGE);
         pool.give(big);
-        assert_eq!(pool.large.len(), 1);
+        let again = pool.take_large();
+        assert_eq!(again.as_ptr(), big_ptr, "large buffer reused");
     }
 }

@@ -152,6 +152,56 @@ impl Counters {
     }
 }
 
+/// The shaper's view of one tenant, copied out by the data path every few tens of ms.
+#[derive(Debug, Default)]
+pub struct ShaperGauges {
+    pub own_bytes: AtomicU64,
+    pub borrowed_bytes: AtomicU64,
+    pub queued_frames: AtomicU64,
+    pub queued_bytes: AtomicU64,
+    pub dropped_frames: AtomicU64,
+    pub dropped_bytes: AtomicU64,
+}
+
+/// A copy of [`ShaperGauges`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ShaperSnapshot {
+    /// Bytes sent on the tenant's own (guaranteed) tokens.
+    pub own_bytes: u64,
+    /// Bytes sent on tokens borrowed from idle tenants.
+    pub borrowed_bytes: u64,
+    pub queued_frames: u64,
+    pub queued_bytes: u64,
+    pub dropped_frames: u64,
+    pub dropped_bytes: u64,
+}
+
+impl ShaperGauges {
+    /// Store the shaper's counters for this tenant.
+    pub fn publish(&self, c: &crate::shaper::TenantCounters) {
+        self.own_bytes.store(c.own_bytes, Ordering::Relaxed);
+        self.borrowed_bytes
+            .store(c.borrowed_bytes, Ordering::Relaxed);
+        self.queued_frames.store(c.queued_frames, Ordering::Relaxed);
+        self.queued_bytes.store(c.queued_bytes, Ordering::Relaxed);
+        self.dropped_frames
+            .store(c.dropped_frames, Ordering::Relaxed);
+        self.dropped_bytes.store(c.dropped_bytes, Ordering::Relaxed);
+    }
+
+    /// Copy the gauges.
+    pub fn snapshot(&self) -> ShaperSnapshot {
+        ShaperSnapshot {
+            own_bytes: self.own_bytes.load(Ordering::Relaxed),
+            borrowed_bytes: self.borrowed_bytes.load(Ordering::Relaxed),
+            queued_frames: self.queued_frames.load(Ordering::Relaxed),
+            queued_bytes: self.queued_bytes.load(Ordering::Relaxed),
+            dropped_frames: self.dropped_frames.load(Ordering::Relaxed),
+            dropped_bytes: self.dropped_bytes.load(Ordering::Relaxed),
+        }
+    }
+}
+
 /// Counters for every port (index = `PortId`) and every tenant (index = `TenantId`).
 ///
 /// A frame is counted as rx on its ingress port and tenant, as tx on each egress port and
@@ -160,6 +210,8 @@ impl Counters {
 pub struct Stats {
     pub ports: Vec<Counters>,
     pub tenants: Vec<Counters>,
+    /// The shaper's per-tenant counters (index = `TenantId`).
+    pub shaper: Vec<ShaperGauges>,
 }
 
 impl Stats {
@@ -168,6 +220,7 @@ impl Stats {
         Stats {
             ports: (0..ports).map(|_| Counters::default()).collect(),
             tenants: (0..tenants).map(|_| Counters::default()).collect(),
+            shaper: (0..tenants).map(|_| ShaperGauges::default()).collect(),
         }
     }
 }
