@@ -16,12 +16,24 @@ use crate::shaper::ShaperConfig;
 use crate::stats::Stats;
 use crate::switch::Switch;
 use crate::topology::Topology;
+use crate::wire::vnet::VNET_HDR_LEN;
 
 /// Options of `netd up`.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct UpOptions {
     /// Log every counter at this interval.
     pub stats_interval: Option<Duration>,
+    /// Use TAP offloads (virtio-net header, checksum/TSO/USO): 64 KiB frames instead of MTU.
+    pub offload: bool,
+}
+
+impl Default for UpOptions {
+    fn default() -> Self {
+        UpOptions {
+            stats_interval: None,
+            offload: true,
+        }
+    }
 }
 
 /// Why the daemon stopped with an error.
@@ -41,7 +53,8 @@ pub async fn up(
     options: UpOptions,
     shutdown: impl Future<Output = ()>,
 ) -> Result<Arc<Stats>, DaemonError> {
-    let mut plumbing = kernel::bring_up(&topology)?;
+    let vnet_hdr_len = options.offload.then_some(VNET_HDR_LEN);
+    let mut plumbing = kernel::bring_up(&topology, vnet_hdr_len)?;
     let ports = plumbing
         .take_taps()
         .into_iter()
@@ -52,6 +65,7 @@ pub async fn up(
         Switch::new(&topology),
         ShaperConfig::from_topology(&topology),
         ports,
+        vnet_hdr_len.unwrap_or(0),
         stats.clone(),
     )
     .map_err(DaemonError::StartDataPath)?;

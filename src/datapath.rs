@@ -31,6 +31,7 @@ use crate::shaper::{Admit, Nanos, Shaper, ShaperConfig};
 use crate::stats::{DropReason, Stats};
 use crate::switch::{Decision, Switch};
 use crate::topology::PortId;
+use crate::wire::vnet::VnetHeader;
 
 /// Frames read from one port before moving on to the next ready port.
 pub const BATCH: usize = 64;
@@ -75,6 +76,8 @@ struct Egress {
     switch: Switch,
     stats: Arc<Stats>,
     pool: BufferPool,
+    /// Bytes of virtio-net header before each frame (0 without offloads).
+    vnet_hdr_len: usize,
 }
 
 /// The event loop's state.
@@ -100,6 +103,7 @@ impl DataPath {
         switch: Switch,
         shaper: ShaperConfig,
         ports: Vec<TapPort>,
+        vnet_hdr_len: usize,
         stats: Arc<Stats>,
     ) -> io::Result<(DataPath, StopHandle)> {
         let poll = Poll::new()?;
@@ -133,6 +137,7 @@ impl DataPath {
                     switch,
                     stats,
                     pool,
+                    vnet_hdr_len,
                 },
                 shaper: Shaper::new(shaper, 0),
                 timer,
@@ -241,18 +246,37 @@ impl DataPath {
         true
     }
 
-    /// Count and decide the frame in `self.rx[..len]` from `ingress`, then offer it to the shaper.
+    /// Count and decide the frame in `self.rx[..len]` from `ingress` (virtio-net header
+    /// included when offloads are on), then offer it to the shaper.
     fn receive(&mut self, ingress: PortId, len: usize) {
         let now = self.now();
         let egress = &mut self.egress;
+        let hdr = egress.vnet_hdr_len;
         let tenant = egress.switch.tenant_of(ingress);
-        egress.stats.ports[ingress.index()].count_rx(len);
-        egress.stats.tenants[tenant.index()].count_rx(len);
-        let decision = egress.switch.decide(ingress, &self.rx[..len]);
+        let frame = self.rx.get(hdr..len).unwrap_or_default();
+        egress.stats.ports[ingress.index()].count_rx(frame.len());
+        egress.stats.tenants[tenant.index()].count_rx(frame.len());
+        let vnet = if hdr == 0 {
+            Some(VnetHeader::default())
+        } else {
+            VnetHeader::parse(&self.rx[..len])
+        };
+        let Some(vnet) = vnet else {
+            egress.count_drop(ingress, DropReason::Malformed);
+            return;
+        };
+        let decision = if vnet.is_gso() {
+            egress.switch.decide_gso(ingress, frame)
+        } else {
+            egress.switch.decide(ingress, frame)
+        };
         if let Decision::Drop(reason) = decision {
             egress.count_drop(ingress, reason);
             return;
         }
+        // The shaper is charged what the frame will be on a wire (a GSO frame's segments
+        // each repeat the headers), as tc charges GSO packets.
+        let charge = u32::try_from(vnet.wire_bytes(frame)).unwrap_or(u32::MAX);
         // Small frames are copied out so a queued one does not pin 64 KiB; a large one keeps
         // its read buffer and the loop takes a fresh one.
         let buf = if len <= pool::SMALL {
@@ -266,9 +290,7 @@ impl DataPath {
             ingress,
             decision,
         };
-        // A frame is at most 64 KiB: it always fits in u32.
-        let bytes = u32::try_from(len).unwrap_or(u32::MAX);
-        match self.shaper.offer(now, tenant, ingress, bytes, pending) {
+        match self.shaper.offer(now, tenant, ingress, charge, pending) {
             Admit::Send(pending) => egress.send(pending),
             Admit::Queued => {}
             Admit::Dropped(pending) => {
@@ -305,8 +327,10 @@ impl Egress {
         self.pool.give(pending.buf);
     }
 
-    /// Write `frame` to `egress`, counting it as sent or as a write failure on that port.
+    /// Write `frame` (virtio-net header included when offloads are on) to `egress`, counting
+    /// it as sent or as a write failure on that port.
     fn deliver(&self, egress: PortId, frame: &[u8]) {
+        let l2_len = frame.len().saturating_sub(self.vnet_hdr_len);
         let tenant = self.switch.tenant_of(egress);
         let Some(slot) = self.slot_of.get(egress.index()).copied().flatten() else {
             self.stats.ports[egress.index()].count_drop(DropReason::WriteFailed);
@@ -314,8 +338,8 @@ impl Egress {
         };
         match self.ports[slot].write(frame) {
             Ok(()) => {
-                self.stats.ports[egress.index()].count_tx(frame.len());
-                self.stats.tenants[tenant.index()].count_tx(frame.len());
+                self.stats.ports[egress.index()].count_tx(l2_len);
+                self.stats.tenants[tenant.index()].count_tx(l2_len);
             }
             Err(_) => {
                 self.stats.ports[egress.index()].count_drop(DropReason::WriteFailed);

@@ -42,6 +42,9 @@ enum Command {
         /// Log all counters every this many seconds.
         #[arg(long, value_name = "SECONDS")]
         stats_interval: Option<f64>,
+        /// Plain TAPs without checksum/segmentation offload (MTU-sized frames; for comparison).
+        #[arg(long)]
+        no_offload: bool,
     },
 }
 
@@ -62,6 +65,7 @@ fn main() -> ExitCode {
         Command::Up {
             file,
             stats_interval,
+            no_offload,
         } => {
             let topology = match topology::load(&file) {
                 Ok(topology) => topology,
@@ -80,7 +84,11 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match run_up(topology, UpOptions { stats_interval }) {
+            let options = UpOptions {
+                stats_interval,
+                offload: !no_offload,
+            };
+            match run_up(topology, options) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(err) => {
                     error!("{err:#}");

@@ -8,8 +8,9 @@
 
 /// Capacity of a small buffer: an MTU-1500 frame with room to spare.
 pub const SMALL: usize = 2048;
-/// Length of a large buffer: the largest frame a TAP read can return (64 KiB).
-pub const LARGE: usize = 65_536;
+/// Length of a large buffer: the largest frame a TAP read can return (a 64 KiB GSO frame,
+/// its Ethernet header and the virtio-net header), with room to spare.
+pub const LARGE: usize = 65_536 + 256;
 /// Buffers kept per class when idle.
 const KEEP: usize = 4096;
 

@@ -128,20 +128,24 @@ pub fn preflight(topology: &Topology) -> Result<(), KernelError> {
 }
 
 /// Create every server's namespace and TAP and configure its link; all or nothing.
-pub fn bring_up(topology: &Topology) -> Result<Plumbing, KernelError> {
+///
+/// With `vnet_hdr_len`, TAPs carry a virtio-net header of that size and offer offloads
+/// (see [`sys::open_tap`]).
+pub fn bring_up(topology: &Topology, vnet_hdr_len: Option<usize>) -> Result<Plumbing, KernelError> {
     preflight(topology)?;
     // On any error below, `plumbing` drops and removes what was already created.
     let mut plumbing = Plumbing::default();
     for server in &topology.servers {
         netns::create(&server.netns)?;
         plumbing.namespaces.push(server.netns.clone());
-        let file = netns::run_in(&server.netns, open_server_tap).map_err(|source| {
-            KernelError::CreateTap {
-                server: server.name.clone(),
-                netns: server.netns.clone(),
-                source,
-            }
-        })?;
+        let file =
+            netns::run_in(&server.netns, || open_server_tap(vnet_hdr_len)).map_err(|source| {
+                KernelError::CreateTap {
+                    server: server.name.clone(),
+                    netns: server.netns.clone(),
+                    source,
+                }
+            })?;
         plumbing.taps.push(ServerTap {
             port: server.id,
             file,
@@ -159,8 +163,8 @@ pub fn bring_up(topology: &Topology) -> Result<Plumbing, KernelError> {
 /// Create the server's TAP in the calling thread's namespace and switch off IPv6 duplicate
 /// address detection on it: the topology already guarantees unique addresses within a
 /// tenant, and DAD would leave the link-local address unusable for the first second or two.
-fn open_server_tap() -> std::io::Result<File> {
-    let tap = File::from(sys::open_tap(SERVER_IFNAME)?);
+fn open_server_tap(vnet_hdr_len: Option<usize>) -> std::io::Result<File> {
+    let tap = File::from(sys::open_tap(SERVER_IFNAME, vnet_hdr_len)?);
     // /proc/sys/net is resolved against the opening thread's namespace: this one.
     let dad = format!("/proc/sys/net/ipv6/conf/{SERVER_IFNAME}/accept_dad");
     if let Err(err) = std::fs::write(&dad, "0") {

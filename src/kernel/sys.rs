@@ -17,6 +17,19 @@ const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const IFF_TAP: libc::c_short = 0x0002;
 /// No 4-byte packet-information prefix on each frame.
 const IFF_NO_PI: libc::c_short = 0x1000;
+/// Prefix each frame with a virtio-net header (offload metadata).
+const IFF_VNET_HDR: libc::c_short = 0x4000;
+/// `_IOW('T', 208, unsigned int)`: which offloads the reader accepts.
+const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
+/// `_IOW('T', 216, int)`: size of the virtio-net header.
+const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
+/// `TUN_F_*`: checksum offload, TCP segmentation offload (v4, v6, ECN), UDP segmentation (v4, v6).
+const TUN_F_CSUM: libc::c_uint = 0x01;
+const TUN_F_TSO4: libc::c_uint = 0x02;
+const TUN_F_TSO6: libc::c_uint = 0x04;
+const TUN_F_TSO_ECN: libc::c_uint = 0x08;
+const TUN_F_USO4: libc::c_uint = 0x20;
+const TUN_F_USO6: libc::c_uint = 0x40;
 /// Longest interface name the kernel accepts, without the NUL.
 pub const IFNAMSIZ_MAX: usize = libc::IFNAMSIZ - 1;
 
@@ -31,7 +44,11 @@ struct IfReqFlags {
 
 /// Open [`TUN_PATH`] non-blocking and attach it to a new TAP named `name` in the calling
 /// thread's network namespace. The TAP lives as long as the returned fd.
-pub fn open_tap(name: &str) -> io::Result<OwnedFd> {
+///
+/// With `vnet_hdr_len = Some(n)`, every frame read or written is prefixed by an `n`-byte
+/// virtio-net header and the TAP offers checksum, TSO and (where the kernel has it) USO
+/// offload, so the kernel passes 64 KiB GSO frames; with `None`, frames are plain Ethernet.
+pub fn open_tap(name: &str, vnet_hdr_len: Option<usize>) -> io::Result<OwnedFd> {
     if name.is_empty() || name.len() > IFNAMSIZ_MAX || name.contains('\0') {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -45,9 +62,13 @@ pub fn open_tap(name: &str) -> io::Result<OwnedFd> {
         .open(TUN_PATH)?
         .into();
 
+    let mut flags = IFF_TAP | IFF_NO_PI;
+    if vnet_hdr_len.is_some() {
+        flags |= IFF_VNET_HDR;
+    }
     let mut ifr = IfReqFlags {
         name: [0; libc::IFNAMSIZ],
-        flags: IFF_TAP | IFF_NO_PI,
+        flags,
         _pad: [0; 22],
     };
     for (dst, src) in ifr.name.iter_mut().zip(name.bytes()) {
@@ -59,7 +80,31 @@ pub fn open_tap(name: &str) -> io::Result<OwnedFd> {
     if ret < 0 {
         return Err(io::Error::last_os_error());
     }
+    if let Some(len) = vnet_hdr_len {
+        let len =
+            libc::c_int::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        // SAFETY: `fd` is our TAP fd; TUNSETVNETHDRSZ reads one int through the pointer; checked.
+        let ret = unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETVNETHDRSZ, &len) };
+        if ret < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let base = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN;
+        // USO arrived in Linux 6.2; older kernels refuse the flags, so fall back without them.
+        if set_offload(&fd, base | TUN_F_USO4 | TUN_F_USO6).is_err() {
+            set_offload(&fd, base)?;
+        }
+    }
     Ok(fd)
+}
+
+/// Tell the TAP which offloads netd accepts on frames it reads.
+fn set_offload(fd: &OwnedFd, flags: libc::c_uint) -> io::Result<()> {
+    // SAFETY: `fd` is our TAP fd; TUNSETOFFLOAD takes the flags by value; checked.
+    let ret = unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETOFFLOAD, libc::c_ulong::from(flags)) };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Move the calling thread into the network namespace `ns` refers to.

@@ -96,8 +96,18 @@ pub(crate) fn check<'a>(
     port: &PortFacts,
     frame: &'a [u8],
 ) -> Result<EthernetFrame<&'a [u8]>, DropReason> {
+    check_with_limit(port, frame, port.max_frame_len)
+}
+
+/// [`check`] with another length limit: a GSO super-frame may exceed the MTU (its segments
+/// will not), up to `max_len` bytes.
+pub(crate) fn check_with_limit<'a>(
+    port: &PortFacts,
+    frame: &'a [u8],
+    max_len: usize,
+) -> Result<EthernetFrame<&'a [u8]>, DropReason> {
     let eth = EthernetFrame::new_checked(frame).map_err(|_| DropReason::Truncated)?;
-    if frame.len() > port.max_frame_len {
+    if frame.len() > max_len {
         return Err(DropReason::Oversized);
     }
     if MacAddr::from(eth.src_addr()) != port.mac {

@@ -22,6 +22,7 @@ mod fixtures;
 use crate::stats::DropReason;
 use crate::topology::{PortId, TenantId, Topology};
 use crate::wire::MacAddr;
+use crate::wire::vnet::GSO_MAX_FRAME;
 
 use forward::ForwardTable;
 use guard::PortFacts;
@@ -71,10 +72,27 @@ impl Switch {
         let Some(port) = self.ports.get(ingress.index()) else {
             return Decision::Drop(DropReason::SpoofedMac);
         };
-        match guard::check(port, frame) {
-            Ok(eth) => self
-                .table
-                .forward(ingress, port.tenant, MacAddr::from(eth.dst_addr())),
+        Self::verdict(&self.table, ingress, port, guard::check(port, frame))
+    }
+
+    /// [`Switch::decide`] for a frame the kernel marked as a GSO super-frame: it may be up to
+    /// [`GSO_MAX_FRAME`] bytes long; every other rule is the same.
+    pub fn decide_gso(&self, ingress: PortId, frame: &[u8]) -> Decision {
+        let Some(port) = self.ports.get(ingress.index()) else {
+            return Decision::Drop(DropReason::SpoofedMac);
+        };
+        let checked = guard::check_with_limit(port, frame, GSO_MAX_FRAME);
+        Self::verdict(&self.table, ingress, port, checked)
+    }
+
+    fn verdict(
+        table: &ForwardTable,
+        ingress: PortId,
+        port: &PortFacts,
+        checked: Result<crate::wire::EthernetFrame<&[u8]>, DropReason>,
+    ) -> Decision {
+        match checked {
+            Ok(eth) => table.forward(ingress, port.tenant, MacAddr::from(eth.dst_addr())),
             Err(reason) => Decision::Drop(reason),
         }
     }
@@ -329,5 +347,23 @@ mod tests {
             let len = cut.index(frame.len() + 1);
             assert_isolated(A1, SWITCH.decide(A1, &frame[..len]));
         }
+    }
+
+    #[test]
+    fn gso_frames_may_exceed_the_mtu_but_not_64k() {
+        let sw = Switch::new(&topology());
+        // A 60 000-byte IPv4/TCP super-frame from a1 to a2: IPv4 total length matches.
+        let mut big = IPV4_TCP.to_vec();
+        big.resize(60_000, 0);
+        let total = u16::try_from(60_000 - 14).unwrap().to_be_bytes();
+        big[at::IPV4_TOTAL_LEN..at::IPV4_TOTAL_LEN + 2].copy_from_slice(&total);
+        assert_eq!(sw.decide(A1, &big), Decision::Drop(Oversized));
+        assert_eq!(sw.decide_gso(A1, &big), Unicast(A2));
+        // The anti-spoof rules still apply to super-frames.
+        let spoofed = patched(&big, at::IPV4_SRC, &[10, 0, 0, 9]);
+        assert_eq!(sw.decide_gso(A1, &spoofed), Decision::Drop(SpoofedIpv4));
+        let mut huge = big.clone();
+        huge.resize(GSO_MAX_FRAME + 1, 0);
+        assert_eq!(sw.decide_gso(A1, &huge), Decision::Drop(Oversized));
     }
 }

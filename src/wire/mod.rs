@@ -7,6 +7,7 @@
 
 pub mod mac;
 pub mod ndisc;
+pub mod vnet;
 
 pub use mac::MacAddr;
 pub use ndisc::NdiscOptions;
