@@ -167,6 +167,40 @@ fn idle_busy_idle_transitions_settle_within_10ms() {
 }
 
 #[test]
+fn gso_transitions_with_fully_guaranteed_capacity() {
+    // Σ guaranteed = capacity and 64 KB frames: coincident guaranteed frames must not leave
+    // the host pool in a debt that stalls the borrowers after a tenant falls idle.
+    let cfg = config(
+        gbit(10),
+        vec![
+            tenant(0, gbit(2), gbit(10), 1),
+            tenant(1, gbit(3), gbit(10), 1),
+            tenant(2, gbit(5), gbit(10), 1),
+        ],
+    );
+    let sources = vec![
+        Source::new(0, 0, Size::Fixed(65_536), Demand::Greedy(2)),
+        Source::new(1, 1, Size::Fixed(65_536), Demand::Greedy(2)),
+        Source::new(2, 2, Size::Fixed(65_536), Demand::Greedy(2))
+            .during(vec![(100 * MS, 200 * MS)]),
+    ];
+    let mut sim = Sim::new(cfg, sources, 15);
+    sim.run_until(300 * MS);
+    let mut worst = 0;
+    for (event, what) in [(100 * MS, "wake"), (200 * MS, "sleep")] {
+        let ms = settle_ms(&sim, event, 90 * MS, 5.0, 65_536);
+        println!("GSO transition {what}: settled after {ms} ms");
+        worst = worst.max(ms);
+        assert!(ms <= 10, "{what}: {ms} ms to settle");
+    }
+    check_tenants("GSO before", &sim, 20 * MS, 100 * MS, 1.0);
+    check_tenants("GSO during", &sim, 110 * MS, 200 * MS, 1.0);
+    check_tenants("GSO after", &sim, 210 * MS, 300 * MS, 1.0);
+    println!("GSO transitions: worst {worst} ms");
+    sim.drain();
+}
+
+#[test]
 fn many_flows_do_not_beat_one() {
     let cfg = config(
         gbit(1),

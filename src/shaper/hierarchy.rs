@@ -24,9 +24,12 @@
 //!   out), and it *reserves* the tenant's guaranteed rate until the rest, the guarantee's
 //!   debt, is repaid. A backlogged tenant is thus always in debt and reserves exactly its
 //!   guarantee; an idle one releases it one frame time after its last frame. Coincident
-//!   guaranteed GSO frames do not knock the pool into debt (the HTB-style alternative,
-//!   charging whole own frames to the host, left borrowers stalled for
-//!   `debt / spare rate`, tens of ms after a wake-up when Σ guaranteed ≈ capacity);
+//!   guaranteed GSO frames therefore do not knock the pool into debt. HTB-style charging of
+//!   whole own frames to the host makes the host oscillate below zero by the size of the
+//!   coincident guaranteed frames, a debt repaid only from the spare, i.e. at the rate of a
+//!   tenant that just fell idle when Σ guaranteed ≈ capacity. In the simulations both
+//!   variants met the 10 ms bound, so the reservation is a margin for small idle shares
+//!   next to many GSO senders rather than a measured win;
 //! - **on borrowed tokens** when the pool and its ceiling bucket are non-negative. The frame
 //!   is charged to the ceiling bucket and the pool (not the guarantee: borrowing must not eat
 //!   the tenant's own tokens).

@@ -9,9 +9,10 @@
 //!   Achieved rates follow the entitlement; the hierarchy (see [`hierarchy`]) says how.
 //! - A tenant under its guarantee is never held back by borrowers: its frames go on its own
 //!   tokens without waiting for the host's.
-//! - When a tenant falls idle, the others may use its share at once (its tokens stop being
-//!   spent, so the host's accrue to the borrowers); when it wakes, its own tokens are there at
-//!   once. Idle buckets bank at most one burst, which bounds the disturbance of a wake-up.
+//! - When a tenant falls idle, the others may use its share within one frame time of its
+//!   last frame (plus the drain of its queue, ≤ `max_delay`); when it wakes, its own tokens
+//!   are there at once. Idle buckets bank at most one burst, which bounds the disturbance of
+//!   a wake-up. Simulated at 1 Gbit/s: ≤ 5 ms to the new split after sleep, ≤ 3 ms after wake.
 //! - Inside a tenant, ports (servers) may have their own `guaranteed`/`ceiling`: the same
 //!   rules apply among the tenant's ports, within the tenant's entitlement; ports without a
 //!   guarantee share what remains equally.
@@ -229,6 +230,73 @@ impl TenantCounters {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::topology::{Server, Tenant};
+    use crate::wire::MacAddr;
+
+    fn server(id: u32, tenant: u32, guaranteed: Option<Rate>, ceiling: Option<Rate>) -> Server {
+        Server {
+            id: PortId(id),
+            name: format!("s{id}"),
+            tenant: TenantId(tenant),
+            mac: MacAddr([2, 0, 0, 0, 0, u8::try_from(id).unwrap()]),
+            ip: format!("10.0.0.{}/24", id + 1).parse().unwrap(),
+            ipv6: None,
+            netns: format!("s{id}"),
+            mtu: 1500,
+            guaranteed,
+            ceiling,
+        }
+    }
+
+    #[test]
+    fn from_topology_maps_tenants_and_servers() {
+        let mbit = |n: u64| Rate::from_bits_per_sec(n * 1_000_000);
+        let tenant = |id, name: &str, g, c, weight| Tenant {
+            id: TenantId(id),
+            name: name.to_string(),
+            guaranteed: mbit(g),
+            ceiling: mbit(c),
+            weight,
+        };
+        let topology = Topology {
+            name: "t".into(),
+            source: Default::default(),
+            capacity: mbit(1000),
+            tenants: vec![tenant(0, "a", 300, 1000, 2), tenant(1, "b", 200, 500, 1)],
+            servers: vec![
+                server(0, 0, Some(mbit(100)), None),
+                server(1, 1, None, Some(mbit(50))),
+                server(2, 0, None, None),
+            ],
+        };
+        let config = ShaperConfig::from_topology(&topology);
+        assert_eq!(config.capacity, mbit(1000));
+        assert_eq!(
+            config.tenants[0],
+            TenantConfig {
+                id: TenantId(0),
+                guaranteed: mbit(300),
+                ceiling: mbit(1000),
+                weight: 2,
+                ports: vec![
+                    PortConfig {
+                        id: PortId(0),
+                        guaranteed: Some(mbit(100)),
+                        ceiling: None
+                    },
+                    PortConfig {
+                        id: PortId(2),
+                        guaranteed: None,
+                        ceiling: None
+                    },
+                ],
+            }
+        );
+        assert_eq!(config.tenants[1].ports.len(), 1);
+        assert_eq!(config.tenants[1].ports[0].ceiling, Some(mbit(50)));
+        let shaper: Shaper<()> = Shaper::new(config, 0);
+        assert!(shaper.is_valid());
+    }
 
     #[test]
     fn default_sizes() {
