@@ -146,6 +146,11 @@ impl BurstConfig {
     }
 }
 
+/// Return a duration in nanoseconds (saturating; topology durations are at most 1 s).
+fn nanos(d: std::time::Duration) -> Nanos {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
 /// Return the bytes `rate` carries in `time` (rounded down, saturating).
 fn bytes_in(rate: Rate, time: Nanos) -> u64 {
     // bits/s × ns < 2¹²⁸; / 8·10⁹ gives bytes.
@@ -177,8 +182,14 @@ impl ShaperConfig {
         ShaperConfig {
             capacity: t.capacity,
             tenants,
-            queue: QueueLimits::default(),
-            burst: BurstConfig::default(),
+            queue: QueueLimits {
+                max_delay: nanos(t.shaping.queue_delay),
+                ..QueueLimits::default()
+            },
+            burst: BurstConfig {
+                time: nanos(t.shaping.burst),
+                ..BurstConfig::default()
+            },
         }
     }
 }
@@ -262,6 +273,7 @@ mod tests {
             name: "t".into(),
             source: Default::default(),
             capacity: mbit(1000),
+            shaping: Default::default(),
             tenants: vec![tenant(0, "a", 300, 1000, 2), tenant(1, "b", 200, 500, 1)],
             servers: vec![
                 server(0, 0, Some(mbit(100)), None),

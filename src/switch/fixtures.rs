@@ -55,6 +55,7 @@ pub fn topology() -> Topology {
         name: "switch-test".to_string(),
         source: PathBuf::new(),
         capacity: gbit,
+        shaping: Default::default(),
         tenants: vec![tenant(0, "acme"), tenant(1, "blue"), tenant(2, "idle")],
         servers: vec![
             server(

@@ -41,6 +41,10 @@ pub struct FileTopology {
 pub struct FileHost {
     /// Aggregate rate, a tc rate such as `"1gbit"`: required.
     pub capacity: Option<String>,
+    /// Longest a frame may wait in a tenant's shaper queue, e.g. `"5ms"`; optional.
+    pub queue_delay: Option<String>,
+    /// Token-bucket size as time at the bucket's rate, e.g. `"1ms"`; optional.
+    pub burst: Option<String>,
 }
 
 /// `[tenants.<name>]`.

@@ -62,10 +62,30 @@ pub struct Topology {
     pub source: PathBuf,
     /// Aggregate rate the shaper shares out.
     pub capacity: Rate,
+    /// Queue and burst sizes of the shaper.
+    pub shaping: ShapingParams,
     /// Tenants, sorted by name; `TenantId(i)` is `tenants[i]`.
     pub tenants: Vec<Tenant>,
     /// Servers, sorted by name; `PortId(i)` is `servers[i]`.
     pub servers: Vec<Server>,
+}
+
+/// The shaper's time constants, from `[host] queue_delay` and `[host] burst`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ShapingParams {
+    /// Longest a frame waits in its tenant's queue before newer frames are dropped.
+    pub queue_delay: std::time::Duration,
+    /// Each bucket's size as time at its rate (never below one 64 KiB GSO frame).
+    pub burst: std::time::Duration,
+}
+
+impl Default for ShapingParams {
+    fn default() -> Self {
+        ShapingParams {
+            queue_delay: std::time::Duration::from_millis(5),
+            burst: std::time::Duration::from_millis(1),
+        }
+    }
 }
 
 /// A customer: an isolated L2 domain with a guaranteed rate, a ceiling and a weight.

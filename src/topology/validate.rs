@@ -30,12 +30,15 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use ipnetwork::{Ipv4Network, Ipv6Network};
 
 use super::file::FileTopology;
 use super::rate::RateParseError;
-use super::{DEFAULT_MTU, DEFAULT_WEIGHT, PortId, Rate, Server, Tenant, TenantId, Topology};
+use super::{
+    DEFAULT_MTU, DEFAULT_WEIGHT, PortId, Rate, Server, ShapingParams, Tenant, TenantId, Topology,
+};
 use crate::wire::MacAddr;
 
 /// Longest interface name Linux accepts (IFNAMSIZ - 1).
@@ -198,6 +201,35 @@ pub enum ErrorKind {
 
     #[error("MTU must be between {MIN_MTU} and {MAX_MTU}")]
     MtuOutOfRange,
+
+    #[error("malformed duration: expected a number and a unit such as 5ms, 500us or 0.01s")]
+    MalformedDuration,
+    #[error("duration must be between {min:?} and {max:?}")]
+    DurationOutOfRange { min: Duration, max: Duration },
+}
+
+/// Allowed range of `[host] queue_delay`.
+pub const QUEUE_DELAY_RANGE: (Duration, Duration) =
+    (Duration::from_micros(100), Duration::from_secs(1));
+/// Allowed range of `[host] burst`.
+pub const BURST_RANGE: (Duration, Duration) =
+    (Duration::from_micros(100), Duration::from_millis(100));
+
+/// Parse `5ms`, `500us`, `0.01s`, `2000ns` into a duration.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number.parse().ok()?;
+    let scale = match unit {
+        "s" => 1.0,
+        "ms" => 1e-3,
+        "us" | "µs" => 1e-6,
+        "ns" => 1e-9,
+        _ => return None,
+    };
+    let secs = number * scale;
+    (0.0..1e9).contains(&secs).then(|| Duration::from_secs_f64(secs))
 }
 
 /// Check a parsed file and build the typed model, or return every problem found.
@@ -214,6 +246,25 @@ pub fn validate(path: &Path, file: &FileTopology) -> Result<Topology, Vec<Valida
             None
         }
         Some(host) => v.rate("host.capacity", host.capacity.as_deref(), true),
+    };
+    let defaults = ShapingParams::default();
+    let shaping = ShapingParams {
+        queue_delay: file
+            .host
+            .as_ref()
+            .and_then(|h| {
+                v.duration(
+                    "host.queue_delay",
+                    h.queue_delay.as_deref(),
+                    QUEUE_DELAY_RANGE,
+                )
+            })
+            .unwrap_or(defaults.queue_delay),
+        burst: file
+            .host
+            .as_ref()
+            .and_then(|h| v.duration("host.burst", h.burst.as_deref(), BURST_RANGE))
+            .unwrap_or(defaults.burst),
     };
 
     // [tenants.*]
@@ -499,6 +550,7 @@ pub fn validate(path: &Path, file: &FileTopology) -> Result<Topology, Vec<Valida
                 .unwrap_or_default(),
             source: path.to_path_buf(),
             capacity,
+            shaping,
             tenants,
             servers,
         }),
@@ -558,6 +610,26 @@ impl Validator<'_> {
             Err(RateParseError::TooLarge(_)) => ErrorKind::MalformedRate {
                 reason: "too large".into(),
             },
+        };
+        self.push(key, quoted(Some(text)), kind);
+        None
+    }
+
+    /// Parse an optional duration and check it lies in `range`.
+    fn duration(
+        &mut self,
+        key: &str,
+        raw: Option<&str>,
+        range: (Duration, Duration),
+    ) -> Option<Duration> {
+        let text = raw?;
+        let kind = match parse_duration(text) {
+            Some(d) if d >= range.0 && d <= range.1 => return Some(d),
+            Some(_) => ErrorKind::DurationOutOfRange {
+                min: range.0,
+                max: range.1,
+            },
+            None => ErrorKind::MalformedDuration,
         };
         self.push(key, quoted(Some(text)), kind);
         None
@@ -937,6 +1009,9 @@ ip = "10.1.0.10/24"
     #[case::mtu_too_large(&[("mtu = 1500", "mtu = 9001")], "servers.acme-web.mtu", ErrorKind::MtuOutOfRange)]
     #[case::mtu_negative(&[("mtu = 1500", "mtu = -1500")], "servers.acme-web.mtu", ErrorKind::MtuOutOfRange)]
     #[case::mtu_huge(&[("mtu = 1500", "mtu = 70000")], "servers.acme-web.mtu", ErrorKind::MtuOutOfRange)]
+    #[case::queue_delay_malformed(&[("capacity = \"1gbit\"", "capacity = \"1gbit\"\nqueue_delay = \"5 minutes\"")], "host.queue_delay", ErrorKind::MalformedDuration)]
+    #[case::queue_delay_too_long(&[("capacity = \"1gbit\"", "capacity = \"1gbit\"\nqueue_delay = \"2s\"")], "host.queue_delay", ErrorKind::DurationOutOfRange { min: QUEUE_DELAY_RANGE.0, max: QUEUE_DELAY_RANGE.1 })]
+    #[case::burst_too_short(&[("capacity = \"1gbit\"", "capacity = \"1gbit\"\nburst = \"10us\"")], "host.burst", ErrorKind::DurationOutOfRange { min: BURST_RANGE.0, max: BURST_RANGE.1 })]
     fn one_rule_one_error(
         #[case] edits: &[(&str, &str)],
         #[case] key: &str,
@@ -967,6 +1042,7 @@ ip = "10.1.0.10/24"
     #[case::prefix_32(&[("10.1.0.11/24", "10.1.0.11/32")])]
     #[case::mtu_min(&[("mtu = 1500", "mtu = 68")])]
     #[case::mtu_max(&[("mtu = 1500", "mtu = 9000")])]
+    #[case::queue_delay_and_burst(&[("capacity = \"1gbit\"", "capacity = \"1gbit\"\nqueue_delay = \"2.5ms\"\nburst = \"500us\"")])]
     #[case::name_15_bytes(&[("[servers.globex-web]", "[servers.globex-web-srv1]")])]
     #[case::name_dots_underscores(&[("[servers.globex-web]", "[servers.\"globex_web.1\"]")])]
     #[case::netns_64_bytes(&[("netns = \"acme-web\"", "netns = \"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\"")])]
@@ -1200,5 +1276,25 @@ ip = "10.1.0.10/24"
         ) {
             let _ = parse(Path::new(PATH), &BASE.replace(field, &value));
         }
+    }
+
+    #[test]
+    fn durations_parse_and_reach_the_model() {
+        assert_eq!(parse_duration("5ms"), Some(Duration::from_millis(5)));
+        assert_eq!(parse_duration("500us"), Some(Duration::from_micros(500)));
+        assert_eq!(parse_duration("0.01s"), Some(Duration::from_millis(10)));
+        assert_eq!(parse_duration("2000ns"), Some(Duration::from_micros(2)));
+        for bad in ["", "5", "ms", "5 ms", "-5ms", "5min"] {
+            assert_eq!(parse_duration(bad), None, "{bad}");
+        }
+        let text = mutate(&[(
+            "capacity = \"1gbit\"",
+            "capacity = \"1gbit\"\nqueue_delay = \"2ms\"\nburst = \"3ms\"",
+        )]);
+        let topology = crate::topology::parse(Path::new(PATH), &text).unwrap();
+        assert_eq!(topology.shaping.queue_delay, Duration::from_millis(2));
+        assert_eq!(topology.shaping.burst, Duration::from_millis(3));
+        let defaults = crate::topology::parse(Path::new(PATH), &mutate(&[])).unwrap();
+        assert_eq!(defaults.shaping, ShapingParams::default());
     }
 }
