@@ -373,6 +373,50 @@ mac = "02:00:00:00:00:01"
     );
 }
 
+#[test]
+fn a_failure_half_way_through_start_up_rolls_back_what_was_created() {
+    require_privileges();
+    let topo = TestTopology::new(TWO_TENANTS);
+    // Servers are created in name order: xa, xb, ya, yb, yc. Fail right after ya.
+    let mut child = std::process::Command::new(common::netd_bin())
+        .args(["up"])
+        .arg(&topo.path)
+        .env("NETD_FAIL_AFTER_SERVER", topo.name("ya"))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn netd");
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("Injected failure"), "{err}");
+    assert!(
+        common::namespaces_with_prefix(&topo.prefix).is_empty(),
+        "start-up failure left namespaces behind: {:?}\n{err}",
+        common::namespaces_with_prefix(&topo.prefix)
+    );
+}
+
+#[test]
+fn without_root_up_refuses_with_a_clear_message_and_creates_nothing() {
+    require_privileges();
+    let topo = TestTopology::new(TWO_TENANTS);
+    // Drop to an unprivileged uid for the daemon only (util-linux setpriv).
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(common::netd_bin())
+        .arg("up")
+        .arg(&topo.path)
+        .output()
+        .expect("run setpriv (util-linux)");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("must run as root"), "{err}");
+    assert!(common::namespaces_with_prefix(&topo.prefix).is_empty());
+}
+
 /// Return the MAC of `eth0` inside `ns`.
 fn mac_of(ns: &str) -> String {
     let (ok, out) = sh(ns, "cat /sys/class/net/eth0/address");

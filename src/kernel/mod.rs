@@ -54,6 +54,8 @@ pub enum KernelError {
         netns: String,
         detail: String,
     },
+    #[error("Injected failure after server {0:?} (NETD_FAIL_AFTER_SERVER, debug builds only)")]
+    InjectedFailure(String),
 }
 
 /// One server's TAP, held open by netd.
@@ -152,6 +154,12 @@ pub fn bring_up(topology: &Topology, vnet_hdr_len: Option<usize>) -> Result<Plum
         });
         link::configure(server)?;
         debug!(server = %server.name, netns = %server.netns, mac = %server.mac, ip = %server.ip, "server plumbed");
+        // Fault injection for the rollback test: debug builds only, never in a release binary.
+        if cfg!(debug_assertions)
+            && std::env::var("NETD_FAIL_AFTER_SERVER").is_ok_and(|name| name == server.name)
+        {
+            return Err(KernelError::InjectedFailure(server.name.clone()));
+        }
     }
     info!(
         servers = topology.servers.len(),
