@@ -228,32 +228,20 @@ impl Daemon {
 
     /// Send SIGTERM and wait for exit (10 s at most); return the exit code.
     pub fn stop(&mut self) -> Option<i32> {
-        let mut child = self.child.take()?;
+        let child = self.child.as_ref()?;
         let _ = Command::new("kill")
             .args(["-TERM", &child.id().to_string()])
             .status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(Some(status)) = child.try_wait() {
-                // Let the reader thread collect the last lines.
-                std::thread::sleep(Duration::from_millis(50));
-                return status.code();
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.wait_exit()
     }
 
-    /// Wait for the daemon to exit on its own (10 s at most); return the exit code.
+    /// Wait for the daemon to exit (10 s at most, then SIGKILL); return the exit code.
     pub fn wait_exit(&mut self) -> Option<i32> {
         let mut child = self.child.take()?;
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Ok(Some(status)) = child.try_wait() {
+                // Let the reader thread collect the last lines.
                 std::thread::sleep(Duration::from_millis(50));
                 return status.code();
             }
