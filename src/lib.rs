@@ -29,6 +29,7 @@ pub mod pool;
 pub mod port;
 pub mod shaper;
 pub mod stats;
+pub mod storm;
 pub mod switch;
 pub mod topology;
 pub mod wire;
