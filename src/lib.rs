@@ -22,6 +22,7 @@
 //! - [`datapath`]: the event loop tying ports, switch and shaper together.
 //! - [`stats`]: counters and drop reasons.
 
+pub mod control;
 pub mod daemon;
 pub mod datapath;
 pub mod kernel;

@@ -118,7 +118,7 @@ mod tests {
     }
 
     fn allowed(storm: &StormControl<FakeRelativeClock>, port: PortId, n: u32) -> u32 {
-        (0..n).filter(|_| storm.allow(port)).count() as u32
+        u32::try_from((0..n).filter(|_| storm.allow(port)).count()).unwrap()
     }
 
     #[test]
