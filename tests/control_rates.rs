@@ -180,7 +180,7 @@ fn flood_helper() {
     let mut sent = 0u64;
     while start.elapsed() < Duration::from_secs(secs) && sent < pps * secs {
         // Pace in steps of 1 ms.
-        let due = start.elapsed().as_millis() as u64 * pps / 1000;
+        let due = u64::try_from(start.elapsed().as_millis()).unwrap() * pps / 1000;
         while sent < due {
             let _ = socket.send_to(&payload, "10.82.0.255:9");
             sent += 1;
