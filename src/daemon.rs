@@ -1,13 +1,24 @@
 //! `netd up`: build the kernel side of a topology, run the data path, tear down on shutdown.
 //!
-//! Contract: [`up`] returns only after everything it created is removed again, whether the
-//! shutdown future fired, the data path failed, or start-up failed half-way.
+//! Contract: [`up`] returns only after everything it created is removed again (namespaces,
+//! TAPs, the control socket), whether the shutdown future fired, the data path failed, or
+//! start-up failed half-way. It refuses to start, creating nothing, when another live daemon
+//! serves its control socket.
+//!
+//! While running, the control plane ([`crate::control`]) serves the Unix socket (and the HTTP
+//! API when asked), samples counters for the sliding-window rates, and SIGHUP re-reads the
+//! topology file and applies the difference, like `netd reload`.
 
 use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::signal::unix::{SignalKind, signal};
 use tracing::{error, info};
+
+use crate::control::{self, Control, ControlError, rates};
 
 use crate::datapath::DataPath;
 use crate::kernel::{self, KernelError};
@@ -25,6 +36,12 @@ pub struct UpOptions {
     pub stats_interval: Option<Duration>,
     /// Use TAP offloads (virtio-net header, checksum/TSO/USO): 64 KiB frames instead of MTU.
     pub offload: bool,
+    /// Control socket path (default `/run/netd/<topology name>.sock`).
+    pub socket: Option<PathBuf>,
+    /// Serve the HTTP API on this address.
+    pub http: Option<SocketAddr>,
+    /// Allow a non-loopback HTTP address.
+    pub http_allow_public: bool,
 }
 
 impl Default for UpOptions {
@@ -32,6 +49,9 @@ impl Default for UpOptions {
         UpOptions {
             stats_interval: None,
             offload: true,
+            socket: None,
+            http: None,
+            http_allow_public: false,
         }
     }
 }
@@ -45,6 +65,34 @@ pub enum DaemonError {
     StartDataPath(#[source] std::io::Error),
     #[error("The data path failed")]
     DataPath(#[source] std::io::Error),
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    #[error("Cannot serve HTTP on {addr}")]
+    Http {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("Cannot install the SIGHUP handler")]
+    Signal(#[source] std::io::Error),
+}
+
+/// Removes the control socket file when dropped.
+struct SocketFile(PathBuf);
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Aborts a task when dropped.
+struct Task(tokio::task::JoinHandle<()>);
+
+impl Drop for Task {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Run `topology` until `shutdown` completes; return the final counters.
@@ -53,6 +101,27 @@ pub async fn up(
     options: UpOptions,
     shutdown: impl Future<Output = ()>,
 ) -> Result<Arc<Stats>, DaemonError> {
+    let socket_path = options
+        .socket
+        .clone()
+        .unwrap_or_else(|| control::socket::socket_path(&topology.name));
+    if let Some(addr) = options.http {
+        control::http::check_addr(addr, options.http_allow_public)?;
+    }
+    // Root, /dev/net/tun, iproute2 and free namespace names first: the clearest refusal.
+    kernel::preflight(&topology)?;
+    let mut sighup = signal(SignalKind::hangup()).map_err(DaemonError::Signal)?;
+    // Claim the socket before creating anything: a second daemon for the same topology stops here.
+    let listener = control::socket::bind(&socket_path)?;
+    let _socket_file = SocketFile(socket_path.clone());
+    let http = match options.http {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| DaemonError::Http { addr, source })?,
+        ),
+        None => None,
+    };
     let vnet_hdr_len = options.offload.then_some(VNET_HDR_LEN);
     let mut plumbing = kernel::bring_up(&topology, vnet_hdr_len)?;
     let ports = plumbing
@@ -69,12 +138,47 @@ pub async fn up(
         stats.clone(),
     )
     .map_err(DaemonError::StartDataPath)?;
+    let updates = datapath.update_handle();
     let thread = datapath.spawn().map_err(DaemonError::StartDataPath)?;
     let mut finished = tokio::task::spawn_blocking(move || thread.join());
+    let control = Arc::new(Control::new(
+        topology.clone(),
+        std::mem::take(&mut plumbing),
+        updates,
+        vnet_hdr_len,
+        stats.clone(),
+    ));
+    let _socket_task = Task(tokio::spawn(control::socket::serve(
+        listener,
+        control.clone(),
+        control::socket::Limits::default(),
+    )));
+    let http_addr = http.as_ref().and_then(|l| l.local_addr().ok());
+    let _http_task = http.map(|listener| {
+        let control = control.clone();
+        Task(tokio::spawn(async move {
+            if let Err(err) = control::http::serve(listener, control).await {
+                error!(cause = %err, "HTTP API stopped");
+            }
+        }))
+    });
+    let _sampler = {
+        let control = control.clone();
+        Task(tokio::spawn(async move {
+            let mut every = tokio::time::interval(rates::SAMPLE_EVERY);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                every.tick().await;
+                control.sample();
+            }
+        }))
+    };
     info!(
         topology = %topology.name,
         tenants = topology.tenants.len(),
         servers = topology.servers.len(),
+        socket = %socket_path.display(),
+        http = ?http_addr,
         "netd is up"
     );
 
@@ -96,17 +200,22 @@ pub async fn up(
                 };
             }
             _ = async { ticker.as_mut().expect("guarded").tick().await }, if ticker.is_some() => {
-                log_stats(&topology, &stats);
+                log_stats(&control.topology().await, &control.stats());
+            }
+            _ = sighup.recv() => {
+                info!("SIGHUP: reloading the topology file");
+                // The outcome (applied or rejected, and why) is logged by the control plane.
+                let _ = control.reload("sighup").await;
             }
         }
     };
     if let Err(err) = &result {
         error!(cause = %err, "stopping after a data path failure");
     }
-    log_stats(&topology, &stats);
-    plumbing.tear_down();
+    log_stats(&control.topology().await, &control.stats());
+    control.tear_down().await;
     info!("removed every namespace and TAP netd created");
-    result.map(|()| stats)
+    result.map(|()| control.stats())
 }
 
 /// Log every tenant's and port's counters, one line each.

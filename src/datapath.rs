@@ -12,11 +12,21 @@
 //!
 //! Fairness between ports: each readable port is drained at most [`BATCH`] frames per turn,
 //! round-robin, so one flooding server cannot monopolise the loop.
+//!
+//! Broadcast/multicast frames pass [`StormControl`] (packets/s per port) before being offered:
+//! the excess is dropped as [`DropReason::StormControl`].
+//!
+//! Live changes: the control plane sends an [`Update`] through an [`UpdateHandle`] (an mpsc
+//! channel plus the loop's waker). The loop applies it whole between two batches, so no frame
+//! sees half of a change: ports are removed and added, then the switch, the storm limits, the
+//! counters and the shaper's parameters are swapped ([`Shaper::reconfigure`] keeps queued
+//! frames, tokens and counters, so tenants whose configuration did not change see nothing).
 
 use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -29,6 +39,7 @@ use crate::pool::{self, BufferPool};
 use crate::port::TapPort;
 use crate::shaper::{Admit, Nanos, Shaper, ShaperConfig};
 use crate::stats::{DropReason, Stats};
+use crate::storm::StormControl;
 use crate::switch::{Decision, Switch};
 use crate::topology::PortId;
 use crate::wire::vnet::VnetHeader;
@@ -55,6 +66,41 @@ impl StopHandle {
         if let Err(err) = self.waker.wake() {
             warn!(cause = %err, "cannot wake the data path");
         }
+    }
+}
+
+/// A live change for the data path, applied whole between two batches.
+#[derive(Debug, Default)]
+pub struct Update {
+    /// Ports to stop polling and hand back (their TAPs close when the caller drops them).
+    pub remove: Vec<PortId>,
+    /// New ports to poll (their ids must be in `switch`).
+    pub add: Vec<TapPort>,
+    /// The new switch (always given: ports, tenants and storm limits follow it).
+    pub switch: Option<Switch>,
+    /// The new shaper parameters, applied with [`Shaper::reconfigure`].
+    pub shaper: Option<ShaperConfig>,
+    /// Counters grown for new ids ([`Stats::grown`]); existing counters are shared.
+    pub stats: Option<Arc<Stats>>,
+    /// Told when the update is applied, with the removed ports.
+    pub done: Option<tokio::sync::oneshot::Sender<Vec<TapPort>>>,
+}
+
+/// Hands [`Update`]s to a running data path from another thread.
+#[derive(Debug, Clone)]
+pub struct UpdateHandle {
+    tx: mpsc::Sender<Update>,
+    waker: Arc<Waker>,
+}
+
+impl UpdateHandle {
+    /// Queue `update` and wake the loop; give it back if the data path is gone.
+    pub fn send(&self, update: Update) -> Result<(), Box<Update>> {
+        self.tx.send(update).map_err(|e| Box::new(e.0))?;
+        if let Err(err) = self.waker.wake() {
+            warn!(cause = %err, "cannot wake the data path");
+        }
+        Ok(())
     }
 }
 
@@ -95,6 +141,9 @@ pub struct DataPath {
     /// The read buffer: a large pool buffer.
     rx: Vec<u8>,
     last_publish: Nanos,
+    storm: StormControl,
+    updates: mpsc::Receiver<Update>,
+    update_handle: UpdateHandle,
 }
 
 impl DataPath {
@@ -121,10 +170,16 @@ impl DataPath {
             slot_of[port.id().index()] = Some(slot);
         }
         let stop = Arc::new(AtomicBool::new(false));
+        let (tx, updates) = mpsc::channel();
+        let update_handle = UpdateHandle {
+            tx,
+            waker: waker.clone(),
+        };
         let handle = StopHandle {
             stop: stop.clone(),
             waker,
         };
+        let storm = StormControl::new(&switch);
         let ready = vec![false; ports.len()];
         let mut pool = BufferPool::default();
         let rx = pool.take_large();
@@ -147,9 +202,17 @@ impl DataPath {
                 ready,
                 rx,
                 last_publish: 0,
+                storm,
+                updates,
+                update_handle,
             },
             handle,
         ))
+    }
+
+    /// Return a handle that sends live changes to this data path.
+    pub fn update_handle(&self) -> UpdateHandle {
+        self.update_handle.clone()
     }
 
     /// Start the loop on its own thread.
@@ -175,9 +238,10 @@ impl DataPath {
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
                 Err(err) => return Err(err),
             }
+            let mut woken = false;
             for event in events.iter() {
                 match event.token() {
-                    WAKER => {}
+                    WAKER => woken = true,
                     TIMER => {
                         self.timer.clear();
                         self.timer_target = None;
@@ -194,6 +258,11 @@ impl DataPath {
                 self.publish_shaper_counters();
                 return Ok(());
             }
+            if woken {
+                while let Ok(update) = self.updates.try_recv() {
+                    self.apply(update);
+                }
+            }
             for slot in 0..self.ready.len() {
                 if self.ready[slot] {
                     self.ready[slot] = self.drain(slot);
@@ -207,6 +276,76 @@ impl DataPath {
                 self.publish_shaper_counters();
                 self.last_publish = now;
             }
+        }
+    }
+
+    /// Apply a live change: ports out, ports in, then the new switch, storm limits, counters
+    /// and shaper parameters; tell the sender, handing back the removed ports.
+    fn apply(&mut self, update: Update) {
+        let now = self.now();
+        let registry = self.poll.registry();
+        let egress = &mut self.egress;
+        let mut removed = Vec::with_capacity(update.remove.len());
+        for id in update.remove {
+            let Some(slot) = egress.slot_of.get(id.index()).copied().flatten() else {
+                continue;
+            };
+            let port = egress.ports.swap_remove(slot);
+            self.ready.swap_remove(slot);
+            let _ = registry.deregister(&mut SourceFd(&port.as_raw_fd()));
+            egress.slot_of[id.index()] = None;
+            // The last port moved into `slot`: re-register it under its new token.
+            if let Some(moved) = egress.ports.get(slot) {
+                let fd = moved.as_raw_fd();
+                if let Err(err) =
+                    registry.reregister(&mut SourceFd(&fd), Token(slot), Interest::READABLE)
+                {
+                    warn!(port = %moved.id(), cause = %err, "cannot re-register port");
+                }
+                egress.slot_of[moved.id().index()] = Some(slot);
+                self.ready[slot] = true;
+            }
+            removed.push(port);
+        }
+        if let Some(switch) = update.switch {
+            self.storm.update(&switch);
+            if egress.slot_of.len() < switch.port_count() {
+                egress.slot_of.resize(switch.port_count(), None);
+            }
+            egress.switch = switch;
+        }
+        if let Some(stats) = update.stats {
+            egress.stats = stats;
+        }
+        for port in update.add {
+            let slot = egress.ports.len();
+            let id = port.id();
+            if let Err(err) = registry.register(
+                &mut SourceFd(&port.as_raw_fd()),
+                Token(slot),
+                Interest::READABLE,
+            ) {
+                warn!(port = %id, cause = %err, "cannot poll new port");
+                continue;
+            }
+            if egress.slot_of.len() <= id.index() {
+                egress.slot_of.resize(id.index() + 1, None);
+            }
+            egress.slot_of[id.index()] = Some(slot);
+            egress.ports.push(port);
+            self.ready.push(true);
+        }
+        if let Some(config) = update.shaper {
+            // Frames of removed tenants come back: recycle their buffers.
+            for pending in self.shaper.reconfigure(config, now) {
+                egress.count_drop(pending.ingress, DropReason::QueueFull);
+                egress.pool.give(pending.buf);
+            }
+            self.timer_target = None;
+        }
+        self.publish_shaper_counters();
+        if let Some(done) = update.done {
+            let _ = done.send(removed);
         }
     }
 
@@ -274,6 +413,12 @@ impl DataPath {
             egress.count_drop(ingress, reason);
             return;
         }
+        if let Decision::Flood(_) = decision
+            && !self.storm.allow(ingress)
+        {
+            egress.count_drop(ingress, DropReason::StormControl);
+            return;
+        }
         // The shaper is charged what the frame will be on a wire (a GSO frame's segments
         // each repeat the headers), as tc charges GSO packets.
         let charge = u32::try_from(vnet.wire_bytes(frame)).unwrap_or(u32::MAX);
@@ -331,11 +476,14 @@ impl Egress {
     /// it as sent or as a write failure on that port.
     fn deliver(&self, egress: PortId, frame: &[u8]) {
         let l2_len = frame.len().saturating_sub(self.vnet_hdr_len);
-        let tenant = self.switch.tenant_of(egress);
+        // A port removed while frames to it were queued has no slot (and maybe no tenant).
         let Some(slot) = self.slot_of.get(egress.index()).copied().flatten() else {
-            self.stats.ports[egress.index()].count_drop(DropReason::WriteFailed);
+            if let Some(counters) = self.stats.ports.get(egress.index()) {
+                counters.count_drop(DropReason::WriteFailed);
+            }
             return;
         };
+        let tenant = self.switch.tenant_of(egress);
         match self.ports[slot].write(frame) {
             Ok(()) => {
                 self.stats.ports[egress.index()].count_tx(l2_len);
@@ -350,8 +498,11 @@ impl Egress {
 
     /// Count a drop on the ingress port and its tenant.
     fn count_drop(&self, ingress: PortId, reason: DropReason) {
-        let tenant = self.switch.tenant_of(ingress);
         self.stats.ports[ingress.index()].count_drop(reason);
-        self.stats.tenants[tenant.index()].count_drop(reason);
+        // A queued frame of a port removed since has no tenant any more.
+        if self.switch.has_port(ingress) {
+            let tenant = self.switch.tenant_of(ingress);
+            self.stats.tenants[tenant.index()].count_drop(reason);
+        }
     }
 }

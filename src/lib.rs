@@ -22,6 +22,7 @@
 //! - [`datapath`]: the event loop tying ports, switch and shaper together.
 //! - [`stats`]: counters and drop reasons.
 
+pub mod control;
 pub mod daemon;
 pub mod datapath;
 pub mod kernel;
@@ -29,6 +30,7 @@ pub mod pool;
 pub mod port;
 pub mod shaper;
 pub mod stats;
+pub mod storm;
 pub mod switch;
 pub mod topology;
 pub mod wire;

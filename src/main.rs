@@ -1,6 +1,7 @@
 //! The `netd` command line: thin wrapper over the library.
 
-use std::path::PathBuf;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -8,7 +9,10 @@ use clap::{Parser, Subcommand, ValueEnum};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::error;
 
+use netd::control::report::{Rates, Status};
+use netd::control::{Applied, Change, Request, client, socket};
 use netd::daemon::{self, UpOptions};
+use netd::topology::file::{FileServer, FileTenant};
 use netd::topology::{self, Topology};
 
 /// Multi-tenant virtual networking: one TAP per virtual server, an isolated L2 switch, a shaper.
@@ -18,6 +22,12 @@ struct Cli {
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Human, global = true)]
     log_format: LogFormat,
+    /// Talk to the daemon listening on this control socket.
+    #[arg(long, value_name = "PATH", global = true)]
+    socket: Option<PathBuf>,
+    /// Talk to the daemon running this topology file (give it before the command).
+    #[arg(long, value_name = "FILE")]
+    topology: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -45,7 +55,84 @@ enum Command {
         /// Plain TAPs without checksum/segmentation offload (MTU-sized frames; for comparison).
         #[arg(long)]
         no_offload: bool,
+        /// Serve the HTTP API (metrics, JSON, changes) on this address, e.g. 127.0.0.1:9180.
+        #[arg(long, value_name = "ADDR:PORT")]
+        http: Option<SocketAddr>,
+        /// Allow --http on a non-loopback address.
+        #[arg(long)]
+        http_allow_public: bool,
     },
+    /// Show tenants, servers, configured and current rates, queues and entitlements.
+    Status {
+        /// Refresh every second until interrupted.
+        #[arg(long)]
+        watch: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// Print the running state as a topology file (that `netd check` accepts).
+        #[arg(long, conflicts_with_all = ["watch", "json"])]
+        topology: bool,
+    },
+    /// Show every counter: per tenant and port, drops by reason, the shaper's.
+    Stats {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change a tenant's rates or weight live.
+    SetRate {
+        tenant: String,
+        #[arg(long, value_name = "RATE")]
+        guaranteed: Option<String>,
+        #[arg(long, value_name = "RATE")]
+        ceiling: Option<String>,
+        #[arg(long)]
+        weight: Option<i64>,
+    },
+    /// Re-read the topology file and apply only the difference (as SIGHUP does).
+    Reload,
+    /// Add a tenant.
+    AddTenant {
+        name: String,
+        #[arg(long, value_name = "RATE")]
+        guaranteed: String,
+        #[arg(long, value_name = "RATE")]
+        ceiling: Option<String>,
+        #[arg(long)]
+        weight: Option<i64>,
+        /// Storm control: broadcast/multicast frames/s per port.
+        #[arg(long, value_name = "PPS")]
+        broadcast_pps: Option<i64>,
+    },
+    /// Remove a tenant (refused while it has servers).
+    RemoveTenant { name: String },
+    /// Add a server: its namespace and TAP are created as at start-up.
+    AddServer {
+        name: String,
+        /// A TOML fragment with the keys of a `[servers.NAME]` table (flags override it).
+        #[arg(long, value_name = "FILE")]
+        file: Option<PathBuf>,
+        #[arg(long)]
+        tenant: Option<String>,
+        /// IPv4 address with prefix, e.g. 10.1.0.12/24.
+        #[arg(long)]
+        ip: Option<String>,
+        #[arg(long)]
+        mac: Option<String>,
+        #[arg(long)]
+        netns: Option<String>,
+        #[arg(long)]
+        ipv6: Option<String>,
+        #[arg(long)]
+        mtu: Option<i64>,
+        #[arg(long, value_name = "RATE")]
+        guaranteed: Option<String>,
+        #[arg(long, value_name = "RATE")]
+        ceiling: Option<String>,
+    },
+    /// Remove a server and tear down its namespace and TAP.
+    RemoveServer { name: String },
 }
 
 fn main() -> ExitCode {
@@ -66,6 +153,8 @@ fn main() -> ExitCode {
             file,
             stats_interval,
             no_offload,
+            http,
+            http_allow_public,
         } => {
             let topology = match topology::load(&file) {
                 Ok(topology) => topology,
@@ -87,6 +176,9 @@ fn main() -> ExitCode {
             let options = UpOptions {
                 stats_interval,
                 offload: !no_offload,
+                socket: cli.socket,
+                http,
+                http_allow_public,
             };
             match run_up(topology, options) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -97,6 +189,306 @@ fn main() -> ExitCode {
                 }
             }
         }
+        command => match client_command(cli.socket, cli.topology, command) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("error: {err:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+/// Find the daemon's socket: `--socket`, else `--topology FILE`'s, else the only live one.
+fn find_socket(socket: Option<PathBuf>, topology: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    if let Some(path) = socket {
+        return Ok(path);
+    }
+    if let Some(file) = topology {
+        let name = file
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        return Ok(socket::socket_path(&name));
+    }
+    Ok(client::discover(&socket::run_dir())?)
+}
+
+/// Send one request; return its result or fail with the daemon's error.
+fn call(path: &Path, request: &Request) -> anyhow::Result<serde_json::Value> {
+    let response = client::request(path, request, Duration::from_secs(30))?;
+    if response.ok {
+        Ok(response.result.unwrap_or_default())
+    } else {
+        anyhow::bail!(response.error.unwrap_or_else(|| "unknown error".into()))
+    }
+}
+
+fn client_command(
+    socket: Option<PathBuf>,
+    topology: Option<PathBuf>,
+    command: Command,
+) -> anyhow::Result<()> {
+    let path = find_socket(socket, topology)?;
+    let change = match command {
+        Command::Check { .. } | Command::Up { .. } => unreachable!("handled by main"),
+        Command::Status {
+            watch,
+            json,
+            topology,
+        } => {
+            if topology {
+                print!(
+                    "{}",
+                    call(&path, &Request::Topology)?
+                        .as_str()
+                        .unwrap_or_default()
+                );
+                return Ok(());
+            }
+            loop {
+                let value = call(&path, &Request::Status)?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&value)?);
+                } else {
+                    let status: Status = serde_json::from_value(value)?;
+                    if watch {
+                        // Clear the screen and go home, like watch(1).
+                        print!("\x1b[2J\x1b[H");
+                    }
+                    print_status(&status);
+                }
+                if !watch {
+                    return Ok(());
+                }
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
+        Command::Stats { json } => {
+            let value = call(&path, &Request::Stats)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&value)?);
+            } else {
+                print_stats(&serde_json::from_value(value)?);
+            }
+            return Ok(());
+        }
+        Command::Reload => {
+            print_applied(&serde_json::from_value(call(&path, &Request::Reload)?)?);
+            return Ok(());
+        }
+        Command::SetRate {
+            tenant,
+            guaranteed,
+            ceiling,
+            weight,
+        } => Change::SetRate {
+            tenant,
+            guaranteed,
+            ceiling,
+            weight,
+        },
+        Command::AddTenant {
+            name,
+            guaranteed,
+            ceiling,
+            weight,
+            broadcast_pps,
+        } => Change::AddTenant {
+            name,
+            tenant: FileTenant {
+                guaranteed: Some(guaranteed),
+                ceiling,
+                weight,
+                broadcast_pps,
+            },
+        },
+        Command::RemoveTenant { name } => Change::RemoveTenant { name },
+        Command::AddServer {
+            name,
+            file,
+            tenant,
+            ip,
+            mac,
+            netns,
+            ipv6,
+            mtu,
+            guaranteed,
+            ceiling,
+        } => {
+            let mut server = match file {
+                Some(file) => {
+                    let text = std::fs::read_to_string(&file)
+                        .map_err(|e| anyhow::anyhow!("Cannot read {}: {e}", file.display()))?;
+                    toml::from_str::<FileServer>(&text)
+                        .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?
+                }
+                None => FileServer::default(),
+            };
+            let set = |slot: &mut Option<String>, v: Option<String>| {
+                if v.is_some() {
+                    *slot = v;
+                }
+            };
+            set(&mut server.tenant, tenant);
+            set(&mut server.ip, ip);
+            set(&mut server.mac, mac);
+            set(&mut server.netns, netns);
+            set(&mut server.ipv6, ipv6);
+            set(&mut server.guaranteed, guaranteed);
+            set(&mut server.ceiling, ceiling);
+            if mtu.is_some() {
+                server.mtu = mtu;
+            }
+            Change::AddServer { name, server }
+        }
+        Command::RemoveServer { name } => Change::RemoveServer { name },
+    };
+    let applied: Applied = serde_json::from_value(call(
+        &path,
+        &Request::Apply {
+            change: Box::new(change),
+        },
+    )?)?;
+    print_applied(&applied);
+    Ok(())
+}
+
+fn print_applied(applied: &Applied) {
+    if applied.changes.is_empty() {
+        println!("nothing to change");
+    }
+    for line in &applied.changes {
+        println!("{line}");
+    }
+    if let Some(us) = applied.datapath_us {
+        println!("applied in the data path in {:.2} ms", us as f64 / 1000.0);
+    }
+}
+
+/// Format bit/s with an SI prefix, e.g. `123.4M`.
+fn bps(v: u64) -> String {
+    let v = v as f64;
+    if v >= 1e9 {
+        format!("{:.2}G", v / 1e9)
+    } else if v >= 1e6 {
+        format!("{:.1}M", v / 1e6)
+    } else if v >= 1e3 {
+        format!("{:.1}k", v / 1e3)
+    } else {
+        format!("{v:.0}")
+    }
+}
+
+fn rates(r: &Rates) -> String {
+    format!(
+        "{:>8} {:>8} {:>8} {:>8}",
+        bps(r.in_100ms_bps),
+        bps(r.in_1s_bps),
+        bps(r.out_100ms_bps),
+        bps(r.out_1s_bps)
+    )
+}
+
+fn print_status(s: &Status) {
+    println!(
+        "topology {} ({}), capacity {}bit/s, up {:.0} s",
+        s.topology,
+        s.source,
+        bps(s.capacity_bps),
+        s.uptime_secs
+    );
+    println!("rates in bit/s: in = sent into the switch, out = delivered; over 100 ms and 1 s");
+    println!(
+        "{:<16} {:>8} {:>8} {:>6} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>9}  servers",
+        "TENANT",
+        "GUAR",
+        "CEIL",
+        "WEIGHT",
+        "ENTITLED",
+        "IN100ms",
+        "IN1s",
+        "OUT100ms",
+        "OUT1s",
+        "QFRAMES",
+        "QBYTES"
+    );
+    for t in &s.tenants {
+        println!(
+            "{:<16} {:>8} {:>8} {:>6} {:>8} {} {:>7} {:>9}  {}",
+            t.name,
+            bps(t.guaranteed_bps),
+            bps(t.ceiling_bps),
+            t.weight,
+            bps(t.entitlement_bps),
+            rates(&t.rates),
+            t.queued_frames,
+            t.queued_bytes,
+            t.servers.join(",")
+        );
+    }
+    println!();
+    println!(
+        "{:<16} {:<16} {:<18} {:<19} {:<16} {:>8} {:>8} {:>8} {:>8}",
+        "SERVER", "TENANT", "MAC", "IP", "NETNS", "IN100ms", "IN1s", "OUT100ms", "OUT1s"
+    );
+    for v in &s.servers {
+        println!(
+            "{:<16} {:<16} {:<18} {:<19} {:<16} {}",
+            v.name,
+            v.tenant,
+            v.mac,
+            v.ip,
+            v.netns,
+            rates(&v.rates)
+        );
+    }
+}
+
+fn print_stats(stats: &netd::control::report::StatsReport) {
+    let drops = |d: &std::collections::BTreeMap<String, u64>| {
+        let listed: Vec<String> = d
+            .iter()
+            .filter(|&(_, &n)| n > 0)
+            .map(|(r, n)| format!("{r}={n}"))
+            .collect();
+        if listed.is_empty() {
+            "-".to_string()
+        } else {
+            listed.join(" ")
+        }
+    };
+    println!("tenants:");
+    for t in &stats.tenants {
+        let (c, s) = (&t.counters, &t.shaper);
+        println!(
+            "  {:<16} rx {} frames / {} B, tx {} frames / {} B; shaper own {} B, borrowed {} B, queued {} frames / {} B, dropped {} frames; drops: {}",
+            t.tenant,
+            c.rx_frames,
+            c.rx_bytes,
+            c.tx_frames,
+            c.tx_bytes,
+            s.own_bytes,
+            s.borrowed_bytes,
+            s.queued_frames,
+            s.queued_bytes,
+            s.dropped_frames,
+            drops(&c.drops)
+        );
+    }
+    println!("ports:");
+    for p in &stats.ports {
+        let c = &p.counters;
+        println!(
+            "  {:<16} ({}) rx {} frames / {} B, tx {} frames / {} B; drops: {}",
+            p.server,
+            p.tenant,
+            c.rx_frames,
+            c.rx_bytes,
+            c.tx_frames,
+            c.tx_bytes,
+            drops(&c.drops)
+        );
     }
 }
 

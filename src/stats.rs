@@ -1,9 +1,15 @@
 //! Counters: per-port and per-tenant atomics, and the reason for every drop.
 //!
 //! Contract: the data path never logs per frame; it bumps a counter. Counters are plain
-//! relaxed atomics: readers (shutdown summary, `--stats-interval`, later the control plane)
+//! relaxed atomics: readers (shutdown summary, `--stats-interval`, the control plane)
 //! may see a frame counted in one counter and not yet in another, never a torn value.
+//!
+//! Growth: tables are indexed by stable ids (see [`crate::topology`]). When the control plane
+//! adds tenants or servers it builds a larger [`Stats`] with [`Stats::grown`], which shares
+//! every existing counter (each is an `Arc`), and hands it to the data path; no count is lost
+//! in the swap. Counters of removed ids stay (retired) and are no longer reported.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Serialize;
@@ -38,11 +44,13 @@ pub enum DropReason {
     QueueFull,
     /// Writing to the destination TAP failed.
     WriteFailed,
+    /// Broadcast/multicast above the port's storm-control limit (packets/s).
+    StormControl,
 }
 
 impl DropReason {
     /// Every reason, in display order.
-    pub const ALL: [DropReason; 12] = [
+    pub const ALL: [DropReason; 13] = [
         DropReason::Truncated,
         DropReason::Malformed,
         DropReason::Oversized,
@@ -55,6 +63,7 @@ impl DropReason {
         DropReason::Hairpin,
         DropReason::QueueFull,
         DropReason::WriteFailed,
+        DropReason::StormControl,
     ];
 
     /// Return the stable snake_case name used in logs, JSON and metrics.
@@ -72,6 +81,7 @@ impl DropReason {
             DropReason::Hairpin => "hairpin",
             DropReason::QueueFull => "queue_full",
             DropReason::WriteFailed => "write_failed",
+            DropReason::StormControl => "storm_control",
         }
     }
 
@@ -208,19 +218,36 @@ impl ShaperGauges {
 /// tenant, and a drop on the ingress port and tenant.
 #[derive(Debug)]
 pub struct Stats {
-    pub ports: Vec<Counters>,
-    pub tenants: Vec<Counters>,
+    pub ports: Vec<Arc<Counters>>,
+    pub tenants: Vec<Arc<Counters>>,
     /// The shaper's per-tenant counters (index = `TenantId`).
-    pub shaper: Vec<ShaperGauges>,
+    pub shaper: Vec<Arc<ShaperGauges>>,
 }
 
 impl Stats {
     /// Create zeroed counters for `ports` ports and `tenants` tenants.
     pub fn new(ports: usize, tenants: usize) -> Stats {
         Stats {
-            ports: (0..ports).map(|_| Counters::default()).collect(),
-            tenants: (0..tenants).map(|_| Counters::default()).collect(),
-            shaper: (0..tenants).map(|_| ShaperGauges::default()).collect(),
+            ports: (0..ports).map(|_| Arc::default()).collect(),
+            tenants: (0..tenants).map(|_| Arc::default()).collect(),
+            shaper: (0..tenants).map(|_| Arc::default()).collect(),
+        }
+    }
+
+    /// Return a copy sharing every existing counter, with zeroed ones appended up to `ports`
+    /// ports and `tenants` tenants (never shrinks).
+    pub fn grown(&self, ports: usize, tenants: usize) -> Stats {
+        fn grow<T: Default>(v: &[Arc<T>], len: usize) -> Vec<Arc<T>> {
+            let mut out = v.to_vec();
+            while out.len() < len {
+                out.push(Arc::default());
+            }
+            out
+        }
+        Stats {
+            ports: grow(&self.ports, ports),
+            tenants: grow(&self.tenants, tenants),
+            shaper: grow(&self.shaper, tenants),
         }
     }
 }
@@ -234,6 +261,20 @@ mod tests {
         for (i, r) in DropReason::ALL.iter().enumerate() {
             assert_eq!(r.index(), i, "{r}");
         }
+    }
+
+    #[test]
+    fn grown_shares_existing_counters() {
+        let stats = Stats::new(1, 1);
+        stats.ports[0].count_rx(10);
+        let grown = stats.grown(3, 2);
+        assert_eq!(
+            (grown.ports.len(), grown.tenants.len(), grown.shaper.len()),
+            (3, 2, 2)
+        );
+        grown.ports[0].count_rx(5);
+        assert_eq!(stats.ports[0].snapshot().rx_bytes, 15, "same counter");
+        assert_eq!(stats.grown(0, 0).ports.len(), 1, "never shrinks");
     }
 
     #[test]

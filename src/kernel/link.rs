@@ -35,3 +35,18 @@ pub fn configure(server: &Server) -> Result<(), KernelError> {
         }
     })
 }
+
+/// Take `eth0` down, flush its addresses and apply [`batch`] again (a changed identity).
+pub fn reconfigure(server: &Server) -> Result<(), KernelError> {
+    let cmds = format!(
+        "link set dev {SERVER_IFNAME} down\naddress flush dev {SERVER_IFNAME}\n{}",
+        batch(server)
+    );
+    ip_command(&["-n", &server.netns, "-batch", "-"], Some(&cmds)).map_err(|detail| {
+        KernelError::ConfigureLink {
+            server: server.name.clone(),
+            netns: server.netns.clone(),
+            detail,
+        }
+    })
+}

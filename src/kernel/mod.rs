@@ -5,6 +5,11 @@
 //! the TAP fds; dropping it (or calling [`Plumbing::tear_down`]) closes the TAPs first, which
 //! removes them, then deletes the namespaces netd created, and only those.
 //!
+//! Live changes use the same steps one server at a time: [`Plumbing::add_server`] creates a
+//! server's namespace, TAP and link exactly as start-up does (all or nothing, rolled back on
+//! failure), [`Plumbing::remove_server`] deletes one namespace once its TAP is closed, and
+//! [`relink`] re-applies a changed server's identity (MAC, addresses, MTU) in place.
+//!
 //! Links are configured with iproute2 (`ip -n NS -batch -`, one process per server) rather
 //! than raw netlink: it is the tool operators debug with, it handles the `/run/netns` mount
 //! dance, and it keeps this module free of hand-written netlink encoding. See `link.rs`.
@@ -19,7 +24,7 @@ use std::process::{Command, Stdio};
 
 use tracing::{debug, info, warn};
 
-use crate::topology::{PortId, Topology};
+use crate::topology::{PortId, Server, Topology};
 
 /// Name of each server's interface inside its namespace.
 pub const SERVER_IFNAME: &str = "eth0";
@@ -83,6 +88,30 @@ impl Plumbing {
         &self.namespaces
     }
 
+    /// Create one server's namespace, TAP and link (after checking its namespace is free);
+    /// on failure remove what was created. The namespace then belongs to this plumbing.
+    pub fn add_server(
+        &mut self,
+        server: &Server,
+        vnet_hdr_len: Option<usize>,
+    ) -> Result<ServerTap, KernelError> {
+        if netns::exists(&server.netns) {
+            return Err(KernelError::NamespacesExist(vec![server.netns.clone()]));
+        }
+        let file = plumb(server, vnet_hdr_len)?;
+        self.namespaces.push(server.netns.clone());
+        Ok(ServerTap {
+            port: server.id,
+            file,
+        })
+    }
+
+    /// Delete the namespace of a removed server (close its TAP first).
+    pub fn remove_server(&mut self, netns: &str) -> Result<(), KernelError> {
+        self.namespaces.retain(|n| n != netns);
+        netns::delete(netns)
+    }
+
     /// Close the TAPs, then delete the namespaces netd created; log what could not be removed.
     pub fn tear_down(&mut self) {
         // TAP fds pin their namespace; close them first so deleting the name frees it.
@@ -138,22 +167,12 @@ pub fn bring_up(topology: &Topology, vnet_hdr_len: Option<usize>) -> Result<Plum
     // On any error below, `plumbing` drops and removes what was already created.
     let mut plumbing = Plumbing::default();
     for server in &topology.servers {
-        netns::create(&server.netns)?;
+        let file = plumb(server, vnet_hdr_len)?;
         plumbing.namespaces.push(server.netns.clone());
-        let file =
-            netns::run_in(&server.netns, || open_server_tap(vnet_hdr_len)).map_err(|source| {
-                KernelError::CreateTap {
-                    server: server.name.clone(),
-                    netns: server.netns.clone(),
-                    source,
-                }
-            })?;
         plumbing.taps.push(ServerTap {
             port: server.id,
             file,
         });
-        link::configure(server)?;
-        debug!(server = %server.name, netns = %server.netns, mac = %server.mac, ip = %server.ip, "server plumbed");
         // Fault injection for the rollback test: debug builds only, never in a release binary.
         if cfg!(debug_assertions)
             && std::env::var("NETD_FAIL_AFTER_SERVER").is_ok_and(|name| name == server.name)
@@ -166,6 +185,36 @@ pub fn bring_up(topology: &Topology, vnet_hdr_len: Option<usize>) -> Result<Plum
         "created namespaces and TAPs"
     );
     Ok(plumbing)
+}
+
+/// Create one server's namespace, TAP and link; on failure delete the namespace again.
+fn plumb(server: &Server, vnet_hdr_len: Option<usize>) -> Result<File, KernelError> {
+    netns::create(&server.netns)?;
+    let result = netns::run_in(&server.netns, || open_server_tap(vnet_hdr_len))
+        .map_err(|source| KernelError::CreateTap {
+            server: server.name.clone(),
+            netns: server.netns.clone(),
+            source,
+        })
+        .and_then(|file| link::configure(server).map(|()| file));
+    match result {
+        Ok(file) => {
+            debug!(server = %server.name, netns = %server.netns, mac = %server.mac, ip = %server.ip, "server plumbed");
+            Ok(file)
+        }
+        Err(err) => {
+            // The TAP (if any) closed with `result`; the namespace goes too.
+            if let Err(cleanup) = netns::delete(&server.netns) {
+                warn!(netns = %server.netns, cause = %cleanup, "namespace left behind");
+            }
+            Err(err)
+        }
+    }
+}
+
+/// Re-apply a server's identity (MAC, MTU, addresses) to its existing `eth0`, in place.
+pub fn relink(server: &Server) -> Result<(), KernelError> {
+    link::reconfigure(server)
 }
 
 /// Create the server's TAP in the calling thread's namespace and switch off IPv6 duplicate

@@ -268,6 +268,7 @@ mod tests {
             guaranteed: mbit(g),
             ceiling: mbit(c),
             weight,
+            broadcast_pps: 1000,
         };
         let topology = Topology {
             name: "t".into(),

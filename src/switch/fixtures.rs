@@ -38,6 +38,7 @@ pub fn topology() -> Topology {
         guaranteed: Rate::from_bits_per_sec(100_000_000),
         ceiling: gbit,
         weight: 1,
+        broadcast_pps: 1000,
     };
     let server = |id, name: &str, tenant, mac, ip: &str, ipv6: Option<&str>, mtu| Server {
         id: PortId(id),

@@ -50,7 +50,7 @@ impl ForwardTable {
             .servers
             .iter()
             .map(|s| s.tenant.index() + 1)
-            .chain([topology.tenants.len()])
+            .chain([topology.tenant_id_bound()])
             .max()
             .unwrap_or(0);
         let mut entries: Vec<Vec<(u64, PortId)>> = vec![Vec::new(); count];

@@ -11,13 +11,14 @@
 //! A decision is `guard` (anti-spoofing: every source address in the frame is the port's
 //! own) then `forward` (the tenant's static MAC table; group addresses flood the tenant).
 //! The switch is immutable and built whole from a [`Topology`]; the control plane replaces
-//! it whole when the topology changes.
+//! it whole when the topology changes. Port ids need not be dense (a running daemon keeps
+//! ids stable while servers come and go): a missing id is simply an unknown port.
 
 mod forward;
 mod guard;
 
 #[cfg(test)]
-mod fixtures;
+pub(crate) mod fixtures;
 
 use crate::stats::DropReason;
 use crate::topology::{PortId, TenantId, Topology};
@@ -41,25 +42,25 @@ pub enum Decision {
 /// An immutable switch: per-port facts for the guard and per-tenant tables for forwarding.
 #[derive(Clone, Debug)]
 pub struct Switch {
-    /// Indexed by `PortId`.
-    ports: Box<[PortFacts]>,
+    /// Indexed by `PortId`; `None` for ids without a server.
+    ports: Box<[Option<PortFacts>]>,
+    /// Storm control: broadcast/multicast frames/s allowed from each port (by `PortId`).
+    broadcast_pps: Box<[u32]>,
     table: ForwardTable,
 }
 
 impl Switch {
     /// Build the switch for every server of `topology`, one port each.
     pub fn new(topology: &Topology) -> Switch {
-        let ports = topology
-            .servers
-            .iter()
-            .enumerate()
-            .map(|(i, server)| {
-                debug_assert_eq!(server.id.index(), i, "PortId(i) is servers[i]");
-                PortFacts::new(server)
-            })
-            .collect();
+        let mut ports = vec![None; topology.port_id_bound()];
+        let mut broadcast_pps = vec![0; topology.port_id_bound()];
+        for server in &topology.servers {
+            ports[server.id.index()] = Some(PortFacts::new(server));
+            broadcast_pps[server.id.index()] = topology.tenant(server.tenant).broadcast_pps;
+        }
         Switch {
-            ports,
+            ports: ports.into(),
+            broadcast_pps: broadcast_pps.into(),
             table: ForwardTable::new(topology),
         }
     }
@@ -69,7 +70,7 @@ impl Switch {
     /// A port this switch does not know (say, one removed by a topology change while its
     /// frame was in flight) owns no address, so its frames drop as `SpoofedMac`.
     pub fn decide(&self, ingress: PortId, frame: &[u8]) -> Decision {
-        let Some(port) = self.ports.get(ingress.index()) else {
+        let Some(port) = self.facts(ingress) else {
             return Decision::Drop(DropReason::SpoofedMac);
         };
         Self::verdict(&self.table, ingress, port, guard::check(port, frame))
@@ -78,11 +79,15 @@ impl Switch {
     /// [`Switch::decide`] for a frame the kernel marked as a GSO super-frame: it may be up to
     /// [`GSO_MAX_FRAME`] bytes long; every other rule is the same.
     pub fn decide_gso(&self, ingress: PortId, frame: &[u8]) -> Decision {
-        let Some(port) = self.ports.get(ingress.index()) else {
+        let Some(port) = self.facts(ingress) else {
             return Decision::Drop(DropReason::SpoofedMac);
         };
         let checked = guard::check_with_limit(port, frame, GSO_MAX_FRAME);
         Self::verdict(&self.table, ingress, port, checked)
+    }
+
+    fn facts(&self, port: PortId) -> Option<&PortFacts> {
+        self.ports.get(port.index()).and_then(Option::as_ref)
     }
 
     fn verdict(
@@ -106,14 +111,28 @@ impl Switch {
     /// Return the tenant of a port.
     ///
     /// # Panics
-    /// If `port` is not a port of this switch (`port.index() >= self.port_count()`).
+    /// If `port` is not a port of this switch (see [`Switch::has_port`]).
     pub fn tenant_of(&self, port: PortId) -> TenantId {
-        self.ports[port.index()].tenant
+        match self.facts(port) {
+            Some(facts) => facts.tenant,
+            None => panic!("{port} is not a port of this switch"),
+        }
     }
 
-    /// Return the number of ports; `PortId(0)..PortId(port_count)` are this switch's ports.
+    /// Return true if `port` is one of this switch's ports.
+    pub fn has_port(&self, port: PortId) -> bool {
+        self.facts(port).is_some()
+    }
+
+    /// Return one more than the largest port id; every port id is below it.
     pub fn port_count(&self) -> usize {
         self.ports.len()
+    }
+
+    /// Return the storm-control limit of a port: broadcast/multicast frames per second (0 for
+    /// an unknown port).
+    pub fn broadcast_pps(&self, port: PortId) -> u32 {
+        self.broadcast_pps.get(port.index()).copied().unwrap_or(0)
     }
 }
 

@@ -12,17 +12,18 @@ use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::Path;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
 use super::validate::{ErrorKind, Location, ValidationError, key_segment};
 
 /// The topology file as written.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileTopology {
     /// `[host]`: required.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub host: Option<FileHost>,
     /// `[tenants.<name>]`, by name.
     #[serde(default)]
@@ -36,10 +37,11 @@ pub struct FileTopology {
 }
 
 /// `[host]`.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileHost {
     /// Aggregate rate, a tc rate such as `"1gbit"`: required.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub capacity: Option<String>,
     /// Longest a frame may wait in a tenant's shaper queue, e.g. `"5ms"`; optional.
     pub queue_delay: Option<String>,
@@ -48,36 +50,51 @@ pub struct FileHost {
 }
 
 /// `[tenants.<name>]`.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileTenant {
     /// Guaranteed rate: required.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub guaranteed: Option<String>,
     /// Maximum rate including borrowed bandwidth; default: host capacity.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub ceiling: Option<String>,
     /// Share of loaned bandwidth; default 1, at least 1.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub weight: Option<i64>,
+    /// Storm control: broadcast/multicast frames/s accepted from each of the tenant's
+    /// ports; default 1000, at least 1.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub broadcast_pps: Option<i64>,
 }
 
 /// `[servers.<name>]`.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileServer {
     /// Name of the owning tenant: required.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub tenant: Option<String>,
     /// IPv4 address with prefix, `"10.1.0.10/24"`: required.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub ip: Option<String>,
     /// MAC of the server's interface; derived from the name when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub mac: Option<String>,
     /// Network namespace name; default: the server name.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub netns: Option<String>,
     /// Optional IPv6 address with prefix, `"fd00::10/64"`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub ipv6: Option<String>,
     /// Interface MTU; default 1500, allowed 68..=9000.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub mtu: Option<i64>,
     /// Optional per-server guaranteed rate inside the tenant's.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub guaranteed: Option<String>,
     /// Optional per-server ceiling inside the tenant's.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub ceiling: Option<String>,
 }
 

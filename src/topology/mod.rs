@@ -3,7 +3,15 @@
 //! Contract: nothing downstream of [`load`]/[`validate()`] ever sees the raw file form
 //! ([`file::FileTopology`]); a [`Topology`] value always satisfies every rule the validator
 //! checks (unique MACs, unique IPs within a tenant, guarantees within capacity, valid names...).
-//! Tenants and servers are kept in name order; [`TenantId`] and [`PortId`] index into them.
+//! Tenants and servers are kept in name order.
+//!
+//! Ids: [`TenantId`] and [`PortId`] are the keys the shaper, the switch, the data path's port
+//! table and the counters use. [`validate()`] numbers a fresh topology densely in name order
+//! (`id == index`), but a running daemon keeps ids stable for its whole life: a tenant or
+//! server keeps its id across changes, and new ones get fresh ids, appended after every id
+//! ever used (see [`crate::control`], which renumbers each validated change with
+//! [`Topology::with_ids_from`]). So an id is **not** an index into [`Topology::tenants`] or
+//! [`Topology::servers`]: look objects up with [`Topology::tenant`] and [`Topology::server`].
 
 pub mod file;
 pub mod rate;
@@ -20,23 +28,23 @@ pub use validate::{ValidationError, validate};
 
 use crate::wire::MacAddr;
 
-/// Index of a tenant in [`Topology::tenants`].
+/// A tenant's stable id (dense from 0 in a fresh topology; see the module docs).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, Serialize)]
 pub struct TenantId(pub u32);
 
-/// Index of a server (and of its switch port) in [`Topology::servers`].
+/// A server's (and its switch port's) stable id (dense from 0 in a fresh topology).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, Serialize)]
 pub struct PortId(pub u32);
 
 impl TenantId {
-    /// Return the index into [`Topology::tenants`].
+    /// Return the id as an index into per-tenant tables (counters, shaper slots).
     pub fn index(self) -> usize {
         self.0 as usize
     }
 }
 
 impl PortId {
-    /// Return the index into [`Topology::servers`].
+    /// Return the id as an index into per-port tables (counters, switch ports).
     pub fn index(self) -> usize {
         self.0 as usize
     }
@@ -52,6 +60,8 @@ impl fmt::Display for PortId {
 pub const DEFAULT_MTU: u16 = 1500;
 /// Default weight of a tenant when sharing loaned bandwidth.
 pub const DEFAULT_WEIGHT: u32 = 1;
+/// Default storm-control limit: broadcast/multicast frames per second from each port.
+pub const DEFAULT_BROADCAST_PPS: u32 = 1000;
 
 /// A validated topology.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -64,9 +74,9 @@ pub struct Topology {
     pub capacity: Rate,
     /// Queue and burst sizes of the shaper.
     pub shaping: ShapingParams,
-    /// Tenants, sorted by name; `TenantId(i)` is `tenants[i]`.
+    /// Tenants, sorted by name.
     pub tenants: Vec<Tenant>,
-    /// Servers, sorted by name; `PortId(i)` is `servers[i]`.
+    /// Servers, sorted by name.
     pub servers: Vec<Server>,
 }
 
@@ -98,6 +108,8 @@ pub struct Tenant {
     pub ceiling: Rate,
     /// Share of loaned bandwidth relative to other borrowers; at least 1.
     pub weight: u32,
+    /// Storm control: broadcast/multicast frames per second accepted from each of its ports.
+    pub broadcast_pps: u32,
 }
 
 /// A virtual server: one namespace, one TAP, one switch port.
@@ -123,13 +135,124 @@ pub struct Server {
 
 impl Topology {
     /// Return the tenant with this id.
+    ///
+    /// # Panics
+    /// If no tenant has this id.
     pub fn tenant(&self, id: TenantId) -> &Tenant {
-        &self.tenants[id.index()]
+        self.tenants
+            .iter()
+            .find(|t| t.id == id)
+            .unwrap_or_else(|| panic!("no tenant with id {}", id.0))
     }
 
     /// Return the server behind this port.
+    ///
+    /// # Panics
+    /// If no server has this id.
     pub fn server(&self, id: PortId) -> &Server {
-        &self.servers[id.index()]
+        self.servers
+            .iter()
+            .find(|s| s.id == id)
+            .unwrap_or_else(|| panic!("no server with id {}", id.0))
+    }
+
+    /// Return one more than the largest tenant id (the length of per-tenant tables).
+    pub fn tenant_id_bound(&self) -> usize {
+        self.tenants
+            .iter()
+            .map(|t| t.id.index() + 1)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Return one more than the largest port id (the length of per-port tables).
+    pub fn port_id_bound(&self) -> usize {
+        self.servers
+            .iter()
+            .map(|s| s.id.index() + 1)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Renumber a freshly validated topology against `running`: tenants and servers that
+    /// `running` has (same name; for a server, also the same namespace) keep their ids; new
+    /// ones get fresh ids from `next_tenant` and `next_port`, which are advanced.
+    ///
+    /// A server whose namespace changed is a new server (a new TAP, so a new port).
+    pub fn with_ids_from(
+        mut self,
+        running: &Topology,
+        next_tenant: &mut u32,
+        next_port: &mut u32,
+    ) -> Topology {
+        let mut tenant_map = std::collections::BTreeMap::new();
+        for t in &mut self.tenants {
+            let id = match running.tenant_by_name(&t.name) {
+                Some(old) => old.id,
+                None => {
+                    let id = TenantId(*next_tenant);
+                    *next_tenant += 1;
+                    id
+                }
+            };
+            tenant_map.insert(t.id, id);
+            t.id = id;
+        }
+        for s in &mut self.servers {
+            s.tenant = tenant_map[&s.tenant];
+            s.id = match running.server_by_name(&s.name) {
+                Some(old) if old.netns == s.netns => old.id,
+                _ => {
+                    let id = PortId(*next_port);
+                    *next_port += 1;
+                    id
+                }
+            };
+        }
+        self
+    }
+
+    /// Return the file form of this topology: every value explicit (MACs included), so it
+    /// validates back to the same topology (ids aside) and can be written as TOML.
+    pub fn to_file(&self) -> file::FileTopology {
+        file::FileTopology {
+            host: Some(file::FileHost {
+                capacity: Some(self.capacity.to_string()),
+                queue_delay: Some(format!("{}us", self.shaping.queue_delay.as_micros())),
+                burst: Some(format!("{}us", self.shaping.burst.as_micros())),
+            }),
+            tenants: self
+                .tenants
+                .iter()
+                .map(|t| {
+                    let tenant = file::FileTenant {
+                        guaranteed: Some(t.guaranteed.to_string()),
+                        ceiling: Some(t.ceiling.to_string()),
+                        weight: Some(i64::from(t.weight)),
+                        broadcast_pps: Some(i64::from(t.broadcast_pps)),
+                    };
+                    (t.name.clone(), tenant)
+                })
+                .collect(),
+            servers: self
+                .servers
+                .iter()
+                .map(|s| {
+                    let server = file::FileServer {
+                        tenant: Some(self.tenant(s.tenant).name.clone()),
+                        ip: Some(s.ip.to_string()),
+                        mac: Some(s.mac.to_string()),
+                        netns: Some(s.netns.clone()),
+                        ipv6: s.ipv6.map(|n| n.to_string()),
+                        mtu: Some(i64::from(s.mtu)),
+                        guaranteed: s.guaranteed.map(|r| r.to_string()),
+                        ceiling: s.ceiling.map(|r| r.to_string()),
+                    };
+                    (s.name.clone(), server)
+                })
+                .collect(),
+            problems: Vec::new(),
+        }
     }
 
     /// Return the tenant with this name, if any.

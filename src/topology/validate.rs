@@ -11,7 +11,7 @@
 //!   ceiling is not above the capacity; tenant guarantees sum to at most the capacity. Inside a
 //!   tenant, per-server guarantees sum to at most the tenant's guarantee and a per-server ceiling
 //!   is not above the tenant's ceiling.
-//! - Weights are integers ≥ 1; MTUs are in 68..=9000.
+//! - Weights are integers ≥ 1; MTUs are in 68..=9000; `broadcast_pps` is an integer ≥ 1.
 //! - MACs are unicast, non-zero and unique host-wide. An absent MAC is derived from the server
 //!   name (FNV-1a into `02:xx:xx:xx:xx:xx`, re-hashed with a counter on collision, servers taken
 //!   in name order), so it is stable and never collides with a given or derived MAC.
@@ -22,7 +22,8 @@
 //!   digits, `-`, `_`, `.`, not starting with `-` or `.`); namespace names follow the same
 //!   charset with up to 64 bytes, and no two servers share one.
 //!
-//! Defaults: tenant ceiling = capacity, weight 1, netns = server name, MTU 1500.
+//! Defaults: tenant ceiling = capacity, weight 1, broadcast_pps 1000, netns = server name,
+//! MTU 1500.
 
 use std::collections::BTreeMap;
 #[cfg(test)]
@@ -37,7 +38,8 @@ use ipnetwork::{Ipv4Network, Ipv6Network};
 use super::file::FileTopology;
 use super::rate::RateParseError;
 use super::{
-    DEFAULT_MTU, DEFAULT_WEIGHT, PortId, Rate, Server, ShapingParams, Tenant, TenantId, Topology,
+    DEFAULT_BROADCAST_PPS, DEFAULT_MTU, DEFAULT_WEIGHT, PortId, Rate, Server, ShapingParams,
+    Tenant, TenantId, Topology,
 };
 use crate::wire::MacAddr;
 
@@ -162,6 +164,8 @@ pub enum ErrorKind {
     ServerCeilingAboveTenant { ceiling: Rate },
     #[error("weight must be an integer from 1 to {}", u32::MAX)]
     InvalidWeight,
+    #[error("broadcast_pps must be an integer from 1 to {}", u32::MAX)]
+    InvalidBroadcastPps,
 
     // MACs.
     #[error("malformed MAC address: expected six hex octets like 02:00:00:00:01:0a")]
@@ -321,6 +325,20 @@ pub fn validate(path: &Path, file: &FileTopology) -> Result<Topology, Vec<Valida
                 }
             },
         };
+        let broadcast_pps = match raw.broadcast_pps {
+            None => Some(DEFAULT_BROADCAST_PPS),
+            Some(p) => match u32::try_from(p) {
+                Ok(p) if p >= 1 => Some(p),
+                _ => {
+                    v.push(
+                        &format!("{key}.broadcast_pps"),
+                        Some(p.to_string()),
+                        ErrorKind::InvalidBroadcastPps,
+                    );
+                    None
+                }
+            },
+        };
         if let Some(g) = guaranteed {
             guarantee_sum += u128::from(g.bits_per_sec());
         }
@@ -330,8 +348,8 @@ pub fn validate(path: &Path, file: &FileTopology) -> Result<Topology, Vec<Valida
         };
         limits.push((guaranteed, ceiling));
         let id = v.id(index, "tenants");
-        if let (Some(id), Some(guaranteed), Some(ceiling), Some(weight)) =
-            (id, guaranteed, ceiling, weight)
+        if let (Some(id), Some(guaranteed), Some(ceiling), Some(weight), Some(broadcast_pps)) =
+            (id, guaranteed, ceiling, weight, broadcast_pps)
         {
             tenants.push(Tenant {
                 id: TenantId(id),
@@ -339,6 +357,7 @@ pub fn validate(path: &Path, file: &FileTopology) -> Result<Topology, Vec<Valida
                 guaranteed,
                 ceiling,
                 weight,
+                broadcast_pps,
             });
         }
     }

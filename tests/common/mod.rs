@@ -221,6 +221,11 @@ impl Daemon {
         }
     }
 
+    /// Return the daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("daemon running").id()
+    }
+
     /// Return everything the daemon logged so far.
     pub fn log(&self) -> String {
         self.lines.lock().unwrap().join("\n")
@@ -277,4 +282,69 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Run `netd --topology FILE ARGS` (a control command); return (success, stdout, stderr).
+pub fn netd_cli(topology: &TestTopology, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(netd_bin())
+        .arg("--topology")
+        .arg(&topology.path)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run netd");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Like [`netd_cli`], but panic unless it succeeds; return stdout.
+pub fn netd_ok(topology: &TestTopology, args: &[&str]) -> String {
+    let (ok, out, err) = netd_cli(topology, args);
+    assert!(ok, "netd {args:?} failed:\n{out}{err}");
+    out
+}
+
+/// Return the HTTP address the daemon logged in "netd is up" (started with `--http`).
+pub fn http_addr(daemon: &mut Daemon) -> String {
+    let line = daemon
+        .wait_for("netd is up", Duration::from_secs(1))
+        .expect("daemon is up");
+    let v: serde_json::Value = serde_json::from_str(&line).expect("JSON log line");
+    let field = v["fields"]["http"]
+        .as_str()
+        .expect("http field")
+        .to_string();
+    // Logged as `Some(127.0.0.1:PORT)`.
+    field
+        .trim_start_matches("Some(")
+        .trim_end_matches(')')
+        .to_string()
+}
+
+/// A minimal HTTP/1.1 client: return (status code, body).
+pub fn http(addr: &str, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect to the HTTP API");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let body = body.unwrap_or("");
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").expect("HTTP response");
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status code");
+    (code, body.to_string())
 }

@@ -1,0 +1,338 @@
+//! Changes to a running topology: each is turned into a whole new topology file and run
+//! through the same [`validate()`](crate::topology::validate()) as a file on disk, so a
+//! change is accepted exactly when the topology it leads to would be, with the same errors.
+//!
+//! Contract: [`propose`] is pure: it reads the running [`Topology`] and returns the new one
+//! (ids renumbered against the running one, see [`Topology::with_ids_from`]) or an error; the
+//! running state is untouched either way. [`Diff::between`] says what applying it touches.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::ControlError;
+use crate::topology::file::{FileServer, FileTenant, FileTopology};
+use crate::topology::{PortId, TenantId, Topology, validate};
+
+/// A change an operator asks for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "change", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Change {
+    /// Change a tenant's rates; absent fields keep their value.
+    SetRate {
+        tenant: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        guaranteed: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ceiling: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        weight: Option<i64>,
+    },
+    /// Add a tenant (keys as in a `[tenants.NAME]` table).
+    AddTenant { name: String, tenant: FileTenant },
+    /// Remove a tenant that has no servers.
+    RemoveTenant { name: String },
+    /// Add a server (keys as in a `[servers.NAME]` table).
+    AddServer { name: String, server: FileServer },
+    /// Remove a server.
+    RemoveServer { name: String },
+}
+
+/// Build the topology that `change` leads to, validated and renumbered against `running`.
+///
+/// `next_tenant`/`next_port` are the next fresh ids; they advance only on success.
+pub fn propose(
+    running: &Topology,
+    change: &Change,
+    next_tenant: &mut u32,
+    next_port: &mut u32,
+) -> Result<Topology, ControlError> {
+    let mut file = running.to_file();
+    match change {
+        Change::SetRate {
+            tenant,
+            guaranteed,
+            ceiling,
+            weight,
+        } => {
+            let entry = file
+                .tenants
+                .get_mut(tenant)
+                .ok_or_else(|| ControlError::UnknownTenant(tenant.clone()))?;
+            if guaranteed.is_none() && ceiling.is_none() && weight.is_none() {
+                return Err(ControlError::NothingToChange(tenant.clone()));
+            }
+            if let Some(g) = guaranteed {
+                entry.guaranteed = Some(g.clone());
+            }
+            if let Some(c) = ceiling {
+                entry.ceiling = Some(c.clone());
+            }
+            if let Some(w) = weight {
+                entry.weight = Some(*w);
+            }
+        }
+        Change::AddTenant { name, tenant } => {
+            if file.tenants.contains_key(name) {
+                return Err(ControlError::TenantExists(name.clone()));
+            }
+            file.tenants.insert(name.clone(), tenant.clone());
+        }
+        Change::RemoveTenant { name } => {
+            let Some(t) = running.tenant_by_name(name) else {
+                return Err(ControlError::UnknownTenant(name.clone()));
+            };
+            let servers: Vec<String> = running.servers_of(t.id).map(|s| s.name.clone()).collect();
+            if !servers.is_empty() {
+                return Err(ControlError::TenantHasServers {
+                    tenant: name.clone(),
+                    servers,
+                });
+            }
+            file.tenants.remove(name);
+        }
+        Change::AddServer { name, server } => {
+            if file.servers.contains_key(name) {
+                return Err(ControlError::ServerExists(name.clone()));
+            }
+            file.servers.insert(name.clone(), server.clone());
+        }
+        Change::RemoveServer { name } => {
+            if file.servers.remove(name).is_none() {
+                return Err(ControlError::UnknownServer(name.clone()));
+            }
+        }
+    }
+    accept(running, &running.source, &file, next_tenant, next_port)
+}
+
+/// Validate `file` as if read from `path` and renumber it against `running`.
+pub fn accept(
+    running: &Topology,
+    path: &Path,
+    file: &FileTopology,
+    next_tenant: &mut u32,
+    next_port: &mut u32,
+) -> Result<Topology, ControlError> {
+    let mut topology = validate(path, file).map_err(ControlError::Invalid)?;
+    // Keep the daemon's name (the socket is named after it) whatever the file is called.
+    topology.name = running.name.clone();
+    let (mut t, mut p) = (*next_tenant, *next_port);
+    let topology = topology.with_ids_from(running, &mut t, &mut p);
+    (*next_tenant, *next_port) = (t, p);
+    Ok(topology)
+}
+
+/// What applying a new topology touches, by stable id.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Diff {
+    pub tenants_added: Vec<TenantId>,
+    pub tenants_removed: Vec<TenantId>,
+    /// Tenants whose rates, weight or storm limit changed.
+    pub tenants_changed: Vec<TenantId>,
+    pub servers_added: Vec<PortId>,
+    pub servers_removed: Vec<PortId>,
+    /// Servers whose MAC, addresses or MTU changed: their link is re-applied in place.
+    pub servers_relinked: Vec<PortId>,
+    /// Servers whose tenant or per-server rates changed (switch/shaper only).
+    pub servers_changed: Vec<PortId>,
+    pub capacity_changed: bool,
+}
+
+impl Diff {
+    /// Compare two topologies with stable ids (the second from [`propose`] or [`accept`]).
+    pub fn between(old: &Topology, new: &Topology) -> Diff {
+        let mut diff = Diff {
+            capacity_changed: old.capacity != new.capacity,
+            ..Diff::default()
+        };
+        let old_t: BTreeSet<TenantId> = old.tenants.iter().map(|t| t.id).collect();
+        let new_t: BTreeSet<TenantId> = new.tenants.iter().map(|t| t.id).collect();
+        diff.tenants_added = new_t.difference(&old_t).copied().collect();
+        diff.tenants_removed = old_t.difference(&new_t).copied().collect();
+        for id in old_t.intersection(&new_t) {
+            let (a, b) = (old.tenant(*id), new.tenant(*id));
+            if (a.guaranteed, a.ceiling, a.weight, a.broadcast_pps)
+                != (b.guaranteed, b.ceiling, b.weight, b.broadcast_pps)
+            {
+                diff.tenants_changed.push(*id);
+            }
+        }
+        let old_s: BTreeSet<PortId> = old.servers.iter().map(|s| s.id).collect();
+        let new_s: BTreeSet<PortId> = new.servers.iter().map(|s| s.id).collect();
+        diff.servers_added = new_s.difference(&old_s).copied().collect();
+        diff.servers_removed = old_s.difference(&new_s).copied().collect();
+        for id in old_s.intersection(&new_s) {
+            let (a, b) = (old.server(*id), new.server(*id));
+            if (a.mac, a.ip, a.ipv6, a.mtu) != (b.mac, b.ip, b.ipv6, b.mtu) {
+                diff.servers_relinked.push(*id);
+            } else if (a.tenant, a.guaranteed, a.ceiling) != (b.tenant, b.guaranteed, b.ceiling) {
+                diff.servers_changed.push(*id);
+            }
+        }
+        diff
+    }
+
+    /// Return true when nothing changes.
+    pub fn is_empty(&self) -> bool {
+        *self == Diff::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::topology::{Rate, parse};
+
+    const BASE: &str = r#"
+        [host]
+        capacity = "1gbit"
+        [tenants.a]
+        guaranteed = "400mbit"
+        [tenants.c]
+        guaranteed = "400mbit"
+        [servers.a1]
+        tenant = "a"
+        ip = "10.0.0.1/24"
+        [servers.c1]
+        tenant = "c"
+        ip = "10.0.0.1/24"
+    "#;
+
+    fn base() -> (Topology, u32, u32) {
+        let t = parse(Path::new("base.toml"), BASE).unwrap();
+        let nt = u32::try_from(t.tenant_id_bound()).unwrap();
+        let np = u32::try_from(t.port_id_bound()).unwrap();
+        (t, nt, np)
+    }
+
+    fn set_rate(tenant: &str, guaranteed: &str) -> Change {
+        Change::SetRate {
+            tenant: tenant.into(),
+            guaranteed: Some(guaranteed.into()),
+            ceiling: None,
+            weight: None,
+        }
+    }
+
+    #[test]
+    fn set_rate_changes_only_that_tenant() {
+        let (t, mut nt, mut np) = base();
+        let new = propose(&t, &set_rate("c", "500mbit"), &mut nt, &mut np).unwrap();
+        assert_eq!(
+            new.tenant_by_name("c").unwrap().guaranteed,
+            Rate::from_bits_per_sec(500_000_000)
+        );
+        let diff = Diff::between(&t, &new);
+        assert_eq!(
+            diff,
+            Diff {
+                tenants_changed: vec![t.tenant_by_name("c").unwrap().id],
+                ..Diff::default()
+            }
+        );
+    }
+
+    #[test]
+    fn rejected_changes_carry_the_validators_errors() {
+        let (t, mut nt, mut np) = base();
+        let err = propose(&t, &set_rate("c", "700mbit"), &mut nt, &mut np).unwrap_err();
+        let ControlError::Invalid(errors) = &err else {
+            panic!("{err}")
+        };
+        assert_eq!(errors.len(), 1);
+        assert!(
+            err.to_string()
+                .contains("sum of tenant guarantees 1100mbit exceeds the host capacity 1gbit"),
+            "{err}"
+        );
+        let err = propose(&t, &set_rate("zz", "1mbit"), &mut nt, &mut np).unwrap_err();
+        assert!(matches!(err, ControlError::UnknownTenant(ref n) if n == "zz"));
+        let err = propose(
+            &t,
+            &Change::RemoveTenant { name: "a".into() },
+            &mut nt,
+            &mut np,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("a1"), "{err}");
+        assert_eq!((nt, np), (2, 2), "ids only advance on success");
+    }
+
+    #[test]
+    fn added_objects_get_fresh_ids_and_others_keep_theirs() {
+        let (t, mut nt, mut np) = base();
+        // "b" sorts between "a" and "c": ids must not shift.
+        let add = Change::AddTenant {
+            name: "b".into(),
+            tenant: FileTenant {
+                guaranteed: Some("100mbit".into()),
+                ..FileTenant::default()
+            },
+        };
+        let t2 = propose(&t, &add, &mut nt, &mut np).unwrap();
+        assert_eq!(t2.tenant_by_name("b").unwrap().id, TenantId(2));
+        assert_eq!(t2.tenant_by_name("c").unwrap().id, TenantId(1));
+        let server = Change::AddServer {
+            name: "b1".into(),
+            server: FileServer {
+                tenant: Some("b".into()),
+                ip: Some("10.0.0.1/24".into()),
+                ..FileServer::default()
+            },
+        };
+        let t3 = propose(&t2, &server, &mut nt, &mut np).unwrap();
+        let b1 = t3.server_by_name("b1").unwrap();
+        assert_eq!((b1.id, b1.tenant), (PortId(2), TenantId(2)));
+        assert_eq!(t3.server_by_name("c1").unwrap().id, PortId(1));
+        let diff = Diff::between(&t2, &t3);
+        assert_eq!(diff.servers_added, [PortId(2)]);
+        assert!(diff.tenants_changed.is_empty() && diff.servers_removed.is_empty());
+        // Removing it again, then adding it again: a new id (never reused).
+        let t4 = propose(
+            &t3,
+            &Change::RemoveServer { name: "b1".into() },
+            &mut nt,
+            &mut np,
+        )
+        .unwrap();
+        assert_eq!(Diff::between(&t3, &t4).servers_removed, [PortId(2)]);
+        let t5 = propose(&t4, &server, &mut nt, &mut np).unwrap();
+        assert_eq!(t5.server_by_name("b1").unwrap().id, PortId(3));
+    }
+
+    #[test]
+    fn reload_diff_touches_only_what_changed() {
+        let (t, mut nt, mut np) = base();
+        let edited =
+            BASE.replace(
+                "guaranteed = \"400mbit\"\n        [tenants.c]",
+                "guaranteed = \"300mbit\"\n        [tenants.c]",
+            )
+            .replace(
+                "ip = \"10.0.0.1/24\"\n        [servers.c1]",
+                "ip = \"10.0.0.9/24\"\n        [servers.c1]",
+            ) + "\n[servers.c2]\ntenant = \"c\"\nip = \"10.0.0.2/24\"\n";
+        let file = FileTopology::from_toml(Path::new("base.toml"), &edited).unwrap();
+        let new = accept(&t, Path::new("base.toml"), &file, &mut nt, &mut np).unwrap();
+        let diff = Diff::between(&t, &new);
+        assert_eq!(diff.tenants_changed, [TenantId(0)]);
+        assert_eq!(diff.servers_relinked, [PortId(0)]);
+        assert_eq!(diff.servers_added, [PortId(2)]);
+        assert!(diff.servers_removed.is_empty() && diff.servers_changed.is_empty());
+        // The same file again: nothing to do.
+        let same = FileTopology::from_toml(Path::new("base.toml"), BASE).unwrap();
+        let again = accept(&t, Path::new("base.toml"), &same, &mut nt, &mut np).unwrap();
+        assert!(Diff::between(&t, &again).is_empty());
+    }
+
+    #[test]
+    fn running_state_round_trips_through_toml() {
+        let (t, mut nt, mut np) = base();
+        let text = toml::to_string(&t.to_file()).unwrap();
+        let file = FileTopology::from_toml(Path::new("base.toml"), &text).unwrap();
+        let back = accept(&t, Path::new("base.toml"), &file, &mut nt, &mut np).unwrap();
+        assert_eq!(back, t, "{text}");
+    }
+}

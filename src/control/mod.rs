@@ -1,0 +1,632 @@
+//! The control plane: live changes, status and counters of a running daemon.
+//!
+//! Contract:
+//! - Every change ([`Change`], or `reload` of the topology file) is turned into a whole new
+//!   topology and validated exactly like a topology file ([`change`]); a rejected change
+//!   returns the validator's errors and leaves the running state and traffic untouched.
+//! - An accepted change is applied all or nothing: links of changed servers are re-applied,
+//!   new servers get their namespace and TAP exactly as at start-up (rolled back if any step
+//!   fails), then the data path takes the new switch, shaper parameters, counters and ports
+//!   in one [`Update`] between two batches; only then are removed servers torn down. Tenants
+//!   whose configuration did not change keep their queued frames, tokens and counters.
+//! - Ids are stable for the life of the daemon (see [`crate::topology`]): names map to the
+//!   ids they were first given; new tenants and servers get fresh ids after every id ever used
+//!   and are never renumbered, so the shaper, the switch, the counters and the data path's
+//!   port table (all keyed by id) need no translation. Counters grow for new ids
+//!   ([`Stats::grown`]); removed ids' counters are retired (kept, no longer reported).
+//! - Changes are serialised (one lock around the running state); reads of counters and
+//!   rates never wait for the data path.
+//! - Every action is logged with `tracing`: who (socket peer uid/pid, HTTP peer, SIGHUP),
+//!   what, and old → new.
+//!
+//! Transports: a Unix socket with one JSON [`Request`]/[`Response`] per line ([`socket`]),
+//! an optional loopback HTTP API ([`http`]), and the CLI's client ([`client`]).
+
+pub mod change;
+pub mod client;
+pub mod http;
+pub mod rates;
+pub mod report;
+pub mod socket;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+pub use change::{Change, Diff};
+use rates::{LONG, Meter, RateMeter, SHORT};
+use report::{
+    Counts, Demand, PortStats, Rates, ServerStatus, ShaperCounts, StatsReport, Status, TenantStats,
+    TenantStatus,
+};
+
+use crate::datapath::{Update, UpdateHandle};
+use crate::kernel::{self, KernelError, Plumbing};
+use crate::port::TapPort;
+use crate::shaper::ShaperConfig;
+use crate::stats::Stats;
+use crate::switch::Switch;
+use crate::topology::{self, LoadError, Topology, ValidationError};
+
+/// How long a change waits for the data path to take it.
+const APPLY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Why a control request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("{}", format_invalid(.0))]
+    Invalid(Vec<ValidationError>),
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error("No such tenant: {0:?}")]
+    UnknownTenant(String),
+    #[error("No such server: {0:?}")]
+    UnknownServer(String),
+    #[error("Tenant {0:?} already exists")]
+    TenantExists(String),
+    #[error("Server {0:?} already exists")]
+    ServerExists(String),
+    #[error("Tenant {tenant:?} still has servers ({}); remove them first", servers.join(", "))]
+    TenantHasServers {
+        tenant: String,
+        servers: Vec<String>,
+    },
+    #[error("Nothing to change for tenant {0:?}: give --guaranteed, --ceiling or --weight")]
+    NothingToChange(String),
+    #[error("Cannot apply the change; nothing was changed")]
+    Kernel(#[source] KernelError),
+    #[error("The data path did not take the change (is it still running?)")]
+    DataPathGone,
+    #[error("Another daemon already serves {0}")]
+    AlreadyRunning(PathBuf),
+    #[error("Cannot listen on {path}")]
+    Listen {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "Refusing to serve HTTP on the non-loopback address {0}; pass --http-allow-public to really do it"
+    )]
+    PublicAddress(std::net::SocketAddr),
+}
+
+fn format_invalid(errors: &[ValidationError]) -> String {
+    LoadError::Invalid(errors.to_vec()).to_string()
+}
+
+/// A request to the daemon, one JSON object per line on the socket.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Request {
+    /// Tenants, servers, configured and current rates ([`Status`]).
+    Status,
+    /// Every counter ([`StatsReport`]).
+    Stats,
+    /// The running state as a topology file (TOML text).
+    Topology,
+    /// Prometheus text.
+    Metrics,
+    /// Re-read the topology file and apply the difference.
+    Reload,
+    /// Apply one change.
+    Apply { change: Box<Change> },
+}
+
+/// The daemon's answer: `{"ok":true,"result":...}` or `{"ok":false,"error":"..."}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Response {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl Response {
+    /// A success carrying `result`.
+    pub fn ok(result: impl Serialize) -> Response {
+        Response {
+            ok: true,
+            result: Some(serde_json::to_value(result).unwrap_or_default()),
+            error: None,
+        }
+    }
+
+    /// A failure with a message (the error's whole chain).
+    pub fn error(err: &dyn std::error::Error) -> Response {
+        let mut message = err.to_string();
+        let mut source = err.source();
+        while let Some(cause) = source {
+            message.push_str(": ");
+            message.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        Response {
+            ok: false,
+            result: None,
+            error: Some(message),
+        }
+    }
+}
+
+/// What an applied change did.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Applied {
+    /// One line per touched object: `tenant acme: guaranteed 100mbit → 200mbit`.
+    pub changes: Vec<String>,
+    /// Microseconds from handing the update to the data path until it was applied.
+    pub datapath_us: Option<u64>,
+}
+
+/// The running daemon's mutable state (behind [`Control`]'s lock).
+pub struct Running {
+    topology: Topology,
+    next_tenant: u32,
+    next_port: u32,
+    plumbing: Plumbing,
+    datapath: UpdateHandle,
+    vnet_hdr_len: Option<usize>,
+}
+
+/// The control plane of one daemon, shared by the socket, HTTP and signal handlers.
+pub struct Control {
+    state: tokio::sync::Mutex<Running>,
+    stats: RwLock<Arc<Stats>>,
+    rates: Mutex<RateMeter>,
+    started: Instant,
+}
+
+impl Control {
+    /// Take over the running topology, its plumbing and the data path's update handle.
+    pub fn new(
+        topology: Topology,
+        plumbing: Plumbing,
+        datapath: UpdateHandle,
+        vnet_hdr_len: Option<usize>,
+        stats: Arc<Stats>,
+    ) -> Control {
+        let next_tenant = u32::try_from(topology.tenant_id_bound()).unwrap_or(u32::MAX);
+        let next_port = u32::try_from(topology.port_id_bound()).unwrap_or(u32::MAX);
+        Control {
+            state: tokio::sync::Mutex::new(Running {
+                topology,
+                next_tenant,
+                next_port,
+                plumbing,
+                datapath,
+                vnet_hdr_len,
+            }),
+            stats: RwLock::new(stats),
+            rates: Mutex::new(RateMeter::default()),
+            started: Instant::now(),
+        }
+    }
+
+    /// Return the current counters.
+    pub fn stats(&self) -> Arc<Stats> {
+        self.stats.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Return a copy of the running topology.
+    pub async fn topology(&self) -> Topology {
+        self.state.lock().await.topology.clone()
+    }
+
+    /// Sample the counters for the sliding-window rates.
+    pub fn sample(&self) {
+        let stats = self.stats();
+        self.rates
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .sample(&stats, Instant::now());
+    }
+
+    /// Close the TAPs' namespaces: call after the data path stopped.
+    pub async fn tear_down(&self) {
+        self.state.lock().await.plumbing.tear_down();
+    }
+
+    /// Answer one request; `origin` says who asked (for the logs).
+    pub async fn handle(&self, request: Request, origin: &str) -> Response {
+        match request {
+            Request::Status => Response::ok(self.status().await),
+            Request::Stats => Response::ok(self.stats_report().await),
+            Request::Topology => Response::ok(self.topology_toml().await),
+            Request::Metrics => Response::ok(self.metrics().await),
+            Request::Reload => result(self.reload(origin).await),
+            Request::Apply { change } => result(self.apply(*change, origin).await),
+        }
+    }
+
+    /// Return the running state as topology-file TOML.
+    pub async fn topology_toml(&self) -> String {
+        let topology = self.topology().await;
+        let text = toml::to_string(&topology.to_file()).unwrap_or_default();
+        format!(
+            "# Running state of netd topology {:?} (from {}), written by `netd status --topology`.\n{text}",
+            topology.name,
+            topology.source.display()
+        )
+    }
+
+    /// Return the Prometheus text of the current status and counters.
+    pub async fn metrics(&self) -> String {
+        let (status, stats) = (self.status().await, self.stats_report().await);
+        report::prometheus(&status, &stats)
+    }
+
+    /// Return the status: configuration, rates, queues, entitlement.
+    pub async fn status(&self) -> Status {
+        let topology = self.topology().await;
+        let stats = self.stats();
+        let rates = self.rates.lock().unwrap_or_else(|e| e.into_inner());
+        let measure = |rx: Meter, tx: Meter| Rates {
+            in_100ms_bps: rates.rate(rx, SHORT),
+            in_1s_bps: rates.rate(rx, LONG),
+            out_100ms_bps: rates.rate(tx, SHORT),
+            out_1s_bps: rates.rate(tx, LONG),
+        };
+        let mut tenants: Vec<TenantStatus> = topology
+            .tenants
+            .iter()
+            .map(|t| {
+                let i = t.id.index();
+                let shaper = stats
+                    .shaper
+                    .get(i)
+                    .map(|g| g.snapshot())
+                    .unwrap_or_default();
+                let rates = measure(Meter::TenantIn(i), Meter::TenantOut(i));
+                let guaranteed = t.guaranteed.bits_per_sec();
+                TenantStatus {
+                    name: t.name.clone(),
+                    id: t.id.0,
+                    guaranteed_bps: guaranteed,
+                    ceiling_bps: t.ceiling.bits_per_sec(),
+                    weight: t.weight,
+                    broadcast_pps: t.broadcast_pps,
+                    servers: topology.servers_of(t.id).map(|s| s.name.clone()).collect(),
+                    rates,
+                    queued_frames: shaper.queued_frames,
+                    queued_bytes: shaper.queued_bytes,
+                    // Active: frames waiting, or sending above 1% of its guarantee.
+                    active: shaper.queued_frames > 0
+                        || u128::from(rates.in_100ms_bps) * 100 > u128::from(guaranteed),
+                    entitlement_bps: 0,
+                }
+            })
+            .collect();
+        let demands: Vec<Demand> = tenants
+            .iter()
+            .map(|t| Demand {
+                guaranteed: t.guaranteed_bps,
+                ceiling: t.ceiling_bps,
+                weight: t.weight,
+                active: t.active,
+            })
+            .collect();
+        let capacity = topology.capacity.bits_per_sec();
+        for (t, e) in tenants
+            .iter_mut()
+            .zip(report::entitlement(capacity, &demands))
+        {
+            t.entitlement_bps = e;
+        }
+        let servers = topology
+            .servers
+            .iter()
+            .map(|s| {
+                let i = s.id.index();
+                ServerStatus {
+                    name: s.name.clone(),
+                    id: s.id.0,
+                    tenant: topology.tenant(s.tenant).name.clone(),
+                    mac: s.mac.to_string(),
+                    ip: s.ip.to_string(),
+                    ipv6: s.ipv6.map(|n| n.to_string()),
+                    netns: s.netns.clone(),
+                    rates: measure(Meter::PortIn(i), Meter::PortOut(i)),
+                }
+            })
+            .collect();
+        Status {
+            topology: topology.name.clone(),
+            source: topology.source.display().to_string(),
+            capacity_bps: capacity,
+            uptime_secs: self.started.elapsed().as_secs_f64(),
+            tenants,
+            servers,
+        }
+    }
+
+    /// Return every counter of the current tenants and ports.
+    pub async fn stats_report(&self) -> StatsReport {
+        let topology = self.topology().await;
+        let stats = self.stats();
+        let counts = |v: &[Arc<crate::stats::Counters>], i: usize| -> Counts {
+            v.get(i).map(|c| c.snapshot()).unwrap_or_default().into()
+        };
+        StatsReport {
+            tenants: topology
+                .tenants
+                .iter()
+                .map(|t| TenantStats {
+                    tenant: t.name.clone(),
+                    counters: counts(&stats.tenants, t.id.index()),
+                    shaper: ShaperCounts::from(
+                        stats
+                            .shaper
+                            .get(t.id.index())
+                            .map(|g| g.snapshot())
+                            .unwrap_or_default(),
+                    ),
+                })
+                .collect(),
+            ports: topology
+                .servers
+                .iter()
+                .map(|s| PortStats {
+                    server: s.name.clone(),
+                    tenant: topology.tenant(s.tenant).name.clone(),
+                    counters: counts(&stats.ports, s.id.index()),
+                })
+                .collect(),
+        }
+    }
+
+    /// Re-read the topology file and apply the difference.
+    pub async fn reload(&self, origin: &str) -> Result<Applied, ControlError> {
+        let mut state = self.state.lock().await;
+        let path = state.topology.source.clone();
+        let result = (|| {
+            let text = std::fs::read_to_string(&path).map_err(|source| LoadError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            let file = topology::file::FileTopology::from_toml(&path, &text)
+                .map_err(|e| ControlError::Invalid(vec![e]))?;
+            let (mut nt, mut np) = (state.next_tenant, state.next_port);
+            let new = change::accept(&state.topology, &path, &file, &mut nt, &mut np)?;
+            Ok((new, nt, np))
+        })();
+        self.commit(&mut state, result, origin, "reload").await
+    }
+
+    /// Validate and apply one change.
+    pub async fn apply(&self, change: Change, origin: &str) -> Result<Applied, ControlError> {
+        let mut state = self.state.lock().await;
+        let (mut nt, mut np) = (state.next_tenant, state.next_port);
+        let result =
+            change::propose(&state.topology, &change, &mut nt, &mut np).map(|new| (new, nt, np));
+        let action = match &change {
+            Change::SetRate { .. } => "set-rate",
+            Change::AddTenant { .. } => "add-tenant",
+            Change::RemoveTenant { .. } => "remove-tenant",
+            Change::AddServer { .. } => "add-server",
+            Change::RemoveServer { .. } => "remove-server",
+        };
+        self.commit(&mut state, result, origin, action).await
+    }
+
+    /// Apply a validated new topology (or log the rejection).
+    async fn commit(
+        &self,
+        state: &mut Running,
+        proposed: Result<(Topology, u32, u32), ControlError>,
+        origin: &str,
+        action: &str,
+    ) -> Result<Applied, ControlError> {
+        let (new, next_tenant, next_port) = match proposed {
+            Ok(p) => p,
+            Err(err) => {
+                warn!(origin, action, cause = %err, "control change rejected; nothing changed");
+                return Err(err);
+            }
+        };
+        let diff = Diff::between(&state.topology, &new);
+        let changes = describe(&state.topology, &new, &diff);
+        if diff.is_empty() {
+            info!(origin, action, "control change: nothing to do");
+            return Ok(Applied {
+                changes,
+                datapath_us: None,
+            });
+        }
+        match self.apply_diff(state, &new, &diff).await {
+            Ok(us) => {
+                for change in &changes {
+                    info!(origin, action, change = %change, datapath_us = us, "control change applied");
+                }
+                state.topology = new;
+                state.next_tenant = next_tenant;
+                state.next_port = next_port;
+                Ok(Applied {
+                    changes,
+                    datapath_us: Some(us),
+                })
+            }
+            Err(err) => {
+                warn!(origin, action, cause = %err, "control change failed; nothing changed");
+                Err(err)
+            }
+        }
+    }
+
+    /// Relink, plumb, hand the data path its update, tear down removed servers; return how
+    /// long the data path took, in µs. On failure undo what was done.
+    async fn apply_diff(
+        &self,
+        state: &mut Running,
+        new: &Topology,
+        diff: &Diff,
+    ) -> Result<u64, ControlError> {
+        let old = state.topology.clone();
+        let relink_back = |done: &[crate::topology::PortId]| {
+            for id in done {
+                if let Err(err) = kernel::relink(old.server(*id)) {
+                    warn!(server = %old.server(*id).name, cause = %err, "cannot restore link");
+                }
+            }
+        };
+        let mut relinked = Vec::new();
+        for &id in &diff.servers_relinked {
+            if let Err(err) = kernel::relink(new.server(id)) {
+                relink_back(&relinked);
+                return Err(ControlError::Kernel(err));
+            }
+            relinked.push(id);
+        }
+        let mut added: Vec<TapPort> = Vec::new();
+        let mut added_netns: Vec<String> = Vec::new();
+        let undo_added = |plumbing: &mut Plumbing, added: Vec<TapPort>, netns: &[String]| {
+            drop(added);
+            for name in netns {
+                if let Err(err) = plumbing.remove_server(name) {
+                    warn!(netns = %name, cause = %err, "namespace left behind");
+                }
+            }
+        };
+        for &id in &diff.servers_added {
+            match state
+                .plumbing
+                .add_server(new.server(id), state.vnet_hdr_len)
+            {
+                Ok(tap) => {
+                    added.push(TapPort::new(tap.port, tap.file));
+                    added_netns.push(new.server(id).netns.clone());
+                }
+                Err(err) => {
+                    undo_added(&mut state.plumbing, added, &added_netns);
+                    relink_back(&relinked);
+                    return Err(ControlError::Kernel(err));
+                }
+            }
+        }
+
+        let current = self.stats();
+        let (ports, tenants) = (new.port_id_bound(), new.tenant_id_bound());
+        let stats = (ports > current.ports.len() || tenants > current.tenants.len())
+            .then(|| Arc::new(current.grown(ports, tenants)));
+        let shaper = ShaperConfig::from_topology(new);
+        let shaper = (shaper != ShaperConfig::from_topology(&old)).then_some(shaper);
+        let (done, applied) = tokio::sync::oneshot::channel();
+        let update = Update {
+            remove: diff.servers_removed.clone(),
+            add: added,
+            switch: Some(Switch::new(new)),
+            shaper,
+            stats: stats.clone(),
+            done: Some(done),
+        };
+        let start = Instant::now();
+        if let Err(update) = state.datapath.send(update) {
+            let update = *update;
+            undo_added(&mut state.plumbing, update.add, &added_netns);
+            relink_back(&relinked);
+            return Err(ControlError::DataPathGone);
+        }
+        let removed = match tokio::time::timeout(APPLY_TIMEOUT, applied).await {
+            Ok(Ok(removed)) => removed,
+            // The update may still be applied later; nothing sensible can be undone.
+            _ => return Err(ControlError::DataPathGone),
+        };
+        let us = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
+        if let Some(stats) = stats {
+            *self.stats.write().unwrap_or_else(|e| e.into_inner()) = stats;
+        }
+        // Close the removed TAPs, then delete their namespaces.
+        drop(removed);
+        for &id in &diff.servers_removed {
+            let netns = &old.server(id).netns;
+            if let Err(err) = state.plumbing.remove_server(netns) {
+                warn!(netns = %netns, cause = %err, "namespace of a removed server left behind");
+            }
+        }
+        Ok(us)
+    }
+}
+
+fn result(r: Result<Applied, ControlError>) -> Response {
+    match r {
+        Ok(applied) => Response::ok(applied),
+        Err(err) => Response::error(&err),
+    }
+}
+
+/// Describe a diff as `what: old → new` lines.
+pub fn describe(old: &Topology, new: &Topology, diff: &Diff) -> Vec<String> {
+    let mut lines = Vec::new();
+    if diff.capacity_changed {
+        lines.push(format!("capacity: {} → {}", old.capacity, new.capacity));
+    }
+    for &id in &diff.tenants_added {
+        let t = new.tenant(id);
+        lines.push(format!(
+            "tenant {}: added (guaranteed {}, ceiling {}, weight {}, broadcast_pps {})",
+            t.name, t.guaranteed, t.ceiling, t.weight, t.broadcast_pps
+        ));
+    }
+    for &id in &diff.tenants_changed {
+        let (a, b) = (old.tenant(id), new.tenant(id));
+        let mut parts = Vec::new();
+        if a.guaranteed != b.guaranteed {
+            parts.push(format!("guaranteed {} → {}", a.guaranteed, b.guaranteed));
+        }
+        if a.ceiling != b.ceiling {
+            parts.push(format!("ceiling {} → {}", a.ceiling, b.ceiling));
+        }
+        if a.weight != b.weight {
+            parts.push(format!("weight {} → {}", a.weight, b.weight));
+        }
+        if a.broadcast_pps != b.broadcast_pps {
+            parts.push(format!(
+                "broadcast_pps {} → {}",
+                a.broadcast_pps, b.broadcast_pps
+            ));
+        }
+        lines.push(format!("tenant {}: {}", b.name, parts.join(", ")));
+    }
+    for &id in &diff.tenants_removed {
+        lines.push(format!("tenant {}: removed", old.tenant(id).name));
+    }
+    for &id in &diff.servers_added {
+        let s = new.server(id);
+        lines.push(format!(
+            "server {}: added (tenant {}, mac {}, ip {}, netns {})",
+            s.name,
+            new.tenant(s.tenant).name,
+            s.mac,
+            s.ip,
+            s.netns
+        ));
+    }
+    for &id in diff.servers_relinked.iter().chain(&diff.servers_changed) {
+        let (a, b) = (old.server(id), new.server(id));
+        let show = |t: &Topology, s: &crate::topology::Server| {
+            format!(
+                "tenant {} mac {} ip {} ipv6 {} mtu {} guaranteed {} ceiling {}",
+                t.tenant(s.tenant).name,
+                s.mac,
+                s.ip,
+                s.ipv6.map_or("-".to_string(), |n| n.to_string()),
+                s.mtu,
+                s.guaranteed.map_or("-".to_string(), |r| r.to_string()),
+                s.ceiling.map_or("-".to_string(), |r| r.to_string()),
+            )
+        };
+        lines.push(format!(
+            "server {}: {} → {}",
+            b.name,
+            show(old, a),
+            show(new, b)
+        ));
+    }
+    for &id in &diff.servers_removed {
+        lines.push(format!("server {}: removed", old.server(id).name));
+    }
+    lines
+}

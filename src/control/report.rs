@@ -1,0 +1,534 @@
+//! What the control plane reports: status, counters, entitlement and Prometheus text.
+//!
+//! Contract: everything here is pure and serialisable; the same [`Status`] and
+//! [`StatsReport`] values back `netd status`, `netd stats`, the JSON endpoints and
+//! `/metrics`, so every view says the same thing.
+//!
+//! Entitlement ([`entitlement`]): what the shaper owes each tenant right now, computed from
+//! the configured rates and which tenants are active (sent in the last 100 ms, or have
+//! frames queued): active tenants get their guarantee plus a weighted water-filled share of
+//! the capacity the others leave, capped at their ceiling; an idle tenant is owed its
+//! guarantee (it is there the moment it sends), which the others may use meanwhile.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+use serde::{Deserialize, Serialize};
+
+use crate::stats::{CounterSnapshot, DropReason, ShaperSnapshot};
+
+/// Status of the whole daemon.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    pub topology: String,
+    pub source: String,
+    pub capacity_bps: u64,
+    pub uptime_secs: f64,
+    pub tenants: Vec<TenantStatus>,
+    pub servers: Vec<ServerStatus>,
+}
+
+/// Measured rates over two sliding windows, in bit/s.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Rates {
+    /// Into the switch (sent by the tenant/server), last 100 ms.
+    pub in_100ms_bps: u64,
+    /// Into the switch, last second.
+    pub in_1s_bps: u64,
+    /// Out of the switch (delivered to the tenant/server), last 100 ms.
+    pub out_100ms_bps: u64,
+    /// Out of the switch, last second.
+    pub out_1s_bps: u64,
+}
+
+/// One tenant's configuration and current state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TenantStatus {
+    pub name: String,
+    pub id: u32,
+    pub guaranteed_bps: u64,
+    pub ceiling_bps: u64,
+    pub weight: u32,
+    pub broadcast_pps: u32,
+    pub servers: Vec<String>,
+    pub rates: Rates,
+    pub queued_frames: u64,
+    pub queued_bytes: u64,
+    pub active: bool,
+    pub entitlement_bps: u64,
+}
+
+/// One server's identity and current rates.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServerStatus {
+    pub name: String,
+    pub id: u32,
+    pub tenant: String,
+    pub mac: String,
+    pub ip: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<String>,
+    pub netns: String,
+    pub rates: Rates,
+}
+
+/// Every counter, per tenant and per port.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatsReport {
+    pub tenants: Vec<TenantStats>,
+    pub ports: Vec<PortStats>,
+}
+
+/// Frames/bytes in and out, drops by reason (every reason, zeros included).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Counts {
+    pub rx_frames: u64,
+    pub rx_bytes: u64,
+    pub tx_frames: u64,
+    pub tx_bytes: u64,
+    pub drops: BTreeMap<String, u64>,
+}
+
+impl From<CounterSnapshot> for Counts {
+    fn from(s: CounterSnapshot) -> Counts {
+        Counts {
+            rx_frames: s.rx_frames,
+            rx_bytes: s.rx_bytes,
+            tx_frames: s.tx_frames,
+            tx_bytes: s.tx_bytes,
+            drops: DropReason::ALL
+                .iter()
+                .map(|r| {
+                    (
+                        r.as_str().to_string(),
+                        s.drops.get(r.as_str()).copied().unwrap_or(0),
+                    )
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The shaper's counters of one tenant.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ShaperCounts {
+    pub own_bytes: u64,
+    pub borrowed_bytes: u64,
+    pub queued_frames: u64,
+    pub queued_bytes: u64,
+    pub dropped_frames: u64,
+    pub dropped_bytes: u64,
+}
+
+impl From<ShaperSnapshot> for ShaperCounts {
+    fn from(s: ShaperSnapshot) -> ShaperCounts {
+        ShaperCounts {
+            own_bytes: s.own_bytes,
+            borrowed_bytes: s.borrowed_bytes,
+            queued_frames: s.queued_frames,
+            queued_bytes: s.queued_bytes,
+            dropped_frames: s.dropped_frames,
+            dropped_bytes: s.dropped_bytes,
+        }
+    }
+}
+
+/// One tenant's counters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TenantStats {
+    pub tenant: String,
+    pub counters: Counts,
+    pub shaper: ShaperCounts,
+}
+
+/// One port's counters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PortStats {
+    pub server: String,
+    pub tenant: String,
+    pub counters: Counts,
+}
+
+/// A tenant as the entitlement computation sees it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Demand {
+    pub guaranteed: u64,
+    pub ceiling: u64,
+    pub weight: u32,
+    pub active: bool,
+}
+
+/// Return each tenant's entitlement in bit/s (see the module docs).
+pub fn entitlement(capacity: u64, tenants: &[Demand]) -> Vec<u64> {
+    // Water-filling in u128: active tenants start at their guarantee; the spare is shared
+    // by weight among those under their ceiling, round after round, until it is gone or
+    // everyone is capped. Each round caps at least one tenant or hands out all the spare,
+    // so there are at most n+1 rounds.
+    let mut give: Vec<u128> = tenants
+        .iter()
+        .map(|t| u128::from(t.guaranteed.min(t.ceiling)))
+        .collect();
+    let used: u128 = tenants
+        .iter()
+        .zip(&give)
+        .filter(|(t, _)| t.active)
+        .map(|(_, g)| *g)
+        .sum();
+    let mut spare = u128::from(capacity).saturating_sub(used);
+    loop {
+        let hungry: Vec<usize> = (0..tenants.len())
+            .filter(|&i| tenants[i].active && give[i] < u128::from(tenants[i].ceiling))
+            .collect();
+        let total_weight: u128 = hungry
+            .iter()
+            .map(|&i| u128::from(tenants[i].weight.max(1)))
+            .sum();
+        if hungry.is_empty() || spare == 0 {
+            break;
+        }
+        let mut handed = 0;
+        for &i in &hungry {
+            let share = spare * u128::from(tenants[i].weight.max(1)) / total_weight;
+            let add = share.min(u128::from(tenants[i].ceiling) - give[i]);
+            give[i] += add;
+            handed += add;
+        }
+        spare -= handed;
+        if handed == 0 {
+            break; // rounding dust
+        }
+    }
+    give.into_iter()
+        .map(|g| u64::try_from(g).unwrap_or(u64::MAX))
+        .collect()
+}
+
+/// Escape a Prometheus label value.
+fn label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Render the Prometheus text exposition format (version 0.0.4).
+pub fn prometheus(status: &Status, stats: &StatsReport) -> String {
+    let mut out = String::new();
+    let mut family = |name: &str, kind: &str, help: &str, samples: Vec<(String, u64)>| {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        for (labels, value) in samples {
+            if labels.is_empty() {
+                let _ = writeln!(out, "{name} {value}");
+            } else {
+                let _ = writeln!(out, "{name}{{{labels}}} {value}");
+            }
+        }
+    };
+    let t = |name: &str| format!("tenant=\"{}\"", label(name));
+    type Field = fn(&Counts) -> u64;
+    let fields: [(&str, &str, Field); 4] = [
+        ("rx_bytes", "Bytes received by the switch", |c| c.rx_bytes),
+        ("rx_frames", "Frames received by the switch", |c| {
+            c.rx_frames
+        }),
+        ("tx_bytes", "Bytes sent by the switch", |c| c.tx_bytes),
+        ("tx_frames", "Frames sent by the switch", |c| c.tx_frames),
+    ];
+    for (field, help, get) in fields {
+        family(
+            &format!("netd_tenant_{field}_total"),
+            "counter",
+            &format!("{help}, per tenant."),
+            stats
+                .tenants
+                .iter()
+                .map(|s| (t(&s.tenant), get(&s.counters)))
+                .collect(),
+        );
+        family(
+            &format!("netd_port_{field}_total"),
+            "counter",
+            &format!("{help}, per port (server)."),
+            stats
+                .ports
+                .iter()
+                .map(|p| {
+                    let labels = format!("server=\"{}\",{}", label(&p.server), t(&p.tenant));
+                    (labels, get(&p.counters))
+                })
+                .collect(),
+        );
+    }
+    family(
+        "netd_tenant_drops_total",
+        "counter",
+        "Frames dropped, per tenant and reason.",
+        stats
+            .tenants
+            .iter()
+            .flat_map(|s| {
+                s.counters.drops.iter().map(|(reason, n)| {
+                    (format!("{},reason=\"{}\"", t(&s.tenant), label(reason)), *n)
+                })
+            })
+            .collect(),
+    );
+    family(
+        "netd_port_drops_total",
+        "counter",
+        "Frames dropped, per ingress port and reason.",
+        stats
+            .ports
+            .iter()
+            .flat_map(|p| {
+                p.counters.drops.iter().map(|(reason, n)| {
+                    let labels = format!(
+                        "server=\"{}\",{},reason=\"{}\"",
+                        label(&p.server),
+                        t(&p.tenant),
+                        label(reason)
+                    );
+                    (labels, *n)
+                })
+            })
+            .collect(),
+    );
+    type ShaperField = fn(&ShaperCounts) -> u64;
+    let shaper: [(&str, &str, &str, ShaperField); 5] = [
+        (
+            "netd_tenant_own_bytes_total",
+            "counter",
+            "Bytes sent on the tenant's own (guaranteed) tokens.",
+            |s| s.own_bytes,
+        ),
+        (
+            "netd_tenant_borrowed_bytes_total",
+            "counter",
+            "Bytes sent on tokens borrowed from idle tenants.",
+            |s| s.borrowed_bytes,
+        ),
+        (
+            "netd_tenant_queue_frames",
+            "gauge",
+            "Frames waiting in the tenant's shaper queue.",
+            |s| s.queued_frames,
+        ),
+        (
+            "netd_tenant_queue_bytes",
+            "gauge",
+            "Bytes waiting in the tenant's shaper queue.",
+            |s| s.queued_bytes,
+        ),
+        (
+            "netd_tenant_shaper_dropped_frames_total",
+            "counter",
+            "Frames the shaper dropped (queue full).",
+            |s| s.dropped_frames,
+        ),
+    ];
+    for (name, kind, help, get) in shaper {
+        family(
+            name,
+            kind,
+            help,
+            stats
+                .tenants
+                .iter()
+                .map(|s| (t(&s.tenant), get(&s.shaper)))
+                .collect(),
+        );
+    }
+    type TenantField = fn(&TenantStatus) -> u64;
+    let config: [(&str, &str, TenantField); 3] = [
+        (
+            "netd_tenant_entitlement_bits_per_second",
+            "What the shaper owes the tenant now, given which tenants are active.",
+            |s| s.entitlement_bps,
+        ),
+        (
+            "netd_tenant_guaranteed_bits_per_second",
+            "Configured guaranteed rate.",
+            |s| s.guaranteed_bps,
+        ),
+        (
+            "netd_tenant_ceiling_bits_per_second",
+            "Configured ceiling.",
+            |s| s.ceiling_bps,
+        ),
+    ];
+    for (name, help, get) in config {
+        family(
+            name,
+            "gauge",
+            help,
+            status
+                .tenants
+                .iter()
+                .map(|s| (t(&s.name), get(s)))
+                .collect(),
+        );
+    }
+    family(
+        "netd_tenant_rate_bits_per_second",
+        "gauge",
+        "Measured rate per tenant over a sliding window, into (in) and out of (out) the switch.",
+        status
+            .tenants
+            .iter()
+            .flat_map(|s| {
+                let r = s.rates;
+                [
+                    ("in", "100ms", r.in_100ms_bps),
+                    ("in", "1s", r.in_1s_bps),
+                    ("out", "100ms", r.out_100ms_bps),
+                    ("out", "1s", r.out_1s_bps),
+                ]
+                .map(|(dir, window, v)| {
+                    (
+                        format!("{},direction=\"{dir}\",window=\"{window}\"", t(&s.name)),
+                        v,
+                    )
+                })
+            })
+            .collect(),
+    );
+    family(
+        "netd_capacity_bits_per_second",
+        "gauge",
+        "Host capacity shared among tenants.",
+        vec![(String::new(), status.capacity_bps)],
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const M: u64 = 1_000_000;
+
+    fn demand(g: u64, c: u64, weight: u32, active: bool) -> Demand {
+        Demand {
+            guaranteed: g * M,
+            ceiling: c * M,
+            weight,
+            active,
+        }
+    }
+
+    #[test]
+    fn all_busy_get_their_guarantee_plus_weighted_spare() {
+        let e = entitlement(
+            1000 * M,
+            &[
+                demand(300, 1000, 2, true),
+                demand(100, 1000, 1, true),
+                demand(100, 1000, 1, true),
+            ],
+        );
+        // Spare 500 split 2:1:1.
+        assert_eq!(e, [550 * M, 225 * M, 225 * M]);
+    }
+
+    #[test]
+    fn idle_tenants_lend_and_are_owed_their_guarantee() {
+        let e = entitlement(
+            300 * M,
+            &[
+                demand(150, 300, 2, true),
+                demand(90, 300, 1, true),
+                demand(60, 300, 1, false),
+            ],
+        );
+        assert_eq!(e, [190 * M, 110 * M, 60 * M]);
+    }
+
+    #[test]
+    fn ceilings_cap_and_the_rest_flows_to_others() {
+        let e = entitlement(
+            1000 * M,
+            &[demand(100, 200, 10, true), demand(100, 1000, 1, true)],
+        );
+        assert_eq!(e, [200 * M, 800 * M]);
+        assert_eq!(entitlement(1000 * M, &[]), Vec::<u64>::new());
+        assert_eq!(
+            entitlement(1000 * M, &[demand(100, 200, 1, false)]),
+            [100 * M]
+        );
+    }
+
+    fn sample() -> (Status, StatsReport) {
+        let mut counts = Counts::from(CounterSnapshot::default());
+        counts.rx_bytes = 1500;
+        counts.drops.insert("storm_control".into(), 7);
+        let status = Status {
+            topology: "t".into(),
+            source: "t.toml".into(),
+            capacity_bps: 1000 * M,
+            uptime_secs: 1.0,
+            tenants: vec![TenantStatus {
+                name: "acme".into(),
+                id: 0,
+                guaranteed_bps: 100 * M,
+                ceiling_bps: 1000 * M,
+                weight: 1,
+                broadcast_pps: 1000,
+                servers: vec!["web".into()],
+                rates: Rates {
+                    in_100ms_bps: 5,
+                    ..Rates::default()
+                },
+                queued_frames: 0,
+                queued_bytes: 0,
+                active: true,
+                entitlement_bps: 1000 * M,
+            }],
+            servers: vec![],
+        };
+        let stats = StatsReport {
+            tenants: vec![TenantStats {
+                tenant: "acme".into(),
+                counters: counts.clone(),
+                shaper: ShaperCounts::default(),
+            }],
+            ports: vec![PortStats {
+                server: "web".into(),
+                tenant: "acme".into(),
+                counters: counts,
+            }],
+        };
+        (status, stats)
+    }
+
+    #[test]
+    fn prometheus_text_has_typed_families_and_labels() {
+        let (status, stats) = sample();
+        let text = prometheus(&status, &stats);
+        assert!(text.contains("# TYPE netd_tenant_rx_bytes_total counter\nnetd_tenant_rx_bytes_total{tenant=\"acme\"} 1500\n"), "{text}");
+        assert!(
+            text.contains(
+                "netd_port_drops_total{server=\"web\",tenant=\"acme\",reason=\"storm_control\"} 7\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("netd_tenant_entitlement_bits_per_second{tenant=\"acme\"} 1000000000\n")
+        );
+        assert!(text.contains("netd_tenant_rate_bits_per_second{tenant=\"acme\",direction=\"in\",window=\"100ms\"} 5\n"));
+        assert!(
+            text.contains("\nnetd_capacity_bits_per_second 1000000000\n"),
+            "{text}"
+        );
+        // Every sample line is `name{labels} integer` or `name integer`.
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let (_, value) = line.rsplit_once(' ').unwrap();
+            value.parse::<u64>().unwrap_or_else(|_| panic!("{line}"));
+        }
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+}

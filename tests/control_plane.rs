@@ -1,0 +1,405 @@
+//! The control plane end to end: a running `netd up` driven through the CLI, the HTTP API,
+//! SIGHUP and the raw control socket. Real namespaces; needs root (CI runs as root).
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+use common::{
+    Daemon, TestTopology, http, http_addr, netd_bin, netd_cli, netd_ok, netns_exists, ping,
+    require_privileges,
+};
+
+const TOPOLOGY: &str = r#"
+[host]
+capacity = "1gbit"
+
+[tenants.{p}-a]
+guaranteed = "400mbit"
+
+[tenants.{p}-b]
+guaranteed = "400mbit"
+
+[servers.{p}-a1]
+tenant = "{p}-a"
+ip = "10.66.0.1/24"
+
+[servers.{p}-a2]
+tenant = "{p}-a"
+ip = "10.66.0.2/24"
+
+[servers.{p}-b1]
+tenant = "{p}-b"
+ip = "10.66.0.1/24"
+"#;
+
+fn status(topo: &TestTopology) -> serde_json::Value {
+    serde_json::from_str(&netd_ok(topo, &["status", "--json"])).expect("status JSON")
+}
+
+fn tenant<'a>(status: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    status["tenants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == name)
+        .unwrap_or_else(|| panic!("no tenant {name} in {status}"))
+}
+
+fn port_rx_frames(topo: &TestTopology, server: &str) -> u64 {
+    let stats: serde_json::Value =
+        serde_json::from_str(&netd_ok(topo, &["stats", "--json"])).unwrap();
+    stats["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["server"] == server)
+        .unwrap_or_else(|| panic!("no port {server} in {stats}"))["counters"]["rx_frames"]
+        .as_u64()
+        .unwrap()
+}
+
+#[test]
+fn servers_and_tenants_are_added_and_removed_live() {
+    require_privileges();
+    let topo = TestTopology::new(TOPOLOGY);
+    let _netd = Daemon::start(&topo, &[]);
+    let (a, a1, a3) = (topo.name("a"), topo.name("a1"), topo.name("a3"));
+
+    // A server from a TOML fragment: its namespace and TAP appear and it is reachable.
+    let fragment = std::env::temp_dir().join(format!("{}-a3.toml", topo.prefix));
+    std::fs::write(
+        &fragment,
+        format!("tenant = \"{a}\"\nip = \"10.66.0.3/24\"\n"),
+    )
+    .unwrap();
+    let out = netd_ok(
+        &topo,
+        &["add-server", &a3, "--file", fragment.to_str().unwrap()],
+    );
+    let _ = std::fs::remove_file(&fragment);
+    assert!(out.contains(&format!("server {a3}: added")), "{out}");
+    assert!(netns_exists(&a3));
+    assert!(ping(&a1, "10.66.0.3", 3), "a1 -> new a3 failed");
+    assert!(ping(&a3, "10.66.0.2", 3), "new a3 -> a2 failed");
+    assert!(
+        tenant(&status(&topo), &a)["servers"]
+            .as_array()
+            .unwrap()
+            .len()
+            == 3
+    );
+
+    // Removing it tears down exactly its namespace; the others keep working.
+    let out = netd_ok(&topo, &["remove-server", &a3]);
+    assert!(out.contains(&format!("server {a3}: removed")), "{out}");
+    assert!(!netns_exists(&a3), "a3's namespace left behind");
+    assert!(netns_exists(&a1) && netns_exists(&topo.name("b1")));
+    assert!(!ping(&a1, "10.66.0.3", 1), "removed a3 still answers");
+    assert!(ping(&a1, "10.66.0.2", 3), "a1 -> a2 broken by the removal");
+
+    // Tenants: added, refused removal while it has servers, removed when empty.
+    let c = topo.name("c");
+    netd_ok(
+        &topo,
+        &["add-tenant", &c, "--guaranteed", "100mbit", "--weight", "3"],
+    );
+    assert_eq!(tenant(&status(&topo), &c)["weight"], 3);
+    let (ok, _, err) = netd_cli(&topo, &["remove-tenant", &a]);
+    assert!(!ok && err.contains("still has servers"), "{err}");
+    netd_ok(&topo, &["remove-tenant", &c]);
+    let names: Vec<String> = status(&topo)["tenants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, [a.clone(), topo.name("b")]);
+
+    // The running state written back is a topology `netd check` accepts.
+    let written = std::env::temp_dir().join(format!("{}-running.toml", topo.prefix));
+    std::fs::write(&written, netd_ok(&topo, &["status", "--topology"])).unwrap();
+    let check = std::process::Command::new(netd_bin())
+        .arg("check")
+        .arg(&written)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&written);
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+}
+
+#[test]
+fn rejected_changes_leave_everything_as_it_was() {
+    require_privileges();
+    let topo = TestTopology::new(TOPOLOGY);
+    let _netd = Daemon::start(&topo, &[]);
+    let before = netd_ok(&topo, &["status", "--topology"]);
+    let a = topo.name("a");
+
+    // Sum of guarantees above capacity: the validator's own error, nothing changed.
+    let (ok, _, err) = netd_cli(&topo, &["set-rate", &a, "--guaranteed", "700mbit"]);
+    assert!(!ok, "over-capacity change accepted");
+    assert!(
+        err.contains("sum of tenant guarantees 1100mbit exceeds the host capacity 1gbit"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&topo.path.display().to_string()),
+        "names the file: {err}"
+    );
+    // Unknown tenant; a ceiling below the guarantee; a server with a duplicate IP.
+    let (ok, _, err) = netd_cli(&topo, &["set-rate", "nosuch", "--weight", "2"]);
+    assert!(!ok && err.contains("No such tenant: \"nosuch\""), "{err}");
+    let (ok, _, err) = netd_cli(&topo, &["set-rate", &a, "--ceiling", "10mbit"]);
+    assert!(
+        !ok && err.contains("ceiling is below the guarantee"),
+        "{err}"
+    );
+    let dup = topo.name("dup");
+    let (ok, _, err) = netd_cli(
+        &topo,
+        &["add-server", &dup, "--tenant", &a, "--ip", "10.66.0.2/24"],
+    );
+    assert!(
+        !ok && err.contains("address already used by server"),
+        "{err}"
+    );
+    assert!(!netns_exists(&dup), "a rejected server left a namespace");
+
+    assert_eq!(netd_ok(&topo, &["status", "--topology"]), before);
+    assert!(ping(&topo.name("a1"), "10.66.0.2", 3));
+}
+
+#[test]
+fn reload_and_sighup_apply_only_the_difference() {
+    require_privileges();
+    let topo = TestTopology::new(TOPOLOGY);
+    let mut netd = Daemon::start(&topo, &[]);
+    let (a1, a3, b) = (topo.name("a1"), topo.name("a3"), topo.name("b"));
+    assert!(ping(&a1, "10.66.0.2", 2));
+    let rx_before = port_rx_frames(&topo, &a1);
+    assert!(rx_before > 0);
+
+    // Edit the file: b's guarantee and one new server.
+    let text = std::fs::read_to_string(&topo.path).unwrap();
+    let edited = text.replacen(
+        &format!("[tenants.{b}]\nguaranteed = \"400mbit\""),
+        &format!("[tenants.{b}]\nguaranteed = \"300mbit\""),
+        1,
+    ) + &format!(
+        "\n[servers.{a3}]\ntenant = \"{}\"\nip = \"10.66.0.3/24\"\n",
+        topo.name("a")
+    );
+    assert_ne!(edited, text);
+    std::fs::write(&topo.path, &edited).unwrap();
+    let out = netd_ok(&topo, &["reload"]);
+    let changes: Vec<&str> = out.lines().filter(|l| !l.starts_with("applied")).collect();
+    assert_eq!(
+        changes,
+        [
+            format!("tenant {b}: guaranteed 400mbit → 300mbit"),
+            format!(
+                "server {a3}: added (tenant {}, mac {}, ip 10.66.0.3/24, netns {a3})",
+                topo.name("a"),
+                status(&topo)["servers"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|s| s["name"] == a3.as_str())
+                    .unwrap()["mac"]
+                    .as_str()
+                    .unwrap()
+            ),
+        ]
+    );
+    assert!(ping(&a1, "10.66.0.3", 3), "a1 -> reloaded a3 failed");
+    // Untouched ports kept their TAP and counters.
+    assert!(port_rx_frames(&topo, &a1) > rx_before);
+    assert_eq!(tenant(&status(&topo), &b)["guaranteed_bps"], 300_000_000);
+    // Reloading the same file again changes nothing.
+    assert_eq!(netd_ok(&topo, &["reload"]).trim(), "nothing to change");
+
+    // SIGHUP does the same: back to the original file.
+    std::fs::write(&topo.path, &text).unwrap();
+    std::process::Command::new("kill")
+        .args(["-HUP", &netd.pid().to_string()])
+        .status()
+        .unwrap();
+    let removed = format!("server {a3}: removed");
+    assert!(
+        netd.wait_for(&removed, Duration::from_secs(10)).is_some(),
+        "SIGHUP did not reload; log:\n{}",
+        netd.log()
+    );
+    assert!(!netns_exists(&a3));
+    assert_eq!(tenant(&status(&topo), &b)["guaranteed_bps"], 400_000_000);
+    let log = netd.log();
+    let applied = log
+        .lines()
+        .filter(|l| l.contains("control change applied"))
+        .count();
+    assert_eq!(applied, 4, "exactly the four changes were applied:\n{log}");
+}
+
+#[test]
+fn http_api_serves_metrics_status_and_changes() {
+    require_privileges();
+    let topo = TestTopology::new(TOPOLOGY);
+    let mut netd = Daemon::start(&topo, &["--http", "127.0.0.1:0"]);
+    let addr = http_addr(&mut netd);
+    assert!(ping(&topo.name("a1"), "10.66.0.2", 2));
+
+    let (code, text) = http(&addr, "GET", "/metrics", None);
+    assert_eq!(code, 200);
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
+        .expect("Prometheus text parses");
+    let value = |name: &str, labels: &[(&str, &str)]| -> Option<f64> {
+        scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+            .map(|s| match s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                _ => f64::NAN,
+            })
+    };
+    let (a, b) = (topo.name("a"), topo.name("b"));
+    assert!(value("netd_tenant_rx_frames_total", &[("tenant", &a)]).unwrap() > 0.0);
+    assert!(
+        value(
+            "netd_port_tx_bytes_total",
+            &[("server", &topo.name("a2")), ("tenant", &a)]
+        )
+        .unwrap()
+            > 0.0
+    );
+    assert_eq!(
+        value(
+            "netd_tenant_drops_total",
+            &[("tenant", &b), ("reason", "storm_control")]
+        ),
+        Some(0.0)
+    );
+    assert_eq!(
+        value("netd_tenant_guaranteed_bits_per_second", &[("tenant", &a)]),
+        Some(400e6)
+    );
+    assert!(value("netd_tenant_entitlement_bits_per_second", &[("tenant", &b)]).is_some());
+    assert!(value("netd_tenant_own_bytes_total", &[("tenant", &a)]).is_some());
+    assert!(value("netd_tenant_queue_bytes", &[("tenant", &a)]).is_some());
+    assert!(
+        value(
+            "netd_tenant_rate_bits_per_second",
+            &[("tenant", &a), ("window", "1s"), ("direction", "in")]
+        )
+        .is_some()
+    );
+
+    // A change over HTTP; a rejected one gets 400 and the validator's message.
+    let body = format!(r#"{{"tenant":"{b}","guaranteed":"200mbit","weight":2}}"#);
+    let (code, answer) = http(&addr, "POST", "/api/set-rate", Some(&body));
+    assert_eq!(code, 200, "{answer}");
+    let body = format!(r#"{{"tenant":"{b}","guaranteed":"900mbit"}}"#);
+    let (code, answer) = http(&addr, "POST", "/api/set-rate", Some(&body));
+    assert_eq!(code, 400);
+    assert!(answer.contains("exceeds the host capacity"), "{answer}");
+    let (code, answer) = http(&addr, "POST", "/api/set-rate", Some("{not json"));
+    assert_eq!(code, 400);
+    assert!(answer.contains("Malformed request"), "{answer}");
+    let (code, answer) = http(&addr, "GET", "/api/status", None);
+    assert_eq!(code, 200);
+    let status: serde_json::Value = serde_json::from_str(&answer).unwrap();
+    let t = tenant(&status["result"], &b);
+    assert_eq!(
+        (t["guaranteed_bps"].as_u64(), t["weight"].as_u64()),
+        (Some(200_000_000), Some(2))
+    );
+    let (code, answer) = http(&addr, "GET", "/api/stats", None);
+    assert_eq!(code, 200);
+    assert!(answer.contains("\"borrowed_bytes\""), "{answer}");
+}
+
+#[test]
+fn public_http_addresses_and_second_daemons_are_refused() {
+    require_privileges();
+    let topo = TestTopology::new(TOPOLOGY);
+    let mut public = Daemon::spawn(&topo, &["--http", "0.0.0.0:0"]);
+    assert_eq!(public.wait_exit(), Some(1));
+    assert!(public.log().contains("non-loopback"), "{}", public.log());
+    assert!(
+        !netns_exists(&topo.name("a1")),
+        "a refused start created namespaces"
+    );
+
+    let _netd = Daemon::start(&topo, &[]);
+    let mut second = Daemon::spawn(&topo, &[]);
+    assert_eq!(second.wait_exit(), Some(1));
+    assert!(
+        second.log().contains("Another daemon already serves"),
+        "{}",
+        second.log()
+    );
+    // The first one is unharmed.
+    assert!(ping(&topo.name("a1"), "10.66.0.2", 2));
+}
+
+#[test]
+fn control_socket_survives_bad_and_slow_clients() {
+    require_privileges();
+    let topo = TestTopology::new(TOPOLOGY);
+    let _netd = Daemon::start(&topo, &[]);
+    let path = format!("/run/netd/{}.sock", topo.prefix);
+    let ask = |stream: &mut UnixStream, line: &[u8]| -> serde_json::Value {
+        stream.write_all(line).unwrap();
+        let mut answer = String::new();
+        BufReader::new(&*stream).read_line(&mut answer).unwrap();
+        serde_json::from_str(&answer).unwrap_or_else(|e| panic!("{e}: {answer:?}"))
+    };
+    // A slow client that connects and sends half a line holds nobody up.
+    let mut slow = UnixStream::connect(&path).unwrap();
+    slow.write_all(b"{\"cmd\":").unwrap();
+
+    let mut client = UnixStream::connect(&path).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let answer = ask(&mut client, b"{\"cmd\":\"explode\"}\n");
+    assert_eq!(answer["ok"], false);
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("Malformed request")
+    );
+    // Same connection still serves after a malformed line.
+    let answer = ask(&mut client, b"{\"cmd\":\"status\"}\n");
+    assert_eq!(answer["ok"], true, "{answer}");
+
+    let mut big = UnixStream::connect(&path).unwrap();
+    big.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let answer = ask(&mut big, &vec![b'x'; 100_000]);
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("Request too large"),
+        "{answer}"
+    );
+
+    // The slow client is cut off after the read timeout, with an error.
+    slow.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut answer = String::new();
+    BufReader::new(&slow).read_line(&mut answer).unwrap();
+    assert!(answer.contains("Timed out"), "{answer:?}");
+    // And the CLI still works.
+    netd_ok(&topo, &["stats"]);
+}
