@@ -36,7 +36,8 @@ fn topology(n: usize) -> Topology {
 }
 
 fn mac(i: usize) -> [u8; 6] {
-    [2, 0, 0, 0, (i >> 8) as u8, (i & 0xff) as u8]
+    let b = u16::try_from(i).expect("at most 65535 ports").to_be_bytes();
+    [2, 0, 0, 0, b[0], b[1]]
 }
 
 fn ethernet(dst: [u8; 6], src: [u8; 6], ethertype: u16, payload: &[u8]) -> Vec<u8> {
@@ -50,7 +51,8 @@ fn ethernet(dst: [u8; 6], src: [u8; 6], ethertype: u16, payload: &[u8]) -> Vec<u
 
 /// Return (name, frame) from port `from` (IP 10.0.0.a) to port `to` (10.0.0.b).
 fn frames(from: usize, to: usize) -> Vec<(&'static str, Vec<u8>)> {
-    let (a, b) = ((from % 10 + 1) as u8, (to % 10 + 1) as u8);
+    let host = |i: usize| u8::try_from(i % 10 + 1).unwrap_or(1);
+    let (a, b) = (host(from), host(to));
     let udp = [0x30, 0x39, 0x00, 0x35, 0x00, 0x1a, 0, 0];
     let mut arp = vec![0, 1, 8, 0, 6, 4, 0, 1];
     arp.extend_from_slice(&mac(from));
@@ -81,7 +83,7 @@ fn bench(c: &mut Criterion) {
         let mut group = c.benchmark_group(format!("decide/{n}_ports"));
         group.throughput(Throughput::Elements(1));
         for (name, frame) in frames(from, to) {
-            let ingress = PortId(from as u32);
+            let ingress = PortId(u32::try_from(from).expect("small port index"));
             // The frame must pass the guard, or this measures an early drop.
             let d = switch.decide(ingress, &frame);
             assert!(

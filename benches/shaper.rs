@@ -44,12 +44,13 @@ fn bench(c: &mut Criterion) {
     for tenants in [3u32, 100] {
         group.bench_function(format!("{tenants}_tenants"), |b| {
             let mut shaper: Shaper<u64> = Shaper::new(config(tenants), 0);
-            // Inter-arrival time (ns) of 1514-byte frames at 1.2 × capacity.
-            let step = f64::from(FRAME) * 8.0 * 1e9 / (1.2 * CAPACITY as f64);
-            let (mut i, mut now) = (0u64, 0.0f64);
+            // Inter-arrival time of 1514-byte frames at 1.2 × capacity, in picoseconds so
+            // integer steps do not round the offered load away.
+            let step_ps = u64::from(FRAME) * 8 * 1_000_000_000_000 * 10 / (12 * CAPACITY);
+            let (mut i, mut now_ps) = (0u64, 0u64);
             b.iter(|| {
-                now += step;
-                let t = now as u64;
+                now_ps += step_ps;
+                let t = now_ps / 1000;
                 let k = u32::try_from(i % u64::from(tenants)).unwrap_or(0);
                 match shaper.offer(t, TenantId(k), PortId(k), FRAME, i) {
                     Admit::Send(x) | Admit::Dropped(x) => {

@@ -34,7 +34,7 @@ pub fn settle() -> Result<()> {
 /// What a client sends.
 #[derive(Debug, Clone)]
 pub struct Load {
-    /// Seconds of traffic (`-t`).
+    /// Seconds of traffic (`-t`; iperf3 3.12 takes whole seconds, so this is rounded up).
     pub secs: f64,
     /// Parallel flows (`-P`).
     pub flows: u32,
@@ -53,7 +53,7 @@ pub struct Client {
 impl Client {
     /// Start a client in `ns` towards `target:port`.
     pub fn start(ns: &str, target: &str, port: u16, load: &Load) -> Result<Client> {
-        let secs = format!("{}", load.secs);
+        let secs = format!("{}", load.secs.ceil());
         let port = port.to_string();
         let flows = load.flows.to_string();
         let mut args = vec![
@@ -79,7 +79,7 @@ impl Client {
         }
         Ok(Client {
             proc: Proc::spawn(ns_cmd(ns, &args), "iperf3 -c", None)?,
-            secs: load.secs,
+            secs: load.secs.ceil(),
         })
     }
 

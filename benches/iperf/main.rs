@@ -202,10 +202,11 @@ fn run(args: Args) -> Result<bool> {
         shape_secs: if quick { 3.0 } else { 6.0 },
         warm: if quick { 1.0 } else { 1.5 },
         pings: if quick { 100 } else { 200 },
+        // Whole seconds for iperf3's -t.
         realloc: if quick {
-            (1.0, 1.5, 1.5)
+            (1.0, 2.0, 1.0)
         } else {
-            (1.5, 2.5, 2.0)
+            (2.0, 3.0, 2.0)
         },
         scale: if !args.scale.is_empty() {
             args.scale.clone()

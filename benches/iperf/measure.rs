@@ -220,6 +220,10 @@ pub fn percentile(v: &[f64], p: f64) -> f64 {
     if s.is_empty() {
         return f64::NAN;
     }
-    let rank = (p * s.len() as f64).ceil() as usize;
-    s[rank.clamp(1, s.len()) - 1]
+    // Nearest rank: the first value whose rank (1-based) reaches p × n.
+    let n = s.len() as f64;
+    let i = (0..s.len())
+        .find(|&i| (i + 1) as f64 >= p * n)
+        .unwrap_or(s.len() - 1);
+    s[i]
 }

@@ -93,12 +93,12 @@ impl Proc {
         // Readers first: a child that writes while we feed it must not block on a full pipe.
         let out = reader(child.stdout.take());
         let err = reader(child.stderr.take());
-        if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
-            if let Err(e) = stdin.write_all(text.as_bytes()) {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(e).with_context(|| format!("cannot feed {what}"));
-            }
+        if let (Some(text), Some(mut stdin)) = (input, child.stdin.take())
+            && let Err(e) = stdin.write_all(text.as_bytes())
+        {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(e).with_context(|| format!("cannot feed {what}"));
         }
         Ok(Proc {
             what: what.to_string(),

@@ -99,7 +99,7 @@ impl BenchTopo {
         for k in 0..tenants {
             for j in 0..per_tenant {
                 let i = k * per_tenant + j;
-                let b = (i as u32).to_be_bytes();
+                let b = u32::try_from(i).unwrap_or(u32::MAX).to_be_bytes();
                 servers.push(BenchServer {
                     name: format!("s{i}"),
                     tenant: k,
