@@ -139,12 +139,19 @@ impl Sampler {
     }
 
     /// Stop sampling and return one series per namespace, in the order given to `start`.
-    pub fn stop(self) -> Vec<Series> {
+    pub fn stop(mut self) -> Vec<Series> {
         self.stop.store(true, Ordering::Relaxed);
-        self.threads
+        std::mem::take(&mut self.threads)
             .into_iter()
             .map(|t| t.join().unwrap_or_default())
             .collect()
+    }
+}
+
+impl Drop for Sampler {
+    /// An abandoned sampler (a run that failed) stops its threads too.
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
     }
 }
 

@@ -108,18 +108,26 @@ impl Proc {
         })
     }
 
-    /// Wait at most `timeout` (killing the child then); return its status and output.
-    pub fn wait(mut self, timeout: Duration) -> Result<Output> {
+    /// Wait at most `timeout` (killing the child then, or at a stop request); return its
+    /// status and output.
+    pub fn wait(self, timeout: Duration) -> Result<Output> {
+        self.wait_inner(timeout, true)
+    }
+
+    fn wait_inner(mut self, timeout: Duration, interruptible: bool) -> Result<Output> {
         let mut child = self.child.take().expect("waited once");
         let deadline = Instant::now() + timeout;
         let status = loop {
             if let Some(status) = child.try_wait()? {
                 break status;
             }
-            if Instant::now() > deadline || crate::proc::STOP.load(Ordering::SeqCst) {
+            let stopping = interruptible && STOP.load(Ordering::SeqCst);
+            if Instant::now() > deadline || stopping {
                 let _ = child.kill();
                 let _ = child.wait();
-                check_stop()?;
+                if stopping {
+                    check_stop()?;
+                }
                 bail!("{} did not finish within {:?}: killed", self.what, timeout);
             }
             std::thread::sleep(Duration::from_millis(5));
@@ -186,12 +194,18 @@ pub fn delete_namespaces(prefix: &str) {
         .iter()
         .map(|n| format!("netns delete {n}\n"))
         .collect();
+    // Clean-up runs to the end even after a stop request (it is what the request is for).
     // `-force` keeps going past a failing line; the deadline covers 1000+ namespaces.
-    if let Err(err) = run_args(
-        &["ip", "-force", "-batch", "-"],
-        Some(&batch),
-        Duration::from_secs(300),
-    ) {
-        eprintln!("warning: deleting namespaces {prefix}*: {err:#}");
+    let mut cmd = Command::new("ip");
+    cmd.args(["-force", "-batch", "-"]);
+    let result = Proc::spawn(cmd, "ip netns delete", Some(&batch))
+        .and_then(|p| p.wait_inner(Duration::from_secs(300), false));
+    match result {
+        Ok(out) if out.status.success() => {}
+        Ok(out) => eprintln!(
+            "warning: deleting namespaces {prefix}*: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ),
+        Err(err) => eprintln!("warning: deleting namespaces {prefix}*: {err:#}"),
     }
 }
