@@ -45,7 +45,7 @@ use kernel_side::Offloads;
 
 /// iperf3-driven benchmarks: netd beside the Linux bridge + HTB, measured in the same run.
 #[derive(Debug, Parser)]
-#[command(name = "cargo bench --bench iperf --")]
+#[command(name = "iperf", bin_name = "cargo bench --bench iperf --")]
 struct Args {
     /// A few seconds per scenario and one repetition (CI smoke).
     #[arg(long)]
@@ -66,6 +66,10 @@ struct Args {
     /// Server counts of the scale scenario (default 10,100,1000; 10,100 with --quick).
     #[arg(long, value_delimiter = ',')]
     scale: Vec<usize>,
+    /// Multiply every rate of the shaping scenarios (2–6) by this factor, e.g. 0.3 to see
+    /// the shaper where senders and switch are not short of CPU (default 1: the file's rates).
+    #[arg(long, default_value_t = 1.0)]
+    rate_scale: f64,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -85,6 +89,10 @@ pub struct Ctx {
     pub repo: PathBuf,
     /// `/proc` clock ticks per second.
     pub ticks: f64,
+    /// CPUs of the machine.
+    pub cpus: f64,
+    /// Factor on every rate of the shaping scenarios.
+    pub rate_scale: f64,
     /// Offloads that make a veth behave like netd's TAP (needs ethtool; else veth defaults).
     pub tap_offloads: Offloads,
     /// Seconds per throughput run.
@@ -169,6 +177,9 @@ fn run(args: Args) -> Result<bool> {
     }
 
     let quick = args.quick;
+    if !(args.rate_scale > 0.0 && args.rate_scale <= 10.0) {
+        bail!("--rate-scale must be in (0, 10], not {}", args.rate_scale);
+    }
     let prefix = proc::run_prefix();
     let stamp = sh(&["date", "+%Y%m%d-%H%M%S"]);
     let out_dir = args.out.join(&stamp);
@@ -197,6 +208,8 @@ fn run(args: Args) -> Result<bool> {
         out_dir: out_dir.clone(),
         repo: PathBuf::from(env!("CARGO_MANIFEST_DIR")),
         ticks: measure::clock_ticks(),
+        rate_scale: args.rate_scale,
+        cpus: std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64),
         tap_offloads,
         tput_secs: if quick { 3.0 } else { 8.0 },
         shape_secs: if quick { 3.0 } else { 6.0 },
@@ -231,14 +244,16 @@ fn run(args: Args) -> Result<bool> {
             .and_then(|c| c.lines().find(|l| l.starts_with("model name"))
                 .and_then(|l| l.split(':').nth(1)).map(|s| s.trim().to_string())),
         "kernel_side_offloads_for_shaping": ctx.tap_offloads,
+        "shaping_rate_scale": ctx.rate_scale,
         "netd_binary": env!("CARGO_BIN_EXE_netd"),
         "durations_s": {"throughput": ctx.tput_secs, "shaping": ctx.shape_secs, "warm": ctx.warm,
                         "scale": ctx.scale_secs, "realloc": ctx.realloc},
     });
     let header = format!(
-        "netd vs Linux bridge + IFB/HTB — {} mode, {} rep(s); kernel {}, {}, {}, cc {}, {} CPUs ({})",
+        "netd vs Linux bridge + IFB/HTB — {} mode, {} rep(s), shaping rates ×{}; kernel {}, {}, {}, cc {}, {} CPUs ({})",
         meta["mode"].as_str().unwrap_or(""),
         ctx.reps,
+        ctx.rate_scale,
         meta["kernel"].as_str().unwrap_or(""),
         meta["iperf3"].as_str().unwrap_or(""),
         meta["iproute2"].as_str().unwrap_or(""),
@@ -264,6 +279,8 @@ fn run(args: Args) -> Result<bool> {
             started.elapsed().as_secs_f64()
         );
         let t = Instant::now();
+        // Other work on the machine (a build in another worktree) skews figures: keep a trace.
+        let load_before = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
         // A panic inside a scenario unwinds through its guards (namespaces deleted) to here.
         let outcome =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| scenarios::run(&ctx, name)))
@@ -273,6 +290,12 @@ fn run(args: Args) -> Result<bool> {
                 rows.extend(o.rows.iter().cloned());
                 let mut v = serde_json::to_value(&o)?;
                 v["seconds"] = json!(t.elapsed().as_secs_f64());
+                v["loadavg_before"] = json!(load_before.trim());
+                v["loadavg_after"] = json!(
+                    std::fs::read_to_string("/proc/loadavg")
+                        .unwrap_or_default()
+                        .trim()
+                );
                 results.insert(name.clone(), v);
             }
             Err(e) => {

@@ -119,7 +119,7 @@ pub struct Row {
     pub metric: String,
     pub unit: String,
     pub columns: BTreeMap<String, Stat>,
-    /// netd median ÷ kernel median (tuned HTB, else default HTB).
+    /// netd median ÷ kernel median (tuned HTB, else default HTB); none for signed errors.
     pub ratio: Option<f64>,
     pub target: Option<String>,
     pub pass: Option<bool>,
@@ -169,7 +169,9 @@ impl Figures {
             .or_else(|| columns.get("KernelDefault"))
             .or_else(|| columns.get("KernelTunedVeth"))
             .map(|s| s.median);
+        // A ratio of signed errors means nothing; compare their magnitudes in the table.
         let ratio = match (netd, kernel) {
+            _ if metric.contains("error") && !metric.contains('|') => None,
             (Some(n), Some(k)) if k != 0.0 => Some(n / k),
             _ => None,
         };

@@ -21,7 +21,7 @@ use crate::Ctx;
 use crate::bed::{Bed, Driven, Flow, drive};
 use crate::iperf::{Client, IperfServer, Load, ping, settle};
 use crate::kernel_side::Htb;
-use crate::measure::percentile;
+use crate::measure::{Cpu, percentile};
 use crate::plot::{self, Line, Panel};
 use crate::proc::{check_stop, sleep};
 use crate::report::{Figures, Side, Target};
@@ -31,8 +31,32 @@ use crate::topo::BenchTopo;
 /// Sampling interval of the shaping runs (the reallocation scenario uses 1 ms).
 const SAMPLE: Duration = Duration::from_millis(10);
 
+/// Load `topology/three-tenants.toml`, every rate multiplied by `--rate-scale`.
 fn three(ctx: &Ctx) -> Result<BenchTopo> {
-    BenchTopo::load(&ctx.repo.join("topology/three-tenants.toml"))
+    let mut t = BenchTopo::load(&ctx.repo.join("topology/three-tenants.toml"))?;
+    t.capacity = scaled(ctx, t.capacity);
+    for x in &mut t.tenants {
+        x.guaranteed = scaled(ctx, x.guaranteed);
+        x.ceiling = scaled(ctx, x.ceiling);
+    }
+    Ok(t)
+}
+
+/// Return `bits` × `--rate-scale`, rounded to whole kbit/s (so tc and netd read it exactly).
+fn scaled(ctx: &Ctx, bits: u64) -> u64 {
+    let kbit = (bits as f64 * ctx.rate_scale / 1000.0).round();
+    // Rates here are far below 2⁶³ bit/s; the float round trip is exact at kbit precision.
+    format!("{kbit:.0}").parse::<u64>().unwrap_or(0) * 1000
+}
+
+/// Return a title suffix naming the rates in force.
+fn rates(topo: &BenchTopo, want: &[f64]) -> String {
+    let w: Vec<String> = want.iter().map(|x| format!("{:.0}", x / 1e6)).collect();
+    format!(
+        "capacity {:.0} Mbit/s; want {}",
+        topo.capacity as f64 / 1e6,
+        w.join("/")
+    )
 }
 
 fn sides(ctx: &Ctx) -> Vec<Side> {
@@ -62,6 +86,11 @@ struct Saturated {
     driven: Driven,
     /// HTB class rates (bits/s over the whole run) on the kernel side: verifies classification.
     htb: Option<Vec<f64>>,
+    /// netd's CPU over the run, in % of one core (0 on the kernel side).
+    netd_cpu: f64,
+    /// The machine's busy CPU over the run, in % of all cores: near 100 means the senders,
+    /// not the switch, may set the rates.
+    machine_busy: f64,
 }
 
 /// Saturate every tenant `k` with `flows[k]` TCP flows (0 = idle) for `secs`.
@@ -86,7 +115,10 @@ fn saturate(ctx: &Ctx, bed: &Bed, side: Side, flows: &[u32], secs: f64) -> Resul
         .collect();
     let before = matches!(side, Side::Kernel(..)).then(|| bed.kernel.class_bytes());
     let start = std::time::Instant::now();
+    let cpu0 = Cpu::read(bed.pid(side));
     let driven = drive(ctx, bed, side, &plan, &sample, SAMPLE)?;
+    let (netd_s, machine_s) = cpu0.seconds_until(&Cpu::read(bed.pid(side)), ctx.ticks);
+    let elapsed = start.elapsed().as_secs_f64();
     let htb = before.map(|b| {
         let took = start.elapsed().as_secs_f64();
         bed.kernel
@@ -109,6 +141,8 @@ fn saturate(ctx: &Ctx, bed: &Bed, side: Side, flows: &[u32], secs: f64) -> Resul
         goodput,
         driven,
         htb,
+        netd_cpu: netd_s / elapsed * 100.0,
+        machine_busy: machine_s / (elapsed * ctx.cpus) * 100.0,
     })
 }
 
@@ -173,7 +207,8 @@ fn raw(scenario: &str, phase: &str, rep: u32, side: Side, s: &Saturated) -> serd
     json!({
         "scenario": scenario, "phase": phase, "rep": rep, "side": side,
         "l2_bps": s.l2, "goodput_bps": s.goodput, "iperf": s.driven.iperf,
-        "htb_class_bps": s.htb,
+        "htb_class_bps": s.htb, "netd_cpu_pct_core": s.netd_cpu,
+        "machine_busy_pct": s.machine_busy,
     })
 }
 
@@ -201,9 +236,11 @@ fn save_plot(ctx: &Ctx, out: &mut Outcome, file: &str, title: &str, panels: &[Pa
 fn log(scenario: &str, phase: &str, rep: u32, side: Side, s: &Saturated) {
     let l2: Vec<String> = s.l2.iter().map(|x| format!("{:.1}", x / 1e6)).collect();
     eprintln!(
-        "  {scenario} {phase}rep {rep} {:<40} L2 Mbit/s {}",
+        "  {scenario} {phase}rep {rep} {:<40} L2 Mbit/s {}  (CPU: netd {:.0}% of a core, machine {:.0}% busy)",
         side.label(),
-        l2.join(" / ")
+        l2.join(" / "),
+        s.netd_cpu,
+        s.machine_busy
     );
 }
 
@@ -222,6 +259,10 @@ pub fn guarantee(ctx: &Ctx) -> Result<Outcome> {
             log(NAME, "", rep, side, &s);
             let worst = record(&mut fig, &topo, side, "", &s, &want);
             fig.add("max |L2 error|", side, worst);
+            fig.add("machine CPU busy", side, s.machine_busy);
+            if side == Side::Netd {
+                fig.add("netd CPU", side, s.netd_cpu);
+            }
             if rep == 0 {
                 panels.push(panel(side, &topo, &s.driven, &want, 0.1));
                 if let Side::Kernel(h, _) = side {
@@ -243,11 +284,15 @@ pub fn guarantee(ctx: &Ctx) -> Result<Outcome> {
         &want,
         ("max |L2 error|", Target::AtMost(0.5)),
     );
+    out.rows
+        .push(fig.row(NAME, "machine CPU busy", "% of all cores", None));
+    out.rows
+        .push(fig.row(NAME, "netd CPU", "% of a core", None));
     save_plot(
         ctx,
         &mut out,
         "guarantee.svg",
-        "All three tenants saturating (1 Gbit/s; 500/300/200)",
+        &format!("All three tenants saturating ({})", rates(&topo, &want)),
         &panels,
     );
     Ok(out)
@@ -305,12 +350,15 @@ pub fn loans(ctx: &Ctx) -> Result<Outcome> {
         ctx,
         &mut out,
         "loans.svg",
-        "t3 idle: t1/t2 share its 200 Mbit/s by weight 5:3 (625/375)",
+        &format!(
+            "t3 idle: t1/t2 share its guarantee by weight 5:3 ({})",
+            rates(&topo, &loan_want)
+        ),
         &panels,
     );
 
     // Ceiling binding: t1's ceiling 550 Mbit/s, so t2 takes the rest (550/450).
-    topo.tenants[0].ceiling = 550_000_000;
+    topo.tenants[0].ceiling = scaled(ctx, 550_000_000);
     let want = topo.entitlement(&[true, true, false]);
     let mut panels = Vec::new();
     let mut bed = Bed::up(ctx, &topo)?;
@@ -341,7 +389,7 @@ pub fn loans(ctx: &Ctx) -> Result<Outcome> {
         ctx,
         &mut out,
         "ceiling.svg",
-        "t1 ceiling 550 Mbit/s binding (550/450)",
+        &format!("t1's ceiling binding ({})", rates(&topo, &want)),
         &panels,
     );
     Ok(out)
@@ -367,6 +415,7 @@ pub fn aggressor(ctx: &Ctx) -> Result<Outcome> {
                 side,
                 s.l2[1] / want[1] * 100.0,
             );
+            fig.add("machine CPU busy", side, s.machine_busy);
             if rep == 0 {
                 panels.push(panel(side, &topo, &s.driven, &want, 0.1));
             }
@@ -391,11 +440,13 @@ pub fn aggressor(ctx: &Ctx) -> Result<Outcome> {
         "%",
         Some(Target::AtLeast(99.0)),
     ));
+    out.rows
+        .push(fig.row(NAME, "machine CPU busy", "% of all cores", None));
     save_plot(
         ctx,
         &mut out,
         "aggressor.svg",
-        "t1 16 TCP flows vs t2 1 flow (600/400)",
+        &format!("t1 16 TCP flows vs t2 1 flow ({})", rates(&topo, &want)),
         &panels,
     );
     Ok(out)
@@ -490,8 +541,9 @@ pub fn latency(ctx: &Ctx) -> Result<Outcome> {
 /// each busy tenant within 5% of its entitlement. (Single TCP flows swing ±10% over 10 ms
 /// windows on both sides, so shorter windows never "hold"; 50 ms smooths that while the
 /// start instant keeps 1 ms resolution.) The event times come from t2's own counters: it "returns"
-/// at the first 1 ms sample with traffic above 5% of its share, and "leaves" after the last
-/// such sample (so the sender's socket buffer draining is not counted against the switch).
+/// at the first 1 ms sample with traffic above 5% of its share, and "leaves" at the end of
+/// the last 10 ms window in which it still had half its share (the trickle after that, a
+/// FIN or the socket buffer's last bytes, is not counted against the switch).
 pub fn realloc(ctx: &Ctx) -> Result<Outcome> {
     const NAME: &str = "6 realloc";
     let topo = three(ctx)?;
@@ -537,8 +589,13 @@ pub fn realloc(ctx: &Ctx) -> Result<Outcome> {
                 anyhow::bail!("{NAME}: t2's traffic never showed up on {}", side.label());
             };
             let t_on = t2_data.t[first - 1];
-            let t_off = t2_data.t[last];
             let rate = |k: usize, a: f64, b: f64| d.tenant_rate(&topo, k, a, b);
+            // t2 has left once its rate over 10 ms stays below half its share; a later
+            // trickle (FIN, the socket buffer's last bytes) does not hold the switch back.
+            let mut t_off = t2_data.t[last];
+            while t_off > t_on && rate(1, t_off - 0.010, t_off) < 0.5 * busy[1] {
+                t_off -= 0.001;
+            }
             let on = settle_ms(&rate, &[(0, busy[0]), (1, busy[1])], t_on, t_off);
             let end = d.t0 + lead + mid + tail - 0.1;
             let off = settle_ms(&rate, &[(0, alone[0])], t_off, end);
