@@ -1,0 +1,183 @@
+//! A test bed: the same topology built twice, by netd and by the kernel, side by side.
+//!
+//! Both stay up for a whole scenario so runs can alternate (netd, kernel, netd, kernel…)
+//! without rebuilding; an idle netd costs nothing while the kernel side runs, and the kernel
+//! side's HTB flavour and offloads are switched between runs ([`Bed::prepare`]). Dropping the
+//! bed stops netd and deletes both sides' namespaces.
+
+use std::time::Duration;
+
+use anyhow::Result;
+
+use crate::Ctx;
+use crate::iperf::{Client, IperfResult, IperfServer, Load, settle};
+use crate::kernel_side::KernelBed;
+use crate::measure::{Sampler, Series};
+use crate::netd_side::NetdBed;
+use crate::proc::sleep;
+use crate::report::Side;
+use crate::topo::BenchTopo;
+
+/// Both sides of one topology.
+pub struct Bed {
+    pub topo: BenchTopo,
+    pub netd: NetdBed,
+    pub kernel: KernelBed,
+}
+
+impl Bed {
+    /// Bring `topo` up with netd (`{prefix}n-*`) and with kernel tools (`{prefix}k-*`).
+    pub fn up(ctx: &Ctx, topo: &BenchTopo) -> Result<Bed> {
+        topo.validate()?;
+        let netd = NetdBed::up(topo, &format!("{}n", ctx.prefix), &ctx.tmp)?;
+        let kernel = KernelBed::up(topo, &ctx.prefix, &format!("{}k", ctx.prefix))?;
+        Ok(Bed {
+            topo: topo.clone(),
+            netd,
+            kernel,
+        })
+    }
+
+    /// Return the namespace of `server` on `side`.
+    pub fn ns(&self, side: Side, server: &str) -> String {
+        match side {
+            Side::Netd => self.netd.ns(server),
+            Side::Kernel(..) => self.kernel.ns(server),
+        }
+    }
+
+    /// Make `side` ready for a run (the kernel's HTB flavour and offloads).
+    pub fn prepare(&mut self, side: Side) -> Result<()> {
+        if let Side::Kernel(htb, offloads) = side {
+            self.kernel.apply(htb, offloads)?;
+        }
+        Ok(())
+    }
+
+    /// Return the pid whose CPU time is the switch's own (netd; none for the kernel).
+    pub fn pid(&self, side: Side) -> Option<u32> {
+        match side {
+            Side::Netd => self.netd.pid(),
+            Side::Kernel(..) => None,
+        }
+    }
+}
+
+/// One iperf3 client in a shaping run.
+#[derive(Debug, Clone)]
+pub struct Flow {
+    pub from: String,
+    pub to: String,
+    pub flows: u32,
+    /// Seconds after the run's start.
+    pub start: f64,
+    pub secs: f64,
+}
+
+/// What a shaping run measured.
+pub struct Driven {
+    /// Sampled servers, in the order of `series`.
+    pub servers: Vec<String>,
+    pub series: Vec<Series>,
+    /// One result per flow, in the order given.
+    pub iperf: Vec<IperfResult>,
+    /// Sampler time at which the run started (flows' `start` is relative to it).
+    pub t0: f64,
+}
+
+impl Driven {
+    /// Return the series of these servers.
+    pub fn of(&self, servers: &[String]) -> Vec<&Series> {
+        self.servers
+            .iter()
+            .zip(&self.series)
+            .filter(|(s, _)| servers.contains(s))
+            .map(|(_, series)| series)
+            .collect()
+    }
+
+    /// Return tenant `k`'s L2 rate (bits/s) over `[a, b]` (sampler time).
+    pub fn tenant_rate(&self, topo: &BenchTopo, k: usize, a: f64, b: f64) -> f64 {
+        crate::measure::rate(&self.of(&topo.servers_of(k)), a, b)
+    }
+
+    /// Return tenant `k`'s rate in Mbit/s in `bin`-second bins from `t0` (for plots).
+    pub fn tenant_curve(&self, topo: &BenchTopo, k: usize, bin: f64) -> Vec<(f64, f64)> {
+        let series = self.of(&topo.servers_of(k));
+        let end = series
+            .iter()
+            .filter_map(|s| s.t.last().copied())
+            .fold(self.t0, f64::max);
+        let mut out = Vec::new();
+        let mut t = self.t0;
+        while t + bin <= end {
+            out.push((
+                t + bin / 2.0 - self.t0,
+                crate::measure::rate(&series, t, t + bin) / 1e6,
+            ));
+            t += bin;
+        }
+        out
+    }
+}
+
+/// Run `flows` on `side` of `bed`, sampling the `sample` servers' counters every `interval`.
+pub fn drive(
+    ctx: &Ctx,
+    bed: &Bed,
+    side: Side,
+    flows: &[Flow],
+    sample: &[String],
+    interval: Duration,
+) -> Result<Driven> {
+    let mut servers = Vec::new();
+    for (i, f) in flows.iter().enumerate() {
+        servers.push(IperfServer::start(&bed.ns(side, &f.to), port(i))?);
+    }
+    settle()?;
+    let namespaces: Vec<String> = sample.iter().map(|s| bed.ns(side, s)).collect();
+    let sampler = Sampler::start(&namespaces, interval);
+    // Let every sampler thread take its first sample before traffic starts.
+    sleep(Duration::from_millis(50))?;
+    let t0 = sampler.now();
+    let mut order: Vec<usize> = (0..flows.len()).collect();
+    order.sort_by(|&a, &b| flows[a].start.total_cmp(&flows[b].start));
+    let mut clients: Vec<Option<Client>> = (0..flows.len()).map(|_| None).collect();
+    for i in order {
+        let f = &flows[i];
+        let wait = t0 + f.start - sampler.now();
+        if wait > 0.0 {
+            sleep(Duration::from_secs_f64(wait))?;
+        }
+        let load = Load {
+            secs: f.secs,
+            flows: f.flows,
+            udp_len: None,
+            cc: ctx.cc.clone(),
+        };
+        clients[i] = Some(Client::start(
+            &bed.ns(side, &f.from),
+            &bed.topo.addr(&f.to)?,
+            port(i),
+            &load,
+        )?);
+    }
+    let mut iperf = Vec::new();
+    for c in clients.into_iter().flatten() {
+        iperf.push(c.finish()?);
+    }
+    sleep(Duration::from_millis(100))?;
+    let series = sampler.stop();
+    drop(servers);
+    Ok(Driven {
+        servers: sample.to_vec(),
+        series,
+        iperf,
+        t0,
+    })
+}
+
+/// Return the iperf3 port of the `i`th flow of a run.
+pub fn port(i: usize) -> u16 {
+    5201 + u16::try_from(i).unwrap_or(0)
+}

@@ -1,0 +1,141 @@
+//! The netd side: `netd up` on a bench topology, as a guard.
+//!
+//! [`NetdBed::up`] renders the topology into a temp file with every namespace named
+//! `{prefix}n-{server}`, starts the release `netd` cargo built for this bench, and waits for
+//! its "netd is up" log line (the start-up time). Dropping the bed sends SIGTERM, waits for
+//! netd's own tear-down, kills it if it hangs, and finally deletes any namespace left under
+//! the prefix, so nothing survives a failed or interrupted run.
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::proc::{self, check_stop};
+use crate::topo::BenchTopo;
+
+/// A running `netd up`.
+pub struct NetdBed {
+    ns_prefix: String,
+    file: PathBuf,
+    child: Option<Child>,
+    lines: Arc<Mutex<Vec<String>>>,
+    /// From spawning netd to its "netd is up" line.
+    pub startup: Duration,
+}
+
+impl NetdBed {
+    /// Start netd on `topo` with namespaces `{ns_prefix}-{server}`; wait until it is up.
+    pub fn up(topo: &BenchTopo, ns_prefix: &str, dir: &Path) -> Result<NetdBed> {
+        let file = dir.join(format!("{ns_prefix}.toml"));
+        std::fs::write(&file, topo.to_toml(|s| format!("{ns_prefix}-{s}")))
+            .with_context(|| format!("writing {}", file.display()))?;
+        let start = Instant::now();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_netd"))
+            .args(["--log-format", "json", "up"])
+            .arg(&file)
+            .env("NETD_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            // Own process group: a terminal Ctrl-C reaches the runner, which stops netd in order.
+            .process_group(0)
+            .spawn()
+            .context("cannot start netd")?;
+        let stderr = child.stderr.take().context("netd stderr")?;
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = channel();
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Ok(mut l) = sink.lock() {
+                    l.push(line.clone());
+                }
+                let _ = tx.send(line);
+            }
+        });
+        let mut bed = NetdBed {
+            ns_prefix: ns_prefix.to_string(),
+            file,
+            child: Some(child),
+            lines,
+            startup: Duration::ZERO,
+        };
+        // 1000 servers take netd a while (two `ip` processes per server).
+        let timeout = Duration::from_secs(60 + topo.servers.len() as u64 / 5);
+        bed.wait_up(&rx, timeout)?;
+        bed.startup = start.elapsed();
+        Ok(bed)
+    }
+
+    fn wait_up(&mut self, rx: &Receiver<String>, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            check_stop()?;
+            match rx.recv_timeout(Duration::from_millis(50)) {
+                Ok(line) if line.contains("netd is up") => return Ok(()),
+                Ok(_) | Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    bail!("netd exited during start-up; its log:\n{}", self.log())
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("netd not up within {timeout:?}; its log:\n{}", self.log());
+            }
+        }
+    }
+
+    /// Return the namespace of bench server `server`.
+    pub fn ns(&self, server: &str) -> String {
+        format!("{}-{server}", self.ns_prefix)
+    }
+
+    /// Return netd's pid.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Return everything netd logged so far.
+    pub fn log(&self) -> String {
+        self.lines.lock().map(|l| l.join("\n")).unwrap_or_default()
+    }
+
+    /// Stop netd (SIGTERM, its own tear-down, SIGKILL after `grace`); delete leftovers.
+    pub fn down(&mut self, grace: Duration) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .stderr(Stdio::null())
+                .status();
+            let deadline = Instant::now() + grace;
+            loop {
+                match child.try_wait() {
+                    Ok(Some(_)) => break,
+                    Ok(None) if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    _ => {
+                        eprintln!("warning: netd did not stop within {grace:?}: killing it");
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        break;
+                    }
+                }
+            }
+        }
+        // netd removes its namespaces itself; this catches a killed or crashed netd.
+        proc::delete_namespaces(&format!("{}-", self.ns_prefix));
+        let _ = std::fs::remove_file(&self.file);
+    }
+}
+
+impl Drop for NetdBed {
+    fn drop(&mut self) {
+        self.down(Duration::from_secs(120));
+    }
+}

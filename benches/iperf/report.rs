@@ -1,0 +1,246 @@
+//! Results: figures collected per side, the markdown table, and the JSON file.
+//!
+//! Every measured value goes into a [`Figures`] collector under (metric, side); a scenario
+//! then turns each metric into a [`Row`]: median and min–max per side, the netd/kernel ratio
+//! (against tuned HTB when it ran, else default HTB), and the issue's target checked on
+//! netd's median. Raw per-run records (iperf3 summaries, counters, tc class stats, RTTs)
+//! travel beside the rows into `results.json`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+use serde::Serialize;
+
+use crate::kernel_side::{Htb, Offloads};
+
+/// Which switch a figure was measured on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Side {
+    Netd,
+    Kernel(Htb, Offloads),
+}
+
+impl Side {
+    /// Return the column this side's figures go to.
+    pub fn column(self, tap_offloads: Offloads) -> Column {
+        match self {
+            Side::Netd => Column::Netd,
+            Side::Kernel(Htb::Default, _) => Column::KernelDefault,
+            Side::Kernel(Htb::Tuned, o) if o == tap_offloads => Column::KernelTuned,
+            // Only the throughput scenario runs tuned HTB with both offload settings; the
+            // veth-default run is the kernel at its best and gets the extra column.
+            Side::Kernel(Htb::Tuned, _) => Column::KernelTunedVeth,
+        }
+    }
+
+    /// Return a short label for logs and plots.
+    pub fn label(self) -> String {
+        match self {
+            Side::Netd => "netd".into(),
+            Side::Kernel(h, o) => format!("kernel HTB {h:?}, {o:?} offloads").to_lowercase(),
+        }
+    }
+}
+
+/// A column of the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub enum Column {
+    Netd,
+    KernelDefault,
+    KernelTuned,
+    KernelTunedVeth,
+}
+
+const COLUMNS: [Column; 4] = [
+    Column::Netd,
+    Column::KernelDefault,
+    Column::KernelTuned,
+    Column::KernelTunedVeth,
+];
+
+/// Median, min and max of a figure over repetitions.
+#[derive(Debug, Clone, Serialize)]
+pub struct Stat {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+    pub values: Vec<f64>,
+}
+
+impl Stat {
+    fn of(values: &[f64]) -> Option<Stat> {
+        let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        let median = if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        };
+        Some(Stat {
+            median,
+            min: v[0],
+            max: v[n - 1],
+            values: values.to_vec(),
+        })
+    }
+}
+
+/// A target from the issue, checked on netd's median.
+#[derive(Debug, Clone, Copy)]
+pub enum Target {
+    AtMost(f64),
+    AtLeast(f64),
+}
+
+impl Target {
+    fn text(self, unit: &str) -> String {
+        match self {
+            Target::AtMost(x) => format!("≤ {} {unit}", fmt(x)),
+            Target::AtLeast(x) => format!("≥ {} {unit}", fmt(x)),
+        }
+    }
+
+    fn check(self, v: f64) -> bool {
+        match self {
+            Target::AtMost(x) => v <= x,
+            Target::AtLeast(x) => v >= x,
+        }
+    }
+}
+
+/// One line of the table.
+#[derive(Debug, Clone, Serialize)]
+pub struct Row {
+    pub scenario: String,
+    pub metric: String,
+    pub unit: String,
+    pub columns: BTreeMap<String, Stat>,
+    /// netd median ÷ kernel median (tuned HTB, else default HTB); none for signed errors.
+    pub ratio: Option<f64>,
+    pub target: Option<String>,
+    pub pass: Option<bool>,
+}
+
+/// Values collected by (metric, column) during a scenario.
+#[derive(Debug, Default)]
+pub struct Figures {
+    values: BTreeMap<(String, Column), Vec<f64>>,
+    /// The tap-matched offload setting of this run (decides the tuned column).
+    pub tap_offloads: Option<Offloads>,
+}
+
+impl Figures {
+    /// Start collecting; `tap_offloads` is the offload setting of the like-for-like column.
+    pub fn new(tap_offloads: Offloads) -> Figures {
+        Figures {
+            values: BTreeMap::new(),
+            tap_offloads: Some(tap_offloads),
+        }
+    }
+
+    /// Record `value` of `metric` measured on `side`.
+    pub fn add(&mut self, metric: &str, side: Side, value: f64) {
+        let col = side.column(self.tap_offloads.unwrap_or(Offloads::AsTap));
+        self.values
+            .entry((metric.to_string(), col))
+            .or_default()
+            .push(value);
+    }
+
+    /// Turn `metric` into a row of scenario `scenario`.
+    pub fn row(&self, scenario: &str, metric: &str, unit: &str, target: Option<Target>) -> Row {
+        let mut columns = BTreeMap::new();
+        for col in COLUMNS {
+            if let Some(stat) = self
+                .values
+                .get(&(metric.to_string(), col))
+                .and_then(|v| Stat::of(v))
+            {
+                columns.insert(format!("{col:?}"), stat);
+            }
+        }
+        let netd = columns.get("Netd").map(|s| s.median);
+        let kernel = columns
+            .get("KernelTuned")
+            .or_else(|| columns.get("KernelDefault"))
+            .or_else(|| columns.get("KernelTunedVeth"))
+            .map(|s| s.median);
+        // A ratio of signed errors means nothing; compare their magnitudes in the table.
+        let ratio = match (netd, kernel) {
+            _ if metric.contains("error") && !metric.contains('|') => None,
+            (Some(n), Some(k)) if k != 0.0 => Some(n / k),
+            _ => None,
+        };
+        Row {
+            scenario: scenario.to_string(),
+            metric: metric.to_string(),
+            unit: unit.to_string(),
+            columns,
+            ratio,
+            target: target.map(|t| t.text(unit)),
+            pass: target.and_then(|t| netd.map(|n| t.check(n))),
+        }
+    }
+}
+
+/// Format a figure with sensible precision.
+pub fn fmt(x: f64) -> String {
+    let a = x.abs();
+    if !x.is_finite() {
+        "–".into()
+    } else if a >= 100.0 {
+        format!("{x:.0}")
+    } else if a >= 10.0 {
+        format!("{x:.1}")
+    } else if a >= 0.1 {
+        format!("{x:.2}")
+    } else {
+        format!("{x:.3}")
+    }
+}
+
+fn cell(s: Option<&Stat>) -> String {
+    match s {
+        None => "–".into(),
+        Some(s) if s.values.len() == 1 => fmt(s.median),
+        Some(s) => format!("{} [{}–{}]", fmt(s.median), fmt(s.min), fmt(s.max)),
+    }
+}
+
+/// Render the rows as a markdown table (with the machine facts as a header line).
+pub fn markdown(header: &str, rows: &[Row]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "{header}\n");
+    let _ = writeln!(
+        out,
+        "| scenario | metric | unit | netd | kernel default HTB | kernel tuned HTB | \
+         kernel tuned, veth offloads | netd/kernel | target | |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|");
+    for r in rows {
+        let c = |k: &str| cell(r.columns.get(k));
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            r.scenario,
+            r.metric,
+            r.unit,
+            c("Netd"),
+            c("KernelDefault"),
+            c("KernelTuned"),
+            c("KernelTunedVeth"),
+            r.ratio.map_or("–".into(), |x| format!("{x:.2}")),
+            r.target.clone().unwrap_or_else(|| "–".into()),
+            match r.pass {
+                Some(true) => "pass",
+                Some(false) => "**miss**",
+                None => "",
+            }
+        );
+    }
+    out
+}

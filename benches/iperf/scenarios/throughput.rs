@@ -1,0 +1,177 @@
+//! Scenario 1: unshaped throughput between two servers of one tenant.
+//!
+//! Capacity 100 Gbit/s (far above what this machine moves), one tenant with two servers.
+//! Loads: 1 TCP flow, 4 TCP flows, UDP with 64-byte payloads at full speed. Figures are
+//! taken over the middle of each run (after `warm`, before the last 0.3 s): receiver goodput
+//! (iperf3), frames per second at the receiver's `eth0` (UDP), netd's own CPU and the whole
+//! machine's busy CPU per GB of L2 frames moved (both servers' receive counters).
+//!
+//! Kernel sides: tuned HTB at 100 Gbit/s with the servers' offloads as netd's TAP (the like-
+//! for-like column) and with veth's default offloads (the kernel at its best).
+
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use serde_json::json;
+
+use crate::Ctx;
+use crate::bed::Bed;
+use crate::iperf::{Client, IperfServer, Load, settle};
+use crate::kernel_side::{Htb, Offloads};
+use crate::measure::{Cpu, counters};
+use crate::proc::{self, check_stop, ns_cmd, sleep};
+use crate::report::{Figures, Side};
+use crate::scenarios::Outcome;
+use crate::topo::BenchTopo;
+
+const NAME: &str = "1 throughput";
+
+/// Run scenario 1.
+pub fn run(ctx: &Ctx) -> Result<Outcome> {
+    let topo = BenchTopo::generated(100_000_000_000, 1, 2);
+    let mut bed = Bed::up(ctx, &topo)?;
+    let mut out = Outcome::default();
+    out.facts.insert(
+        "offloads_netd_tap".into(),
+        json!(offload_facts(&bed.netd.ns("s0"))),
+    );
+    out.facts.insert(
+        "offloads_veth_default".into(),
+        json!(offload_facts(&bed.kernel.ns("s0"))),
+    );
+    let mut sides = vec![Side::Netd, Side::Kernel(Htb::Tuned, ctx.tap_offloads)];
+    if ctx.tap_offloads != Offloads::Veth {
+        sides.push(Side::Kernel(Htb::Tuned, Offloads::Veth));
+    }
+    let loads = [
+        ("1 TCP flow", 1, None),
+        ("4 TCP flows", 4, None),
+        ("UDP 64 B", 1, Some(64)),
+    ];
+    let mut fig = Figures::new(ctx.tap_offloads);
+    for rep in 0..ctx.reps {
+        for (kind, flows, udp_len) in loads {
+            for &side in &sides {
+                check_stop()?;
+                bed.prepare(side)?;
+                if rep == 0 && side == Side::Kernel(Htb::Tuned, Offloads::AsTap) {
+                    out.facts
+                        .entry("offloads_veth_as_tap")
+                        .or_insert_with(|| json!(offload_facts(&bed.kernel.ns("s0"))));
+                }
+                let load = Load {
+                    secs: ctx.tput_secs,
+                    flows,
+                    udp_len,
+                    cc: ctx.cc.clone(),
+                };
+                let r = one(ctx, &bed, side, &load)?;
+                eprintln!(
+                    "  {NAME} rep {rep} {kind:<11} {:<40} {:>7.2} Gbit/s {:>8.1} kpps  netd {:.2} / machine {:.2} CPU s/GB",
+                    side.label(),
+                    r.goodput / 1e9,
+                    r.pps / 1e3,
+                    r.netd_cpu_per_gb,
+                    r.machine_cpu_per_gb
+                );
+                if udp_len.is_some() {
+                    fig.add(&format!("{kind}: received"), side, r.pps / 1e3);
+                } else {
+                    fig.add(&format!("{kind}: goodput"), side, r.goodput / 1e9);
+                }
+                if side == Side::Netd {
+                    fig.add(&format!("{kind}: netd CPU"), side, r.netd_cpu_per_gb);
+                }
+                fig.add(&format!("{kind}: machine CPU"), side, r.machine_cpu_per_gb);
+                out.runs.push(json!({
+                    "scenario": NAME, "rep": rep, "load": kind, "side": side,
+                    "goodput_bps": r.goodput, "rx_pps": r.pps, "l2_bytes": r.bytes,
+                    "window_s": r.window, "netd_cpu_s": r.netd_cpu, "machine_cpu_s": r.machine_cpu,
+                    "iperf": r.iperf,
+                }));
+            }
+        }
+    }
+    for (kind, _, udp) in loads {
+        if udp.is_some() {
+            out.rows
+                .push(fig.row(NAME, &format!("{kind}: received"), "kpps", None));
+        } else {
+            out.rows
+                .push(fig.row(NAME, &format!("{kind}: goodput"), "Gbit/s", None));
+        }
+        out.rows
+            .push(fig.row(NAME, &format!("{kind}: netd CPU"), "s/GB", None));
+        out.rows
+            .push(fig.row(NAME, &format!("{kind}: machine CPU"), "s/GB", None));
+    }
+    Ok(out)
+}
+
+struct One {
+    goodput: f64,
+    pps: f64,
+    bytes: u64,
+    window: f64,
+    netd_cpu: f64,
+    machine_cpu: f64,
+    netd_cpu_per_gb: f64,
+    machine_cpu_per_gb: f64,
+    iperf: crate::iperf::IperfResult,
+}
+
+fn one(ctx: &Ctx, bed: &Bed, side: Side, load: &Load) -> Result<One> {
+    let (a, b) = (bed.ns(side, "s0"), bed.ns(side, "s1"));
+    let _server = IperfServer::start(&b, 5201)?;
+    settle()?;
+    let client = Client::start(&a, &bed.topo.addr("s1")?, 5201, load)?;
+    sleep(Duration::from_secs_f64(ctx.warm))?;
+    let pid = bed.pid(side);
+    let (a0, b0, cpu0, t0) = (counters(&a)?, counters(&b)?, Cpu::read(pid), Instant::now());
+    sleep(Duration::from_secs_f64(load.secs - ctx.warm - 0.3))?;
+    let (a1, b1, cpu1) = (counters(&a)?, counters(&b)?, Cpu::read(pid));
+    let window = t0.elapsed().as_secs_f64();
+    let iperf = client.finish()?;
+    let bytes = (a1.0 - a0.0) + (b1.0 - b0.0);
+    let (netd_cpu, machine_cpu) = cpu0.seconds_until(&cpu1, ctx.ticks);
+    let gb = bytes as f64 / 1e9;
+    Ok(One {
+        goodput: iperf.goodput_bps,
+        pps: (b1.1 - b0.1) as f64 / window,
+        bytes,
+        window,
+        netd_cpu,
+        machine_cpu,
+        netd_cpu_per_gb: netd_cpu / gb,
+        machine_cpu_per_gb: machine_cpu / gb,
+        iperf,
+    })
+}
+
+/// Return the offload lines of `ethtool -k eth0` in `ns` (or why not).
+fn offload_facts(ns: &str) -> String {
+    match proc::run(
+        ns_cmd(ns, &["ethtool", "-k", "eth0"]),
+        "ethtool -k",
+        None,
+        Duration::from_secs(10),
+    ) {
+        Ok(text) => text
+            .lines()
+            .filter(|l| {
+                [
+                    "tx-checksumming:",
+                    "scatter-gather:",
+                    "tcp-segmentation-offload:",
+                    "generic-segmentation-offload:",
+                    "generic-receive-offload:",
+                ]
+                .iter()
+                .any(|k| l.starts_with(k))
+            })
+            .map(str::trim)
+            .collect::<Vec<_>>()
+            .join(", "),
+        Err(e) => format!("unknown ({e:#})"),
+    }
+}
