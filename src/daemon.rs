@@ -108,8 +108,8 @@ pub async fn up(
     if let Some(addr) = options.http {
         control::http::check_addr(addr, options.http_allow_public)?;
     }
-    // Root, /dev/net/tun, iproute2 and free namespace names first: the clearest refusal.
-    kernel::preflight(&topology)?;
+    // Root, /dev/net/tun and iproute2 first: the clearest refusal (and the socket needs root).
+    kernel::check_privileges()?;
     let mut sighup = signal(SignalKind::hangup()).map_err(DaemonError::Signal)?;
     // Claim the socket before creating anything: a second daemon for the same topology stops here.
     let listener = control::socket::bind(&socket_path)?;

@@ -131,8 +131,8 @@ impl Drop for Plumbing {
     }
 }
 
-/// Check, before creating anything, that netd can build this topology on this host.
-pub fn preflight(topology: &Topology) -> Result<(), KernelError> {
+/// Check that netd runs as root with `/dev/net/tun` and iproute2 at hand.
+pub fn check_privileges() -> Result<(), KernelError> {
     if !sys::is_root() {
         return Err(KernelError::NotRoot);
     }
@@ -146,6 +146,12 @@ pub fn preflight(topology: &Topology) -> Result<(), KernelError> {
         .stdout(Stdio::null())
         .status()
         .map_err(KernelError::NoIpTool)?;
+    Ok(())
+}
+
+/// Check, before creating anything, that netd can build this topology on this host.
+pub fn preflight(topology: &Topology) -> Result<(), KernelError> {
+    check_privileges()?;
     let clashes: Vec<String> = topology
         .servers
         .iter()
