@@ -134,6 +134,90 @@ fn a_guarantee_changed_while_iperf_runs_moves_the_split() {
     assert_near("after HTTP t2", mean(&r2, 9.0, 12.0), 140.0 * MBIT, &text);
 }
 
+#[test]
+fn changing_one_tenant_loses_no_frame_of_another() {
+    require_privileges();
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let topo = TestTopology::new(TWO_TENANTS);
+    let _netd = Daemon::start(&topo, &[]);
+    let t1 = topo.name("t1");
+    let servers = [
+        IperfServer::start(&topo.name("1r"), 5201),
+        IperfServer::start(&topo.name("2r"), 5201),
+    ];
+    // t1 saturates with TCP; t2 sends 5 Mbit/s of UDP, far under its 100 Mbit/s guarantee.
+    let bulk = client(&topo.name("1s"), "10.81.0.2", 5201, 8, 0, 1);
+    let steady = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &topo.name("2s"),
+            "iperf3",
+            "-J",
+            "-u",
+            "-c",
+            "10.81.0.2",
+        ])
+        .args([
+            "-p",
+            "5201",
+            "-b",
+            "5M",
+            "-l",
+            "1200",
+            "-t",
+            "8",
+            "--connect-timeout",
+            "3000",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn iperf3 -u");
+    // Five changes to t1 while both run (each valid on its own: 100 + 100 ≤ 200).
+    std::thread::sleep(Duration::from_secs(2));
+    for (guaranteed, ceiling) in [
+        ("50mbit", "120mbit"),
+        ("80mbit", "200mbit"),
+        ("20mbit", "60mbit"),
+        ("100mbit", "150mbit"),
+        ("100mbit", "200mbit"),
+    ] {
+        netd_ok(
+            &topo,
+            &[
+                "set-rate",
+                &t1,
+                "--guaranteed",
+                guaranteed,
+                "--ceiling",
+                ceiling,
+            ],
+        );
+        std::thread::sleep(Duration::from_millis(700));
+    }
+    let _ = report(bulk);
+    let out = steady.wait_with_output().expect("wait for iperf3 -u");
+    drop(servers);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "iperf3 -u output ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    });
+    let sum = &v["end"]["sum"];
+    let (packets, lost) = (
+        sum["packets"].as_u64().unwrap_or(0),
+        sum["lost_packets"].as_u64(),
+    );
+    assert!(packets > 3000, "t2 sent too little: {sum}");
+    assert_eq!(
+        lost,
+        Some(0),
+        "t2 lost frames while t1 was reconfigured: {sum}"
+    );
+}
+
 const FLOOD: &str = r#"
 [host]
 capacity = "200mbit"
