@@ -141,6 +141,9 @@ pub struct DataPath {
     /// The read buffer: a large pool buffer.
     rx: Vec<u8>,
     last_publish: Nanos,
+    /// Frames were read since the last publish: the loop must wake to publish them even if
+    /// no further frame comes, or readers would see counters stale until the next frame.
+    unpublished: bool,
     storm: StormControl,
     updates: mpsc::Receiver<Update>,
     update_handle: UpdateHandle,
@@ -202,6 +205,7 @@ impl DataPath {
                 ready,
                 rx,
                 last_publish: 0,
+                unpublished: false,
                 storm,
                 updates,
                 update_handle,
@@ -232,7 +236,14 @@ impl DataPath {
         let mut events = Events::with_capacity(1024);
         loop {
             let busy = self.ready.iter().any(|&r| r);
-            let timeout = if busy { Some(Duration::ZERO) } else { None };
+            let timeout = if busy {
+                Some(Duration::ZERO)
+            } else if self.unpublished {
+                let due = self.last_publish.saturating_add(PUBLISH_EVERY);
+                Some(Duration::from_nanos(due.saturating_sub(self.now())))
+            } else {
+                None
+            };
             match self.poll.poll(&mut events, timeout) {
                 Ok(()) => {}
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
@@ -275,6 +286,7 @@ impl DataPath {
             if now.saturating_sub(self.last_publish) >= PUBLISH_EVERY {
                 self.publish_shaper_counters();
                 self.last_publish = now;
+                self.unpublished = false;
             }
         }
     }
@@ -380,6 +392,7 @@ impl DataPath {
                 }
             };
             let ingress = self.egress.ports[slot].id();
+            self.unpublished = true;
             self.receive(ingress, len);
         }
         true

@@ -54,6 +54,19 @@ impl Bed {
         Ok(())
     }
 
+    /// Return the wire bytes each tenant's traffic was charged by `side`'s switch so far
+    /// (netd's shaper counters, or the HTB class counters), by tenant index: the switches'
+    /// own view, against which the runner cross-checks its L2 figures.
+    pub fn switch_bytes(&self, side: Side) -> Result<Vec<u64>> {
+        match side {
+            Side::Netd => {
+                let names: Vec<String> = self.topo.tenants.iter().map(|t| t.name.clone()).collect();
+                self.netd.charged_bytes(&names)
+            }
+            Side::Kernel(..) => Ok(self.kernel.class_bytes()),
+        }
+    }
+
     /// Return the pid whose CPU time is the switch's own (netd; none for the kernel).
     pub fn pid(&self, side: Side) -> Option<u32> {
         match side {

@@ -100,6 +100,37 @@ impl NetdBed {
         self.child.as_ref().map(Child::id)
     }
 
+    /// Return the wire bytes netd's shaper let each tenant send so far (own + borrowed
+    /// tokens), in the order of `tenants`; read through `netd stats --json`.
+    pub fn charged_bytes(&self, tenants: &[String]) -> Result<Vec<u64>> {
+        let out = Command::new(env!("CARGO_BIN_EXE_netd"))
+            .arg("--topology")
+            .arg(&self.file)
+            .args(["stats", "--json"])
+            .stderr(Stdio::null())
+            .output()
+            .context("cannot run netd stats")?;
+        if !out.status.success() {
+            bail!(
+                "netd stats failed: {}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+        let stats: serde_json::Value =
+            serde_json::from_slice(&out.stdout).context("parsing netd stats --json")?;
+        let of = |name: &str| -> Option<u64> {
+            let t = stats["tenants"]
+                .as_array()?
+                .iter()
+                .find(|t| t["tenant"] == name)?;
+            Some(t["shaper"]["own_bytes"].as_u64()? + t["shaper"]["borrowed_bytes"].as_u64()?)
+        };
+        tenants
+            .iter()
+            .map(|n| of(n).with_context(|| format!("no shaper counters for tenant {n}")))
+            .collect()
+    }
+
     /// Return everything netd logged so far.
     pub fn log(&self) -> String {
         self.lines.lock().map(|l| l.join("\n")).unwrap_or_default()

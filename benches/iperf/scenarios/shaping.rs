@@ -84,8 +84,12 @@ struct Saturated {
     /// Receiver goodput per tenant (0 when idle).
     goodput: Vec<f64>,
     driven: Driven,
-    /// HTB class rates (bits/s over the whole run) on the kernel side: verifies classification.
-    htb: Option<Vec<f64>>,
+    /// The switch's own per-tenant rates (bits/s over the whole run: netd's shaper counters,
+    /// or the HTB classes'): cross-checks the L2 figures and, on the kernel side, the
+    /// classification.
+    switch: Vec<f64>,
+    /// The L2 rates over the same whole run, to compare with `switch`.
+    l2_whole: Vec<f64>,
     /// netd's CPU over the run, in % of one core (0 on the kernel side).
     netd_cpu: f64,
     /// The machine's busy CPU over the run, in % of all cores: near 100 means the senders,
@@ -113,21 +117,30 @@ fn saturate(ctx: &Ctx, bed: &Bed, side: Side, flows: &[u32], secs: f64) -> Resul
     let sample: Vec<String> = (0..topo.tenants.len())
         .flat_map(|k| topo.servers_of(k))
         .collect();
-    let before = matches!(side, Side::Kernel(..)).then(|| bed.kernel.class_bytes());
+    let before = bed.switch_bytes(side)?;
     let start = std::time::Instant::now();
     let cpu0 = Cpu::read(bed.pid(side));
     let driven = drive(ctx, bed, side, &plan, &sample, SAMPLE)?;
     let (netd_s, machine_s) = cpu0.seconds_until(&Cpu::read(bed.pid(side)), ctx.ticks);
     let elapsed = start.elapsed().as_secs_f64();
-    let htb = before.map(|b| {
-        let took = start.elapsed().as_secs_f64();
-        bed.kernel
-            .class_bytes()
-            .iter()
-            .zip(b)
-            .map(|(a, b)| a.saturating_sub(b) as f64 * 8.0 / took)
-            .collect()
-    });
+    // The drive's window on the sampler's clock is [0, end of the last sample]; the switch
+    // counters were read just outside it, so both cover the whole run with all its traffic.
+    let switch = bed
+        .switch_bytes(side)?
+        .iter()
+        .zip(before)
+        .map(|(a, b)| a.saturating_sub(b) as f64 * 8.0 / elapsed)
+        .collect();
+    let l2_whole = (0..topo.tenants.len())
+        .map(|k| {
+            let series = driven.of(&topo.servers_of(k));
+            let bytes: f64 = series
+                .iter()
+                .map(|s| s.wire.last().copied().unwrap_or(0) as f64)
+                .sum();
+            bytes * 8.0 / elapsed
+        })
+        .collect();
     let (a, b) = (driven.t0 + ctx.warm, driven.t0 + secs - 0.3);
     let l2 = (0..topo.tenants.len())
         .map(|k| driven.tenant_rate(topo, k, a, b))
@@ -140,10 +153,24 @@ fn saturate(ctx: &Ctx, bed: &Bed, side: Side, flows: &[u32], secs: f64) -> Resul
         l2,
         goodput,
         driven,
-        htb,
+        switch,
+        l2_whole,
         netd_cpu: netd_s / elapsed * 100.0,
         machine_busy: machine_s / (elapsed * ctx.cpus) * 100.0,
     })
+}
+
+impl Saturated {
+    /// Return the largest deviation, in %, of the runner's L2 figure from the switch's own
+    /// counters over the whole run, among tenants that sent.
+    fn counter_deviation(&self) -> f64 {
+        self.l2_whole
+            .iter()
+            .zip(&self.switch)
+            .filter(|&(_, &sw)| sw > 1e6)
+            .map(|(l2, sw)| ((l2 - sw) / sw * 100.0).abs())
+            .fold(0.0, f64::max)
+    }
 }
 
 /// Record per-tenant L2, error and goodput of a saturating run; return max |error| in %.
@@ -207,7 +234,7 @@ fn raw(scenario: &str, phase: &str, rep: u32, side: Side, s: &Saturated) -> serd
     json!({
         "scenario": scenario, "phase": phase, "rep": rep, "side": side,
         "l2_bps": s.l2, "goodput_bps": s.goodput, "iperf": s.driven.iperf,
-        "htb_class_bps": s.htb, "netd_cpu_pct_core": s.netd_cpu,
+        "switch_bps": s.switch, "l2_whole_run_bps": s.l2_whole, "netd_cpu_pct_core": s.netd_cpu,
         "machine_busy_pct": s.machine_busy,
     })
 }
@@ -236,9 +263,10 @@ fn save_plot(ctx: &Ctx, out: &mut Outcome, file: &str, title: &str, panels: &[Pa
 fn log(scenario: &str, phase: &str, rep: u32, side: Side, s: &Saturated) {
     let l2: Vec<String> = s.l2.iter().map(|x| format!("{:.1}", x / 1e6)).collect();
     eprintln!(
-        "  {scenario} {phase}rep {rep} {:<40} L2 Mbit/s {}  (CPU: netd {:.0}% of a core, machine {:.0}% busy)",
+        "  {scenario} {phase}rep {rep} {:<40} L2 Mbit/s {}  (vs switch counters {:.2}%; CPU: netd {:.0}% of a core, machine {:.0}% busy)",
         side.label(),
         l2.join(" / "),
+        s.counter_deviation(),
         s.netd_cpu,
         s.machine_busy
     );
@@ -259,6 +287,7 @@ pub fn guarantee(ctx: &Ctx) -> Result<Outcome> {
             log(NAME, "", rep, side, &s);
             let worst = record(&mut fig, &topo, side, "", &s, &want);
             fig.add("max |L2 error|", side, worst);
+            fig.add("L2 vs switch's own counters", side, s.counter_deviation());
             fig.add("machine CPU busy", side, s.machine_busy);
             if side == Side::Netd {
                 fig.add("netd CPU", side, s.netd_cpu);
@@ -284,6 +313,8 @@ pub fn guarantee(ctx: &Ctx) -> Result<Outcome> {
         &want,
         ("max |L2 error|", Target::AtMost(0.5)),
     );
+    out.rows
+        .push(fig.row(NAME, "L2 vs switch's own counters", "% max |dev|", None));
     out.rows
         .push(fig.row(NAME, "machine CPU busy", "% of all cores", None));
     out.rows
@@ -582,7 +613,7 @@ pub fn realloc(ctx: &Ctx) -> Result<Outcome> {
                 .filter(|&i| {
                     let dt = t2_data.t[i] - t2_data.t[i - 1];
                     dt > 0.0
-                        && (t2_data.bytes[i] - t2_data.bytes[i - 1]) as f64 * 8.0 / dt > threshold
+                        && (t2_data.wire[i] - t2_data.wire[i - 1]) as f64 * 8.0 / dt > threshold
                 })
                 .collect();
             let (Some(&first), Some(&last)) = (active.first(), active.last()) else {
