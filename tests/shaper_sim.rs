@@ -136,6 +136,16 @@ fn idle_busy_idle_transitions_settle_within_10ms() {
             tenant(2, mbit(100), gbit(1), 2),
         ],
     );
+    // Tenant 1 is overloaded, so its queue is always full: when its source stops, that
+    // backlog (up to max_delay of frames, 20 ms by default) still goes out, and the split
+    // cannot settle before it has. A 5 ms queue here isolates the hierarchy's own reaction.
+    let cfg = ShaperConfig {
+        queue: QueueLimits {
+            max_delay: 5 * MS,
+            ..QueueLimits::default()
+        },
+        ..cfg
+    };
     let sources = vec![
         Source::new(0, 0, Size::Fixed(1500), Demand::Greedy(4)),
         Source::new(1, 1, Size::Fixed(1500), Demand::Poisson(2_000_000_000))

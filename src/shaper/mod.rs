@@ -89,7 +89,7 @@ pub struct PortConfig {
 /// the tenant's actual share, whatever it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QueueLimits {
-    /// Queueing delay bound (default 5 ms).
+    /// Queueing delay bound (default 20 ms, as `[host] queue_delay`).
     pub max_delay: Nanos,
     /// Bytes always accepted, so slow tenants can hold a few frames (default 64 KiB).
     pub min_bytes: u32,
@@ -100,7 +100,7 @@ pub struct QueueLimits {
 impl Default for QueueLimits {
     fn default() -> Self {
         QueueLimits {
-            max_delay: 5 * MILLI,
+            max_delay: 20 * MILLI,
             min_bytes: 64 * 1024,
             max_frames: 4096,
         }
@@ -319,7 +319,7 @@ mod tests {
             BurstConfig::default().bytes_for(Rate::from_bits_per_sec(1_000_000)),
             65_536
         );
-        assert_eq!(QueueLimits::default().byte_limit(g), 625_000);
+        assert_eq!(QueueLimits::default().byte_limit(g), 2_500_000);
         assert_eq!(
             QueueLimits::default().byte_limit(Rate::from_bits_per_sec(1_000_000)),
             65_536
