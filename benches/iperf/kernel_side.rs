@@ -41,6 +41,9 @@ use crate::topo::BenchTopo;
 pub enum Htb {
     Default,
     Tuned,
+    /// No shaping at all: the ports are not redirected to the IFB, so frames cross the
+    /// bridge alone (the kernel's fastest switch; the throughput reference of issue 5).
+    Off,
 }
 
 /// The servers' interface offloads.
@@ -61,6 +64,8 @@ pub struct KernelBed {
     topo: BenchTopo,
     sw: String,
     current: Option<(Htb, Offloads)>,
+    /// The ports' ingress is redirected to the IFB (true unless [`Htb::Off`] is in force).
+    redirected: bool,
     /// Time to build namespaces, veths, bridge, IFB and ingress redirects.
     pub startup: Duration,
 }
@@ -84,6 +89,7 @@ impl KernelBed {
             topo: topo.clone(),
             sw: format!("{ns_prefix}-sw"),
             current: None,
+            redirected: false,
             startup: Duration::ZERO,
         };
         // From here on, a failure drops `bed`, which deletes whatever was created.
@@ -143,19 +149,39 @@ impl KernelBed {
                 T,
             )?;
         }
-        let mut batch = String::new();
-        for i in 0..topo.servers.len() {
-            let port = bed.port(i);
-            let _ = writeln!(batch, "qdisc add dev {port} handle ffff: ingress");
-            let _ = writeln!(
-                batch,
-                "filter add dev {port} parent ffff: protocol all prio 1 u32 match u32 0 0 \
-                 action mirred egress redirect dev {ifb}"
-            );
-        }
-        run_args(&["tc", "-n", &bed.sw, "-batch", "-"], Some(&batch), T)?;
+        bed.set_redirect(true)?;
         bed.startup = start.elapsed();
         Ok(bed)
+    }
+
+    /// Redirect every port's ingress to the IFB (where HTB shapes), or remove the redirects.
+    fn set_redirect(&mut self, on: bool) -> Result<()> {
+        if self.redirected == on {
+            return Ok(());
+        }
+        let ifb = self.ifb();
+        let mut batch = String::new();
+        for i in 0..self.topo.servers.len() {
+            let port = self.port(i);
+            if on {
+                let _ = writeln!(batch, "qdisc add dev {port} handle ffff: ingress");
+                let _ = writeln!(
+                    batch,
+                    "filter add dev {port} parent ffff: protocol all prio 1 u32 match u32 0 0 \
+                     action mirred egress redirect dev {ifb}"
+                );
+            } else {
+                let _ = writeln!(batch, "qdisc del dev {port} handle ffff: ingress");
+            }
+        }
+        run_args(&["tc", "-n", &self.sw, "-batch", "-"], Some(&batch), T).with_context(|| {
+            format!(
+                "setting the IFB redirects {}",
+                if on { "on" } else { "off" }
+            )
+        })?;
+        self.redirected = on;
+        Ok(())
     }
 
     /// Return the namespace of bench server `server`.
@@ -213,7 +239,11 @@ impl KernelBed {
         Ok(())
     }
 
-    fn set_htb(&self, htb: Htb) -> Result<()> {
+    fn set_htb(&mut self, htb: Htb) -> Result<()> {
+        self.set_redirect(htb != Htb::Off)?;
+        if htb == Htb::Off {
+            return Ok(());
+        }
         let ifb = self.ifb();
         let t = &self.topo;
         let tuned = |bits: u64| {
@@ -241,7 +271,7 @@ impl KernelBed {
         );
         for (k, tenant) in t.tenants.iter().enumerate() {
             let extra = match htb {
-                Htb::Default => String::new(),
+                Htb::Default | Htb::Off => String::new(),
                 Htb::Tuned => format!(
                     "{} quantum {}",
                     tuned(tenant.guaranteed.max(tenant.ceiling)),

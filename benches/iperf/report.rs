@@ -26,6 +26,7 @@ impl Side {
         match self {
             Side::Netd => Column::Netd,
             Side::Kernel(Htb::Default, _) => Column::KernelDefault,
+            Side::Kernel(Htb::Off, _) => Column::KernelBridge,
             Side::Kernel(Htb::Tuned, o) if o == tap_offloads => Column::KernelTuned,
             // Only the throughput scenario runs tuned HTB with both offload settings; the
             // veth-default run is the kernel at its best and gets the extra column.
@@ -37,6 +38,9 @@ impl Side {
     pub fn label(self) -> String {
         match self {
             Side::Netd => "netd".into(),
+            Side::Kernel(Htb::Off, o) => {
+                format!("kernel bridge, no HTB, {o:?} offloads").to_lowercase()
+            }
             Side::Kernel(h, o) => format!("kernel HTB {h:?}, {o:?} offloads").to_lowercase(),
         }
     }
@@ -49,13 +53,15 @@ pub enum Column {
     KernelDefault,
     KernelTuned,
     KernelTunedVeth,
+    KernelBridge,
 }
 
-const COLUMNS: [Column; 4] = [
+const COLUMNS: [Column; 5] = [
     Column::Netd,
     Column::KernelDefault,
     Column::KernelTuned,
     Column::KernelTunedVeth,
+    Column::KernelBridge,
 ];
 
 /// Median, min and max of a figure over repetitions.
@@ -121,6 +127,8 @@ pub struct Row {
     pub columns: BTreeMap<String, Stat>,
     /// netd median ÷ kernel median (tuned HTB, else default HTB); none for signed errors.
     pub ratio: Option<f64>,
+    /// netd median ÷ the unshaped kernel bridge's median, where that ran (throughput).
+    pub ratio_bridge: Option<f64>,
     pub target: Option<String>,
     pub pass: Option<bool>,
 }
@@ -175,12 +183,17 @@ impl Figures {
             (Some(n), Some(k)) if k != 0.0 => Some(n / k),
             _ => None,
         };
+        let ratio_bridge = match (netd, columns.get("KernelBridge")) {
+            (Some(n), Some(b)) if b.median != 0.0 => Some(n / b.median),
+            _ => None,
+        };
         Row {
             scenario: scenario.to_string(),
             metric: metric.to_string(),
             unit: unit.to_string(),
             columns,
             ratio,
+            ratio_bridge,
             target: target.map(|t| t.text(unit)),
             pass: target.and_then(|t| netd.map(|n| t.check(n))),
         }
@@ -218,14 +231,15 @@ pub fn markdown(header: &str, rows: &[Row]) -> String {
     let _ = writeln!(
         out,
         "| scenario | metric | unit | netd | kernel default HTB | kernel tuned HTB | \
-         kernel tuned, veth offloads | netd/kernel | target | |"
+         kernel tuned, veth offloads | kernel bridge, no HTB | netd/kernel | netd/bridge | \
+         target | |"
     );
-    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in rows {
         let c = |k: &str| cell(r.columns.get(k));
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r.scenario,
             r.metric,
             r.unit,
@@ -233,7 +247,9 @@ pub fn markdown(header: &str, rows: &[Row]) -> String {
             c("KernelDefault"),
             c("KernelTuned"),
             c("KernelTunedVeth"),
+            c("KernelBridge"),
             r.ratio.map_or("–".into(), |x| format!("{x:.2}")),
+            r.ratio_bridge.map_or("–".into(), |x| format!("{x:.2}")),
             r.target.clone().unwrap_or_else(|| "–".into()),
             match r.pass {
                 Some(true) => "pass",

@@ -7,7 +7,9 @@
 //! machine's busy CPU per GB of L2 frames moved (both servers' receive counters).
 //!
 //! Kernel sides: tuned HTB at 100 Gbit/s with the servers' offloads as netd's TAP (the like-
-//! for-like column) and with veth's default offloads (the kernel at its best).
+//! for-like column: a bridge whose ports are redirected through an IFB carrying HTB, which
+//! is how the kernel shapes per tenant), and the bridge alone with no shaping (the kernel at
+//! its fastest, the `netd/bridge` ratio).
 
 use std::time::{Duration, Instant};
 
@@ -43,6 +45,8 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
     if ctx.tap_offloads != Offloads::Veth {
         sides.push(Side::Kernel(Htb::Tuned, Offloads::Veth));
     }
+    // The bridge alone, no IFB, no HTB: the kernel's fastest switch, issue 5's reference.
+    sides.push(Side::Kernel(Htb::Off, Offloads::Veth));
     let loads = [
         ("1 TCP flow", 1, None),
         ("4 TCP flows", 4, None),
