@@ -96,6 +96,15 @@ pub struct Driven {
     pub iperf: Vec<IperfResult>,
     /// Sampler time at which the run started (flows' `start` is relative to it).
     pub t0: f64,
+    /// Sampler time at which each [`Action`] began, in the order given.
+    pub marks: Vec<f64>,
+}
+
+/// Something done during a run (a live rate change), `at` seconds after its start, after
+/// every flow has started.
+pub struct Action<'a> {
+    pub at: f64,
+    pub run: Box<dyn FnMut() -> Result<()> + 'a>,
 }
 
 impl Driven {
@@ -143,6 +152,19 @@ pub fn drive(
     sample: &[String],
     interval: Duration,
 ) -> Result<Driven> {
+    drive_with(ctx, bed, side, flows, sample, interval, Vec::new())
+}
+
+/// As [`drive`], doing `actions` at their times while the flows run.
+pub fn drive_with(
+    ctx: &Ctx,
+    bed: &Bed,
+    side: Side,
+    flows: &[Flow],
+    sample: &[String],
+    interval: Duration,
+    mut actions: Vec<Action<'_>>,
+) -> Result<Driven> {
     let mut servers = Vec::new();
     for (i, f) in flows.iter().enumerate() {
         servers.push(IperfServer::start(&bed.ns(side, &f.to), port(i))?);
@@ -175,6 +197,15 @@ pub fn drive(
             &load,
         )?);
     }
+    let mut marks = Vec::with_capacity(actions.len());
+    for action in &mut actions {
+        let wait = t0 + action.at - sampler.now();
+        if wait > 0.0 {
+            sleep(Duration::from_secs_f64(wait))?;
+        }
+        marks.push(sampler.now());
+        (action.run)()?;
+    }
     let mut iperf = Vec::new();
     for c in clients.into_iter().flatten() {
         iperf.push(c.finish()?);
@@ -187,6 +218,7 @@ pub fn drive(
         series,
         iperf,
         t0,
+        marks,
     })
 }
 

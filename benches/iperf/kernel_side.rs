@@ -30,7 +30,7 @@
 use std::fmt::Write;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use netd::topology::Rate;
 
 use crate::proc::{self, ns_cmd, run, run_args};
@@ -73,6 +73,13 @@ pub struct KernelBed {
 /// Return `1:{minor}` for tenant `k`'s class (minor in hex, as tc reads it).
 fn class_of(k: usize) -> String {
     format!("1:{:x}", 0x10 + k)
+}
+
+/// Return tuned HTB's ` burst B cburst B` for a class of `bits`/s: max(100 kB, 1 ms of the
+/// rate), netd's own bucket size rule with tc's floor.
+fn tuned_burst(bits: u64) -> String {
+    let b = (bits / 8 / 1000).max(100_000);
+    format!(" burst {b} cburst {b}")
 }
 
 fn rate(bits: u64) -> String {
@@ -239,6 +246,42 @@ impl KernelBed {
         Ok(())
     }
 
+    /// Return the tc line that `verb`s (adds, changes) tenant `k`'s class with `guaranteed`.
+    fn class_line(&self, verb: &str, htb: Htb, k: usize, guaranteed: u64) -> String {
+        let t = &self.topo;
+        let tenant = &t.tenants[k];
+        let extra = match htb {
+            Htb::Default | Htb::Off => String::new(),
+            Htb::Tuned => format!(
+                "{} quantum {}",
+                tuned_burst(guaranteed.max(tenant.ceiling)),
+                60_000 * u64::from(tenant.weight.max(1))
+            ),
+        };
+        format!(
+            "class {verb} dev {} parent 1:1 classid {} htb rate {} ceil {}{extra}",
+            self.ifb(),
+            class_of(k),
+            rate(guaranteed),
+            rate(tenant.ceiling.min(t.capacity)),
+        )
+    }
+
+    /// Change the guarantees (HTB `rate`) of tenants' classes live, in one `tc -batch`, as
+    /// an operator would with `tc class change`.
+    pub fn change_guarantees(&self, changes: &[(usize, u64)]) -> Result<()> {
+        let Some((htb, _)) = self.current else {
+            bail!("no HTB in force to change");
+        };
+        let mut batch = String::new();
+        for &(k, bits) in changes {
+            let _ = writeln!(batch, "{}", self.class_line("change", htb, k, bits));
+        }
+        run_args(&["tc", "-n", &self.sw, "-batch", "-"], Some(&batch), T)
+            .context("tc class change")?;
+        Ok(())
+    }
+
     fn set_htb(&mut self, htb: Htb) -> Result<()> {
         self.set_redirect(htb != Htb::Off)?;
         if htb == Htb::Off {
@@ -246,11 +289,6 @@ impl KernelBed {
         }
         let ifb = self.ifb();
         let t = &self.topo;
-        let tuned = |bits: u64| {
-            // max(100 kB, 1 ms of the rate): netd's own bucket size rule, with tc's floor.
-            let b = (bits / 8 / 1000).max(100_000);
-            format!(" burst {b} cburst {b}")
-        };
         // Delete the old tree (its classes and filters go with it); none exists the first time.
         let _ = run_args(
             &["tc", "-n", &self.sw, "qdisc", "del", "dev", &ifb, "root"],
@@ -260,7 +298,7 @@ impl KernelBed {
         let mut batch = String::new();
         let _ = writeln!(batch, "qdisc add dev {ifb} root handle 1: htb");
         let root_extra = if htb == Htb::Tuned {
-            tuned(t.capacity)
+            tuned_burst(t.capacity)
         } else {
             String::new()
         };
@@ -269,22 +307,9 @@ impl KernelBed {
             "class add dev {ifb} parent 1: classid 1:1 htb rate {c} ceil {c}{root_extra}",
             c = rate(t.capacity)
         );
-        for (k, tenant) in t.tenants.iter().enumerate() {
-            let extra = match htb {
-                Htb::Default | Htb::Off => String::new(),
-                Htb::Tuned => format!(
-                    "{} quantum {}",
-                    tuned(tenant.guaranteed.max(tenant.ceiling)),
-                    60_000 * u64::from(tenant.weight.max(1))
-                ),
-            };
-            let _ = writeln!(
-                batch,
-                "class add dev {ifb} parent 1:1 classid {} htb rate {} ceil {}{extra}",
-                class_of(k),
-                rate(tenant.guaranteed),
-                rate(tenant.ceiling.min(t.capacity)),
-            );
+        for k in 0..t.tenants.len() {
+            let line = self.class_line("add", htb, k, t.tenants[k].guaranteed);
+            let _ = writeln!(batch, "{line}");
         }
         for s in &t.servers {
             let m = s.mac;

@@ -50,8 +50,8 @@ struct Args {
     /// A few seconds per scenario and one repetition (CI smoke).
     #[arg(long)]
     quick: bool,
-    /// Scenarios to run (comma-separated): throughput, guarantee, loans, aggressor, latency,
-    /// realloc, scale. Default: all.
+    /// Scenarios to run (comma-separated): throughput, shaped, guarantee, loans, aggressor, latency,
+    /// realloc, ratechange, scale. Default: all.
     #[arg(long, value_delimiter = ',')]
     scenario: Vec<String>,
     /// Repetitions per side (default 3, 1 with --quick).

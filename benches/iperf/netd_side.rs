@@ -103,21 +103,9 @@ impl NetdBed {
     /// Return the wire bytes netd's shaper let each tenant send so far (own + borrowed
     /// tokens), in the order of `tenants`; read through `netd stats --json`.
     pub fn charged_bytes(&self, tenants: &[String]) -> Result<Vec<u64>> {
-        let out = Command::new(env!("CARGO_BIN_EXE_netd"))
-            .arg("--topology")
-            .arg(&self.file)
-            .args(["stats", "--json"])
-            .stderr(Stdio::null())
-            .output()
-            .context("cannot run netd stats")?;
-        if !out.status.success() {
-            bail!(
-                "netd stats failed: {}",
-                String::from_utf8_lossy(&out.stdout)
-            );
-        }
+        let out = self.cli(&["stats", "--json"])?;
         let stats: serde_json::Value =
-            serde_json::from_slice(&out.stdout).context("parsing netd stats --json")?;
+            serde_json::from_str(&out).context("parsing netd stats --json")?;
         let of = |name: &str| -> Option<u64> {
             let t = stats["tenants"]
                 .as_array()?
@@ -129,6 +117,40 @@ impl NetdBed {
             .iter()
             .map(|n| of(n).with_context(|| format!("no shaper counters for tenant {n}")))
             .collect()
+    }
+
+    /// Return the frames netd has written to its ports so far (every tenant's `tx_frames`).
+    pub fn forwarded_frames(&self) -> Result<u64> {
+        let out = self.cli(&["stats", "--json"])?;
+        let stats: serde_json::Value =
+            serde_json::from_str(&out).context("parsing netd stats --json")?;
+        stats["tenants"]
+            .as_array()
+            .context("no tenants in netd stats")?
+            .iter()
+            .map(|t| t["counters"]["tx_frames"].as_u64().context("no tx_frames"))
+            .sum()
+    }
+
+    /// Run a control command (`netd --topology FILE ARGS…`) against this daemon; return
+    /// its standard output.
+    pub fn cli(&self, args: &[&str]) -> Result<String> {
+        let out = Command::new(env!("CARGO_BIN_EXE_netd"))
+            .arg("--topology")
+            .arg(&self.file)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("cannot run netd {}", args.join(" ")))?;
+        if !out.status.success() {
+            bail!(
+                "netd {} failed: {}{}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     /// Return everything netd logged so far.

@@ -7,11 +7,13 @@
 //! | name | what | module |
 //! |---|---|---|
 //! | `throughput` | unshaped 1/4 TCP flows, UDP 64 B; CPU per GB | [`throughput`] |
+//! | `shaped` | one tenant shaped to 5 Gbit/s, 1/4 TCP flows: accuracy, retransmits | [`throughput`] |
 //! | `guarantee` | three tenants saturating: L2 vs entitlement | [`shaping`] |
 //! | `loans` | idle tenant lent by weight (5:3); ceiling binding; lone tenant | [`shaping`] |
 //! | `aggressor` | 16 flows vs 1 flow | [`shaping`] |
 //! | `latency` | ping p50/p99 idle, beside a saturating tenant, inside it | [`shaping`] |
 //! | `realloc` | ms until the split holds within 5% after a tenant leaves/returns | [`shaping`] |
+//! | `ratechange` | ms until the split holds within 5% after a live guarantee change | [`shaping`] |
 //! | `scale` | 10/100/1000 servers: start-up, netd RSS, 2-server throughput | [`scale`] |
 
 pub mod scale;
@@ -23,13 +25,15 @@ use serde::Serialize;
 use crate::report::Row;
 
 /// Every scenario, in run order.
-pub const ALL: [&str; 7] = [
+pub const ALL: [&str; 9] = [
     "throughput",
+    "shaped",
     "guarantee",
     "loans",
     "aggressor",
     "latency",
     "realloc",
+    "ratechange",
     "scale",
 ];
 
@@ -49,11 +53,13 @@ pub struct Outcome {
 pub fn run(ctx: &crate::Ctx, name: &str) -> anyhow::Result<Outcome> {
     match name {
         "throughput" => throughput::run(ctx),
+        "shaped" => throughput::shaped(ctx),
         "guarantee" => shaping::guarantee(ctx),
         "loans" => shaping::loans(ctx),
         "aggressor" => shaping::aggressor(ctx),
         "latency" => shaping::latency(ctx),
         "realloc" => shaping::realloc(ctx),
+        "ratechange" => shaping::ratechange(ctx),
         "scale" => scale::run(ctx),
         other => anyhow::bail!("unknown scenario {other:?}; known: {}", ALL.join(", ")),
     }

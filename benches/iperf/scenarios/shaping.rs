@@ -18,7 +18,7 @@ use anyhow::Result;
 use serde_json::json;
 
 use crate::Ctx;
-use crate::bed::{Bed, Driven, Flow, drive};
+use crate::bed::{Action, Bed, Driven, Flow, drive, drive_with};
 use crate::iperf::{Client, IperfServer, Load, ping, settle};
 use crate::kernel_side::Htb;
 use crate::measure::{Cpu, percentile};
@@ -627,9 +627,11 @@ pub fn realloc(ctx: &Ctx) -> Result<Outcome> {
             while t_off > t_on && rate(1, t_off - 0.010, t_off) < 0.5 * busy[1] {
                 t_off -= 0.001;
             }
-            let on = settle_ms(&rate, &[(0, busy[0]), (1, busy[1])], t_on, t_off);
+            let band = |want: f64| 0.05 * want;
+            let targets = [(0, busy[0], band(busy[0])), (1, busy[1], band(busy[1]))];
+            let on = settle_ms(&rate, &targets, t_on, t_off);
             let end = d.t0 + lead + mid + tail - 0.1;
-            let off = settle_ms(&rate, &[(0, alone[0])], t_off, end);
+            let off = settle_ms(&rate, &[(0, alone[0], band(alone[0]))], t_off, end);
             eprintln!(
                 "  {NAME} rep {rep} {:<40} t2 returns: {} ms, t2 leaves: {} ms",
                 side.label(),
@@ -678,11 +680,205 @@ pub fn realloc(ctx: &Ctx) -> Result<Outcome> {
     Ok(out)
 }
 
-/// Return ms from `event` until every tenant's rate over every 50 ms window starting in the
-/// next 100 ms is within 5% of its target (searching 1 ms steps until `until`), or `None`.
+/// Scenario 6b (issue 6): t1 and t2 saturate (t3 idle); an operator moves guarantee from t1
+/// to t2 live (netd: two `netd set-rate` calls; kernel: one `tc class change` batch).
+/// Milliseconds from the change command until the new split holds (every 50 ms window over
+/// the next 100 ms within 5% of the link of each tenant's new entitlement, see [`settle_ms`]),
+/// and each tenant's error in the settled second half. The time includes the CLI's own
+/// start-up, as an operator would see it.
+pub fn ratechange(ctx: &Ctx) -> Result<Outcome> {
+    const NAME: &str = "6 rate change";
+    let topo = three(ctx)?;
+    let mut bed = Bed::up(ctx, &topo)?;
+    // t1 500 → 100, t2 300 → 700 (× rate-scale): guarantees still sum to the capacity.
+    let (g1, g2) = (topo.tenants[0].guaranteed, topo.tenants[1].guaranteed);
+    let (n1, n2) = (g1 / 5, g2 + g1 - g1 / 5);
+    let mut after = topo.clone();
+    after.tenants[0].guaranteed = n1;
+    after.tenants[1].guaranteed = n2;
+    let before_want = topo.entitlement(&[true, true, false]);
+    let after_want = after.entitlement(&[true, true, false]);
+    let (t1a, t1b) = pair(&topo, 0);
+    let (t2a, t2b) = pair(&topo, 1);
+    let sample = vec![t1a.clone(), t1b.clone(), t2a.clone(), t2b.clone()];
+    let (lead, mid, tail) = ctx.realloc;
+    let secs = lead + mid + tail;
+    let (mut out, mut fig, mut panels) = (Outcome::default(), figures(ctx), Vec::new());
+    let names: Vec<String> = topo.tenants.iter().map(|t| t.name.clone()).collect();
+    let mbit = |bits: u64| format!("{}kbit", bits / 1000);
+    for rep in 0..ctx.reps {
+        for side in sides(ctx) {
+            check_stop()?;
+            bed.prepare(side)?;
+            let plan = [
+                Flow {
+                    from: t1a.clone(),
+                    to: t1b.clone(),
+                    flows: 1,
+                    start: 0.0,
+                    secs,
+                },
+                Flow {
+                    from: t2a.clone(),
+                    to: t2b.clone(),
+                    flows: 1,
+                    start: 0.0,
+                    secs,
+                },
+            ];
+            let change: Action = Action {
+                at: lead,
+                run: Box::new(|| match side {
+                    // Lower t1 first: each change alone must validate (Σ ≤ capacity).
+                    Side::Netd => {
+                        bed.netd
+                            .cli(&["set-rate", &names[0], "--guaranteed", &mbit(n1)])?;
+                        bed.netd
+                            .cli(&["set-rate", &names[1], "--guaranteed", &mbit(n2)])?;
+                        Ok(())
+                    }
+                    Side::Kernel(..) => bed.kernel.change_guarantees(&[(0, n1), (1, n2)]),
+                }),
+            };
+            let d = drive_with(
+                ctx,
+                &bed,
+                side,
+                &plan,
+                &sample,
+                Duration::from_millis(1),
+                vec![change],
+            )?;
+            // Put the old plan back for the next run.
+            match side {
+                Side::Netd => {
+                    bed.netd
+                        .cli(&["set-rate", &names[1], "--guaranteed", &mbit(g2)])?;
+                    bed.netd
+                        .cli(&["set-rate", &names[0], "--guaranteed", &mbit(g1)])?;
+                }
+                Side::Kernel(..) => bed.kernel.change_guarantees(&[(1, g2), (0, g1)])?,
+            }
+            let t_change = d.marks[0];
+            let rate = |k: usize, a: f64, b: f64| d.tenant_rate(&topo, k, a, b);
+            let end = d.t0 + secs - 0.3;
+            // The band is 5% of the link for both: a single 200 Mbit/s TCP flow swings
+            // ±25% over 10 ms on either switch, so 5% of its own rate (±10 Mbit/s) is TCP's
+            // noise, not the switch's; ±50 Mbit/s still tells a 600/400 split from 200/800.
+            let band = 0.05 * topo.capacity as f64;
+            let settle = settle_ms(
+                &rate,
+                &[(0, after_want[0], band), (1, after_want[1], band)],
+                t_change,
+                end,
+            );
+            let halfway = halfway_ms(&rate, 0, before_want[0], after_want[0], t_change, end);
+            let steady = |k: usize, want: &[f64], a: f64, b: f64| {
+                (rate(k, a, b) - want[k]) / want[k] * 100.0
+            };
+            let before_err = [
+                steady(0, &before_want, d.t0 + ctx.warm.min(lead / 2.0), t_change),
+                steady(1, &before_want, d.t0 + ctx.warm.min(lead / 2.0), t_change),
+            ];
+            let after_err = [
+                steady(0, &after_want, t_change + (end - t_change) / 2.0, end),
+                steady(1, &after_want, t_change + (end - t_change) / 2.0, end),
+            ];
+            eprintln!(
+                "  {NAME} rep {rep} {:<40} t1 half-way after {} ms; new split within 5% after {} ms; error before {:.2}/{:.2}%, after {:.2}/{:.2}%",
+                side.label(),
+                halfway.map_or("never".into(), |x| format!("{x:.0}")),
+                settle.map_or("never".into(), |x| format!("{x:.0}")),
+                before_err[0],
+                before_err[1],
+                after_err[0],
+                after_err[1],
+            );
+            fig.add(
+                "ms to new split within 5% of the link",
+                side,
+                settle.unwrap_or((end - t_change) * 1e3),
+            );
+            fig.add(
+                "ms until t1 is half-way to its new rate",
+                side,
+                halfway.unwrap_or((end - t_change) * 1e3),
+            );
+            let worst = |e: [f64; 2]| e[0].abs().max(e[1].abs());
+            fig.add("max |error| before", side, worst(before_err));
+            fig.add("max |error| after", side, worst(after_err));
+            if rep == 0 {
+                let mut p = panel(side, &topo, &d, &[0.0; 3], 0.01);
+                p.lines.truncate(2);
+                panels.push(p);
+            }
+            out.runs.push(json!({
+                "scenario": NAME, "rep": rep, "side": side, "t_change": t_change - d.t0,
+                "settle_ms": settle, "halfway_ms": halfway, "error_before_pct": before_err,
+                "error_after_pct": after_err, "iperf": d.iperf,
+                "mbit_10ms": [d.tenant_curve(&topo, 0, 0.01), d.tenant_curve(&topo, 1, 0.01)],
+            }));
+        }
+    }
+    let unit = |want: &[f64]| format!("% (want {:.0}/{:.0})", want[0] / 1e6, want[1] / 1e6);
+    out.rows.push(fig.row(
+        NAME,
+        "ms to new split within 5% of the link",
+        "ms",
+        Some(Target::AtMost(10.0)),
+    ));
+    out.rows.push(fig.row(
+        NAME,
+        "ms until t1 is half-way to its new rate",
+        "ms",
+        Some(Target::AtMost(10.0)),
+    ));
+    out.rows
+        .push(fig.row(NAME, "max |error| before", &unit(&before_want), None));
+    out.rows
+        .push(fig.row(NAME, "max |error| after", &unit(&after_want), None));
+    save_plot(
+        ctx,
+        &mut out,
+        "ratechange.svg",
+        "t1 and t2 saturating; guarantee moved from t1 to t2 live (10 ms bins of 1 ms samples)",
+        &panels,
+    );
+    Ok(out)
+}
+
+/// Return ms from `event` until tenant `k`'s rate over a 10 ms window centred on the instant
+/// has moved at least half-way from `old` to `new` (1 ms steps until `until`), or `None`.
+/// Where [`settle_ms`]'s 50 ms windows blur a change faster than themselves, this times the
+/// switch's reaction itself (a tenant whose guarantee drops is held back by the shaper at
+/// once, whatever its TCP does).
+fn halfway_ms(
+    rate: &dyn Fn(usize, f64, f64) -> f64,
+    k: usize,
+    old: f64,
+    new: f64,
+    event: f64,
+    until: f64,
+) -> Option<f64> {
+    const STEP: f64 = 0.001;
+    const HALF_WINDOW: f64 = 0.005;
+    let mut c = event;
+    while c + HALF_WINDOW <= until {
+        let moved = (rate(k, c - HALF_WINDOW, c + HALF_WINDOW) - old) / (new - old);
+        if moved >= 0.5 {
+            return Some((c - event) * 1e3);
+        }
+        c += STEP;
+    }
+    None
+}
+
+/// Return ms from `event` until every tenant `k`'s rate over every 50 ms window starting in
+/// the next 100 ms is within `band` bits/s of its target `want` (targets are `(k, want,
+/// band)`; searching 1 ms steps until `until`), or `None`.
 fn settle_ms(
     rate: &dyn Fn(usize, f64, f64) -> f64,
-    targets: &[(usize, f64)],
+    targets: &[(usize, f64, f64)],
     event: f64,
     until: f64,
 ) -> Option<f64> {
@@ -695,7 +891,7 @@ fn settle_ms(
             let a = t + STEP * j as f64;
             targets
                 .iter()
-                .all(|&(k, want)| ((rate(k, a, a + WINDOW) - want) / want).abs() <= 0.05)
+                .all(|&(k, want, band)| (rate(k, a, a + WINDOW) - want).abs() <= band)
         });
         if holds {
             return Some((t - event) * 1e3);
