@@ -7,13 +7,14 @@
 
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result, bail};
 
 use crate::Ctx;
 use crate::iperf::{Client, IperfResult, IperfServer, Load, settle};
 use crate::kernel_side::KernelBed;
 use crate::measure::{Sampler, Series};
 use crate::netd_side::NetdBed;
+use crate::peers::{Peer, PeerBed};
 use crate::proc::sleep;
 use crate::report::Side;
 use crate::topo::BenchTopo;
@@ -23,6 +24,8 @@ pub struct Bed {
     pub topo: BenchTopo,
     pub netd: NetdBed,
     pub kernel: KernelBed,
+    /// Peer switches brought up with [`Bed::add_peers`] (throughput only).
+    pub peers: Vec<PeerBed>,
 }
 
 impl Bed {
@@ -35,7 +38,38 @@ impl Bed {
             topo: topo.clone(),
             netd,
             kernel,
+            peers: Vec::new(),
         })
+    }
+
+    /// Bring up every installed peer switch on the same topology; return their sides. A
+    /// peer that is missing or fails to start is reported and left out, never fatal.
+    pub fn add_peers(&mut self, ctx: &Ctx) -> Vec<Side> {
+        if !ctx.peers {
+            return Vec::new();
+        }
+        for peer in Peer::ALL {
+            if !peer.installed() {
+                eprintln!(
+                    "  note: {} not installed (apt-get install {}): no column for it",
+                    peer.label(),
+                    peer.package()
+                );
+                continue;
+            }
+            match PeerBed::up(peer, &self.topo, &ctx.prefix, &ctx.tmp) {
+                Ok(bed) => self.peers.push(bed),
+                Err(e) => eprintln!("  warning: {} did not start: {e:#}", peer.label()),
+            }
+        }
+        self.peers.iter().map(|p| Side::Peer(p.peer)).collect()
+    }
+
+    fn peer(&self, peer: Peer) -> Result<&PeerBed> {
+        self.peers
+            .iter()
+            .find(|p| p.peer == peer)
+            .with_context(|| format!("{} is not up", peer.label()))
     }
 
     /// Return the namespace of `server` on `side`.
@@ -43,6 +77,10 @@ impl Bed {
         match side {
             Side::Netd => self.netd.ns(server),
             Side::Kernel(..) => self.kernel.ns(server),
+            // A peer that is not up has no namespaces: commands there fail with a clear error.
+            Side::Peer(p) => self
+                .peer(p)
+                .map_or_else(|_| format!("{p:?}-not-up"), |b| b.ns(server)),
         }
     }
 
@@ -64,6 +102,7 @@ impl Bed {
                 self.netd.charged_bytes(&names)
             }
             Side::Kernel(..) => Ok(self.kernel.class_bytes()),
+            Side::Peer(p) => bail!("{} has no per-tenant counters", p.label()),
         }
     }
 
@@ -72,6 +111,7 @@ impl Bed {
         match side {
             Side::Netd => self.netd.pid(),
             Side::Kernel(..) => None,
+            Side::Peer(p) => self.peer(p).ok().and_then(PeerBed::pid),
         }
     }
 }

@@ -26,6 +26,7 @@ mod iperf;
 mod kernel_side;
 mod measure;
 mod netd_side;
+mod peers;
 mod plot;
 mod proc;
 mod report;
@@ -70,6 +71,9 @@ struct Args {
     /// the shaper where senders and switch are not short of CPU (default 1: the file's rates).
     #[arg(long, default_value_t = 1.0)]
     rate_scale: f64,
+    /// Leave out the peer switches (Open vSwitch netdev, vde_switch) even where installed.
+    #[arg(long)]
+    no_peers: bool,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -107,6 +111,8 @@ pub struct Ctx {
     pub realloc: (f64, f64, f64),
     pub scale: Vec<usize>,
     pub scale_secs: f64,
+    /// Run the installed peer switches beside netd in the throughput scenario.
+    pub peers: bool,
 }
 
 fn sh(args: &[&str]) -> String {
@@ -224,6 +230,7 @@ fn run(args: Args) -> Result<bool> {
             vec![10, 100, 1000]
         },
         scale_secs: if quick { 3.0 } else { 5.0 },
+        peers: !args.no_peers,
     };
     let meta = json!({
         "started": stamp,

@@ -12,12 +12,15 @@ use std::fmt::Write;
 use serde::Serialize;
 
 use crate::kernel_side::{Htb, Offloads};
+use crate::peers::Peer;
 
 /// Which switch a figure was measured on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum Side {
     Netd,
     Kernel(Htb, Offloads),
+    /// A peer switch (throughput only, where installed).
+    Peer(Peer),
 }
 
 impl Side {
@@ -31,6 +34,8 @@ impl Side {
             // Only the throughput scenario runs tuned HTB with both offload settings; the
             // veth-default run is the kernel at its best and gets the extra column.
             Side::Kernel(Htb::Tuned, _) => Column::KernelTunedVeth,
+            Side::Peer(Peer::Ovs) => Column::Ovs,
+            Side::Peer(Peer::Vde) => Column::Vde,
         }
     }
 
@@ -38,6 +43,7 @@ impl Side {
     pub fn label(self) -> String {
         match self {
             Side::Netd => "netd".into(),
+            Side::Peer(p) => p.label().into(),
             Side::Kernel(Htb::Off, o) => {
                 format!("kernel bridge, no HTB, {o:?} offloads").to_lowercase()
             }
@@ -54,14 +60,18 @@ pub enum Column {
     KernelTuned,
     KernelTunedVeth,
     KernelBridge,
+    Ovs,
+    Vde,
 }
 
-const COLUMNS: [Column; 5] = [
+const COLUMNS: [Column; 7] = [
     Column::Netd,
     Column::KernelDefault,
     Column::KernelTuned,
     Column::KernelTunedVeth,
     Column::KernelBridge,
+    Column::Ovs,
+    Column::Vde,
 ];
 
 /// Median, min and max of a figure over repetitions.
@@ -231,15 +241,18 @@ pub fn markdown(header: &str, rows: &[Row]) -> String {
     let _ = writeln!(
         out,
         "| scenario | metric | unit | netd | kernel default HTB | kernel tuned HTB | \
-         kernel tuned, veth offloads | kernel bridge, no HTB | netd/kernel | netd/bridge | \
-         target | |"
+         kernel tuned, veth offloads | kernel bridge, no HTB | OVS netdev | vde_switch | \
+         netd/kernel | netd/bridge | target | |"
     );
-    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(
+        out,
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    );
     for r in rows {
         let c = |k: &str| cell(r.columns.get(k));
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r.scenario,
             r.metric,
             r.unit,
@@ -248,6 +261,8 @@ pub fn markdown(header: &str, rows: &[Row]) -> String {
             c("KernelTuned"),
             c("KernelTunedVeth"),
             c("KernelBridge"),
+            c("Ovs"),
+            c("Vde"),
             r.ratio.map_or("–".into(), |x| format!("{x:.2}")),
             r.ratio_bridge.map_or("–".into(), |x| format!("{x:.2}")),
             r.target.clone().unwrap_or_else(|| "–".into()),

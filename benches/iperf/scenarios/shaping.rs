@@ -738,6 +738,7 @@ pub fn ratechange(ctx: &Ctx) -> Result<Outcome> {
                         Ok(())
                     }
                     Side::Kernel(..) => bed.kernel.change_guarantees(&[(0, n1), (1, n2)]),
+                    Side::Peer(p) => anyhow::bail!("{} cannot shape", p.label()),
                 }),
             };
             let d = drive_with(
@@ -758,6 +759,7 @@ pub fn ratechange(ctx: &Ctx) -> Result<Outcome> {
                         .cli(&["set-rate", &names[0], "--guaranteed", &mbit(g1)])?;
                 }
                 Side::Kernel(..) => bed.kernel.change_guarantees(&[(1, g2), (0, g1)])?,
+                Side::Peer(p) => anyhow::bail!("{} cannot shape", p.label()),
             }
             let t_change = d.marks[0];
             let rate = |k: usize, a: f64, b: f64| d.tenant_rate(&topo, k, a, b);

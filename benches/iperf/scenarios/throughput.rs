@@ -47,6 +47,8 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
     }
     // The bridge alone, no IFB, no HTB: the kernel's fastest switch, issue 5's reference.
     sides.push(Side::Kernel(Htb::Off, Offloads::Veth));
+    // Open vSwitch (netdev datapath) and vde_switch, where installed.
+    sides.extend(bed.add_peers(ctx));
     let loads = [
         ("1 TCP flow", 1, None),
         ("4 TCP flows", 4, None),
@@ -86,8 +88,15 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
                 } else {
                     fig.add(&format!("{kind}: goodput"), side, r.goodput / 1e9);
                 }
+                if matches!(side, Side::Netd | Side::Peer(_)) {
+                    // The switch's own process: netd, ovs-vswitchd or vde_switch.
+                    fig.add(
+                        &format!("{kind}: switch process CPU"),
+                        side,
+                        r.netd_cpu_per_gb,
+                    );
+                }
                 if side == Side::Netd {
-                    fig.add(&format!("{kind}: netd CPU"), side, r.netd_cpu_per_gb);
                     if udp_len.is_none() {
                         // GB → Gbit: bulk TCP moved per second of one netd core.
                         let per_core = 8.0 / r.netd_cpu_per_gb;
@@ -120,7 +129,7 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
                 .push(fig.row(NAME, &format!("{kind}: goodput"), "Gbit/s", None));
         }
         out.rows
-            .push(fig.row(NAME, &format!("{kind}: netd CPU"), "s/GB", None));
+            .push(fig.row(NAME, &format!("{kind}: switch process CPU"), "s/GB", None));
         if udp.is_none() {
             out.rows.push(fig.row(
                 NAME,
@@ -220,7 +229,7 @@ fn one(ctx: &Ctx, bed: &Bed, side: Side, load: &Load) -> Result<One> {
     let pid = bed.pid(side);
     let forwarded = || match side {
         Side::Netd => bed.netd.forwarded_frames().map(Some),
-        Side::Kernel(..) => Ok(None),
+        Side::Kernel(..) | Side::Peer(_) => Ok(None),
     };
     let f0 = forwarded()?;
     let (a0, b0, cpu0, t0) = (counters(&a)?, counters(&b)?, Cpu::read(pid), Instant::now());
