@@ -96,12 +96,10 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
                         r.netd_cpu_per_gb,
                     );
                 }
-                if side == Side::Netd {
-                    if udp_len.is_none() {
-                        // GB → Gbit: bulk TCP moved per second of one netd core.
-                        let per_core = 8.0 / r.netd_cpu_per_gb;
-                        fig.add(&format!("{kind}: per netd core"), side, per_core);
-                    }
+                if side == Side::Netd && udp_len.is_none() {
+                    // GB → Gbit: bulk TCP moved per second of one netd core.
+                    let per_core = 8.0 / r.netd_cpu_per_gb;
+                    fig.add(&format!("{kind}: per netd core"), side, per_core);
                 }
                 fig.add(&format!("{kind}: machine CPU"), side, r.machine_cpu_per_gb);
                 out.runs.push(json!({
