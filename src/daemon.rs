@@ -42,6 +42,8 @@ pub struct UpOptions {
     pub http: Option<SocketAddr>,
     /// Allow a non-loopback HTTP address.
     pub http_allow_public: bool,
+    /// Pin the data-path thread to this CPU.
+    pub datapath_cpu: Option<usize>,
 }
 
 impl Default for UpOptions {
@@ -52,6 +54,7 @@ impl Default for UpOptions {
             socket: None,
             http: None,
             http_allow_public: false,
+            datapath_cpu: None,
         }
     }
 }
@@ -139,7 +142,9 @@ pub async fn up(
     )
     .map_err(DaemonError::StartDataPath)?;
     let updates = datapath.update_handle();
-    let thread = datapath.spawn().map_err(DaemonError::StartDataPath)?;
+    let thread = datapath
+        .spawn(options.datapath_cpu)
+        .map_err(DaemonError::StartDataPath)?;
     let mut finished = tokio::task::spawn_blocking(move || thread.join());
     let control = Arc::new(Control::new(
         topology.clone(),

@@ -219,11 +219,35 @@ impl DataPath {
         self.update_handle.clone()
     }
 
-    /// Start the loop on its own thread.
-    pub fn spawn(self) -> io::Result<JoinHandle<io::Result<()>>> {
-        std::thread::Builder::new()
+    /// Start the loop on its own thread, pinned to CPU `cpu` if given (an error, and no
+    /// thread left running, if the pinning fails).
+    pub fn spawn(self, cpu: Option<usize>) -> io::Result<JoinHandle<io::Result<()>>> {
+        let (pinned_tx, pinned_rx) = mpsc::sync_channel(1);
+        let thread = std::thread::Builder::new()
             .name("netd-datapath".into())
-            .spawn(move || self.run())
+            .spawn(move || {
+                let pinned = cpu.map_or(Ok(()), crate::kernel::sys::pin_current_thread);
+                let failed = pinned.is_err();
+                let _ = pinned_tx.send(pinned);
+                if failed {
+                    return Ok(());
+                }
+                self.run()
+            })?;
+        match pinned_rx.recv() {
+            Ok(Ok(())) => Ok(thread),
+            Ok(Err(err)) => {
+                let _ = thread.join();
+                Err(io::Error::new(
+                    err.kind(),
+                    format!(
+                        "Cannot pin the data path to CPU {}: {err}",
+                        cpu.unwrap_or(0)
+                    ),
+                ))
+            }
+            Err(_) => Err(io::Error::other("The data path thread died while starting")),
+        }
     }
 
     fn now(&self) -> Nanos {

@@ -61,6 +61,9 @@ enum Command {
         /// Allow --http on a non-loopback address.
         #[arg(long)]
         http_allow_public: bool,
+        /// Pin the data-path thread to this CPU (as switches pin their forwarding threads).
+        #[arg(long, value_name = "CPU")]
+        datapath_cpu: Option<usize>,
     },
     /// Show tenants, servers, configured and current rates, queues and entitlements.
     Status {
@@ -155,6 +158,7 @@ fn main() -> ExitCode {
             no_offload,
             http,
             http_allow_public,
+            datapath_cpu,
         } => {
             let topology = match topology::load(&file) {
                 Ok(topology) => topology,
@@ -173,12 +177,21 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
+            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+            if let Some(cpu) = datapath_cpu.filter(|&cpu| cpu >= cpus) {
+                eprintln!(
+                    "error: --datapath-cpu {cpu}: this machine offers {cpus} CPUs (0-{})",
+                    cpus - 1
+                );
+                return ExitCode::FAILURE;
+            }
             let options = UpOptions {
                 stats_interval,
                 offload: !no_offload,
                 socket: cli.socket,
                 http,
                 http_allow_public,
+                datapath_cpu,
             };
             match run_up(topology, options) {
                 Ok(()) => ExitCode::SUCCESS,

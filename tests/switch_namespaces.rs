@@ -305,6 +305,45 @@ fn sigterm_removes_every_namespace_and_tap() {
 }
 
 #[test]
+fn datapath_cpu_pins_the_data_path_and_a_missing_cpu_is_refused_before_anything_exists() {
+    require_privileges();
+    let topo = TestTopology::new(TWO_TENANTS);
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut refused = Daemon::spawn(&topo, &["--datapath-cpu", &cpus.to_string()]);
+    assert_eq!(refused.wait_exit(), Some(1), "log:\n{}", refused.log());
+    assert!(
+        refused.log().contains("--datapath-cpu"),
+        "no clear error: {}",
+        refused.log()
+    );
+    assert!(common::namespaces_with_prefix(&topo.prefix).is_empty());
+
+    let cpu = cpus - 1;
+    let mut netd = Daemon::start(&topo, &["--datapath-cpu", &cpu.to_string()]);
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", netd.pid())).expect("tasks");
+    let allowed: Vec<String> = tasks
+        .flatten()
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("comm"))
+                .is_ok_and(|c| c.trim() == "netd-datapath")
+        })
+        .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
+        .filter_map(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("Cpus_allowed_list:")
+                    .map(|v| v.trim().to_string())
+            })
+        })
+        .collect();
+    assert_eq!(allowed, vec![cpu.to_string()], "data path affinity");
+    assert!(
+        ping(&topo.name("xa"), "10.77.0.2", 3),
+        "no forwarding when pinned"
+    );
+    assert_eq!(netd.stop(), Some(0), "log:\n{}", netd.log());
+}
+
+#[test]
 fn a_clashing_namespace_makes_up_fail_and_stays_untouched() {
     require_privileges();
     let topo = TestTopology::new(TWO_TENANTS);

@@ -32,7 +32,7 @@ impl Bed {
     /// Bring `topo` up with netd (`{prefix}n-*`) and with kernel tools (`{prefix}k-*`).
     pub fn up(ctx: &Ctx, topo: &BenchTopo) -> Result<Bed> {
         topo.validate()?;
-        let netd = NetdBed::up(topo, &format!("{}n", ctx.prefix), &ctx.tmp)?;
+        let netd = NetdBed::up(topo, &format!("{}n", ctx.prefix), &ctx.tmp, &ctx.netd_args)?;
         let kernel = KernelBed::up(topo, &ctx.prefix, &format!("{}k", ctx.prefix))?;
         Ok(Bed {
             topo: topo.clone(),

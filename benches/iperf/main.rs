@@ -71,6 +71,9 @@ struct Args {
     /// the shaper where senders and switch are not short of CPU (default 1: the file's rates).
     #[arg(long, default_value_t = 1.0)]
     rate_scale: f64,
+    /// An argument for every `netd up` (repeat for several), e.g. `--netd-arg=--datapath-cpu=1`.
+    #[arg(long = "netd-arg", allow_hyphen_values = true)]
+    netd_args: Vec<String>,
     /// Leave out the peer switches (Open vSwitch netdev, vde_switch) even where installed.
     #[arg(long)]
     no_peers: bool,
@@ -113,6 +116,8 @@ pub struct Ctx {
     pub scale_secs: f64,
     /// Run the installed peer switches beside netd in the throughput scenario.
     pub peers: bool,
+    /// Extra arguments for `netd up`.
+    pub netd_args: Vec<String>,
 }
 
 fn sh(args: &[&str]) -> String {
@@ -231,6 +236,7 @@ fn run(args: Args) -> Result<bool> {
         },
         scale_secs: if quick { 3.0 } else { 5.0 },
         peers: !args.no_peers,
+        netd_args: args.netd_args.clone(),
     };
     let meta = json!({
         "started": stamp,
@@ -241,6 +247,7 @@ fn run(args: Args) -> Result<bool> {
         "iperf3": sh(&["iperf3", "--version"]).lines().next().unwrap_or("").to_string(),
         "iproute2": sh(&["ip", "-V"]),
         "congestion_control": ctx.cc,
+        "netd_args": ctx.netd_args,
         "cpus": std::thread::available_parallelism().map_or(0, usize::from),
         "cpu_model": std::fs::read_to_string("/proc/cpuinfo").ok()
             .and_then(|c| c.lines().find(|l| l.starts_with("model name"))

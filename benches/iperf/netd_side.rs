@@ -31,7 +31,8 @@ pub struct NetdBed {
 
 impl NetdBed {
     /// Start netd on `topo` with namespaces `{ns_prefix}-{server}`; wait until it is up.
-    pub fn up(topo: &BenchTopo, ns_prefix: &str, dir: &Path) -> Result<NetdBed> {
+    /// `extra` goes to `netd up` as given (e.g. `--datapath-cpu 1`).
+    pub fn up(topo: &BenchTopo, ns_prefix: &str, dir: &Path, extra: &[String]) -> Result<NetdBed> {
         let file = dir.join(format!("{ns_prefix}.toml"));
         std::fs::write(&file, topo.to_toml(|s| format!("{ns_prefix}-{s}")))
             .with_context(|| format!("writing {}", file.display()))?;
@@ -39,6 +40,7 @@ impl NetdBed {
         let mut child = Command::new(env!("CARGO_BIN_EXE_netd"))
             .args(["--log-format", "json", "up"])
             .arg(&file)
+            .args(extra)
             .env("NETD_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

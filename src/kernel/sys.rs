@@ -120,6 +120,28 @@ pub fn enter_netns(ns: &OwnedFd) -> io::Result<()> {
     Ok(())
 }
 
+/// Pin the calling thread to CPU `cpu` (for the data path: it stops migrating between cores
+/// and sharing one with the servers' busiest process).
+pub fn pin_current_thread(cpu: usize) -> io::Result<()> {
+    if cpu >= libc::CPU_SETSIZE as usize {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("CPU {cpu} is beyond the largest CPU number the kernel accepts"),
+        ));
+    }
+    // SAFETY: an all-zero cpu_set_t is the empty set, a valid value of this plain C struct.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `cpu` < CPU_SETSIZE (checked above), so CPU_SET stays inside `set`.
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    // SAFETY: pid 0 is the calling thread; `set` is a valid cpu_set_t of the size passed;
+    // the return value is checked.
+    let ret = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Return true when the process runs with effective uid 0.
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
