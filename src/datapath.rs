@@ -304,6 +304,8 @@ impl DataPath {
                 }
             }
             let now = self.now();
+            // Frames released from the queues change the shaper's counters too.
+            self.unpublished |= self.shaper.next_release().is_some();
             let egress = &mut self.egress;
             self.shaper.release(now, |pending| egress.send(pending));
             self.arm_timer(now)?;
