@@ -127,6 +127,19 @@ pub struct Flow {
     pub secs: f64,
 }
 
+impl Flow {
+    /// One TCP flow from `from` to `to`, starting `start` s into the run, lasting `secs`.
+    pub fn single(from: &str, to: &str, start: f64, secs: f64) -> Flow {
+        Flow {
+            from: from.to_string(),
+            to: to.to_string(),
+            flows: 1,
+            start,
+            secs,
+        }
+    }
+}
+
 /// What a shaping run measured.
 pub struct Driven {
     /// Sampled servers, in the order of `series`.

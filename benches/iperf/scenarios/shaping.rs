@@ -591,20 +591,8 @@ pub fn realloc(ctx: &Ctx) -> Result<Outcome> {
             check_stop()?;
             bed.prepare(side)?;
             let plan = [
-                Flow {
-                    from: t1a.clone(),
-                    to: t1b.clone(),
-                    flows: 1,
-                    start: 0.0,
-                    secs: lead + mid + tail,
-                },
-                Flow {
-                    from: t2a.clone(),
-                    to: t2b.clone(),
-                    flows: 1,
-                    start: lead,
-                    secs: mid,
-                },
+                Flow::single(&t1a, &t1b, 0.0, lead + mid + tail),
+                Flow::single(&t2a, &t2b, lead, mid),
             ];
             let d = drive(ctx, &bed, side, &plan, &sample, Duration::from_millis(1))?;
             let t2_data = &d.of(std::slice::from_ref(&t2b))[0].clone();
@@ -711,20 +699,8 @@ pub fn ratechange(ctx: &Ctx) -> Result<Outcome> {
             check_stop()?;
             bed.prepare(side)?;
             let plan = [
-                Flow {
-                    from: t1a.clone(),
-                    to: t1b.clone(),
-                    flows: 1,
-                    start: 0.0,
-                    secs,
-                },
-                Flow {
-                    from: t2a.clone(),
-                    to: t2b.clone(),
-                    flows: 1,
-                    start: 0.0,
-                    secs,
-                },
+                Flow::single(&t1a, &t1b, 0.0, secs),
+                Flow::single(&t2a, &t2b, 0.0, secs),
             ];
             let change: Action = Action {
                 at: lead,
