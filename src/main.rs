@@ -177,13 +177,17 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-            if let Some(cpu) = datapath_cpu.filter(|&cpu| cpu >= cpus) {
-                eprintln!(
-                    "error: --datapath-cpu {cpu}: this machine offers {cpus} CPUs (0-{})",
-                    cpus - 1
-                );
-                return ExitCode::FAILURE;
+            // Refuse a CPU netd may not run on before anything is created.
+            if let Some(cpu) = datapath_cpu {
+                let allowed = netd::kernel::sys::allowed_cpus().unwrap_or_default();
+                if !allowed.contains(&cpu) {
+                    let list: Vec<String> = allowed.iter().map(ToString::to_string).collect();
+                    eprintln!(
+                        "error: --datapath-cpu {cpu}: netd may run only on CPUs {}",
+                        list.join(",")
+                    );
+                    return ExitCode::FAILURE;
+                }
             }
             let options = UpOptions {
                 stats_interval,
