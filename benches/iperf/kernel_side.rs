@@ -270,8 +270,8 @@ impl KernelBed {
     /// Change the guarantees (HTB `rate`) of tenants' classes live, in one `tc -batch`, as
     /// an operator would with `tc class change`.
     pub fn change_guarantees(&self, changes: &[(usize, u64)]) -> Result<()> {
-        let Some((htb, _)) = self.current else {
-            bail!("no HTB in force to change");
+        let Some((htb @ (Htb::Default | Htb::Tuned), _)) = self.current else {
+            bail!("no HTB in force to change (the bridge runs unshaped)");
         };
         let mut batch = String::new();
         for &(k, bits) in changes {

@@ -126,13 +126,6 @@ fn sh(args: &[&str]) -> String {
         .unwrap_or_else(|e| format!("unknown ({e:#})"))
 }
 
-fn has(tool: &str) -> bool {
-    std::process::Command::new("sh")
-        .args(["-c", &format!("command -v {tool} >/dev/null")])
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 fn main() -> ExitCode {
     let args = Args::parse();
     match run(args) {
@@ -153,7 +146,7 @@ fn run(args: Args) -> Result<bool> {
         );
     }
     for tool in ["ip", "tc", "iperf3", "ping", "sysctl"] {
-        if !has(tool) {
+        if !proc::has(tool) {
             bail!("`{tool}` is missing (apt-get install iproute2 iperf3 iputils-ping procps)");
         }
     }

@@ -67,25 +67,25 @@ pub struct Series {
     pub ns: String,
     /// Seconds since the sampler's epoch.
     pub t: Vec<f64>,
-    pub bytes: Vec<u64>,
-    pub packets: Vec<u64>,
     /// Wire bytes received since the first sample ([`wire_bytes`] per interval, summed).
     pub wire: Vec<u64>,
+    /// The last raw `eth0` (bytes, packets), which the next sample's interval starts from.
+    #[serde(skip)]
+    last: Option<(u64, u64)>,
 }
 
 impl Series {
     /// Append one sample of the raw counters, extending the wire-byte series.
     pub fn push(&mut self, t: f64, bytes: u64, packets: u64) {
-        let wire = match (self.bytes.last(), self.packets.last(), self.wire.last()) {
-            (Some(&b), Some(&p), Some(&w)) => {
+        let wire = match (self.last, self.wire.last()) {
+            (Some((b, p)), Some(&w)) => {
                 w + wire_bytes(bytes.saturating_sub(b), packets.saturating_sub(p))
             }
             _ => 0,
         };
         self.t.push(t);
-        self.bytes.push(bytes);
-        self.packets.push(packets);
         self.wire.push(wire);
+        self.last = Some((bytes, packets));
     }
 
     /// Return the wire bytes received by time `t`, linearly interpolated between samples.

@@ -105,9 +105,7 @@ impl NetdBed {
     /// Return the wire bytes netd's shaper let each tenant send so far (own + borrowed
     /// tokens), in the order of `tenants`; read through `netd stats --json`.
     pub fn charged_bytes(&self, tenants: &[String]) -> Result<Vec<u64>> {
-        let out = self.cli(&["stats", "--json"])?;
-        let stats: serde_json::Value =
-            serde_json::from_str(&out).context("parsing netd stats --json")?;
+        let stats = self.stats()?;
         let of = |name: &str| -> Option<u64> {
             let t = stats["tenants"]
                 .as_array()?
@@ -123,15 +121,17 @@ impl NetdBed {
 
     /// Return the frames netd has written to its ports so far (every tenant's `tx_frames`).
     pub fn forwarded_frames(&self) -> Result<u64> {
-        let out = self.cli(&["stats", "--json"])?;
-        let stats: serde_json::Value =
-            serde_json::from_str(&out).context("parsing netd stats --json")?;
-        stats["tenants"]
+        self.stats()?["tenants"]
             .as_array()
             .context("no tenants in netd stats")?
             .iter()
             .map(|t| t["counters"]["tx_frames"].as_u64().context("no tx_frames"))
             .sum()
+    }
+
+    /// Return `netd stats --json`, parsed.
+    fn stats(&self) -> Result<serde_json::Value> {
+        serde_json::from_str(&self.cli(&["stats", "--json"])?).context("parsing netd stats --json")
     }
 
     /// Run a control command (`netd --topology FILE ARGS…`) against this daemon; return

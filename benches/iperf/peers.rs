@@ -46,7 +46,7 @@ impl Peer {
             Peer::Ovs => &["ovsdb-server", "ovs-vswitchd", "ovs-vsctl", "ovsdb-tool"],
             Peer::Vde => &["vde_switch"],
         };
-        tools.iter().all(|t| which(t)) && (self != Peer::Ovs || Path::new(OVS_SCHEMA).exists())
+        tools.iter().all(|t| proc::has(t)) && (self != Peer::Ovs || Path::new(OVS_SCHEMA).exists())
     }
 
     /// Return the Debian package that provides this peer.
@@ -71,13 +71,6 @@ impl Peer {
             Peer::Vde => "v",
         }
     }
-}
-
-fn which(tool: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .output()
-        .is_ok_and(|o| o.status.success())
 }
 
 /// A peer switch forwarding between `topo`'s servers, each in its own namespace.

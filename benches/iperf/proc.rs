@@ -39,6 +39,14 @@ pub fn sleep(d: Duration) -> Result<()> {
     }
 }
 
+/// Return true when `tool` is on the PATH.
+pub fn has(tool: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool} >/dev/null")])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 /// Return a fresh per-run name prefix: `nb` + 5 hex digits (7 characters).
 pub fn run_prefix() -> String {
     let nanos = SystemTime::now()

@@ -73,11 +73,11 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
                 };
                 let r = one(ctx, &bed, side, &load)?;
                 eprintln!(
-                    "  {NAME} rep {rep} {kind:<11} {:<40} {:>7.2} Gbit/s {:>8.1} kpps  netd {:.2} / machine {:.2} CPU s/GB",
+                    "  {NAME} rep {rep} {kind:<11} {:<40} {:>7.2} Gbit/s {:>8.1} kpps  switch {:.2} / machine {:.2} CPU s/GB",
                     side.label(),
                     r.goodput / 1e9,
                     r.pps / 1e3,
-                    r.netd_cpu_per_gb,
+                    r.switch_cpu_per_gb,
                     r.machine_cpu_per_gb
                 );
                 if udp_len.is_some() {
@@ -93,12 +93,12 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
                     fig.add(
                         &format!("{kind}: switch process CPU"),
                         side,
-                        r.netd_cpu_per_gb,
+                        r.switch_cpu_per_gb,
                     );
                 }
                 if side == Side::Netd && udp_len.is_none() {
                     // GB → Gbit: bulk TCP moved per second of one netd core.
-                    let per_core = 8.0 / r.netd_cpu_per_gb;
+                    let per_core = 8.0 / r.switch_cpu_per_gb;
                     fig.add(&format!("{kind}: per netd core"), side, per_core);
                 }
                 fig.add(&format!("{kind}: machine CPU"), side, r.machine_cpu_per_gb);
@@ -106,7 +106,7 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
                     "scenario": NAME, "rep": rep, "load": kind, "side": side,
                     "goodput_bps": r.goodput, "rx_pps": r.pps, "netd_fps": r.netd_fps,
                     "l2_wire_bytes": r.bytes,
-                    "window_s": r.window, "netd_cpu_s": r.netd_cpu, "machine_cpu_s": r.machine_cpu,
+                    "window_s": r.window, "switch_process_cpu_s": r.switch_cpu, "machine_cpu_s": r.machine_cpu,
                     "iperf": r.iperf,
                 }));
             }
@@ -211,9 +211,10 @@ struct One {
     netd_fps: Option<f64>,
     bytes: u64,
     window: f64,
-    netd_cpu: f64,
+    /// CPU seconds of the switch's own process (netd, ovs-vswitchd, vde_switch; 0 for the kernel).
+    switch_cpu: f64,
     machine_cpu: f64,
-    netd_cpu_per_gb: f64,
+    switch_cpu_per_gb: f64,
     machine_cpu_per_gb: f64,
     iperf: crate::iperf::IperfResult,
 }
@@ -238,7 +239,7 @@ fn one(ctx: &Ctx, bed: &Bed, side: Side, load: &Load) -> Result<One> {
     let iperf = client.finish()?;
     // Wire bytes (GSO super-frames' per-segment headers counted, as in the shaping runs).
     let bytes = wire_bytes(a1.0 - a0.0, a1.1 - a0.1) + wire_bytes(b1.0 - b0.0, b1.1 - b0.1);
-    let (netd_cpu, machine_cpu) = cpu0.seconds_until(&cpu1, ctx.ticks);
+    let (switch_cpu, machine_cpu) = cpu0.seconds_until(&cpu1, ctx.ticks);
     let gb = bytes as f64 / 1e9;
     Ok(One {
         goodput: iperf.goodput_bps,
@@ -247,9 +248,9 @@ fn one(ctx: &Ctx, bed: &Bed, side: Side, load: &Load) -> Result<One> {
         netd_fps: f0.zip(f1).map(|(f0, f1)| (f1 - f0) as f64 / window),
         bytes,
         window,
-        netd_cpu,
+        switch_cpu,
         machine_cpu,
-        netd_cpu_per_gb: netd_cpu / gb,
+        switch_cpu_per_gb: switch_cpu / gb,
         machine_cpu_per_gb: machine_cpu / gb,
         iperf,
     })
