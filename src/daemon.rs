@@ -20,7 +20,7 @@ use tracing::{error, info};
 
 use crate::control::{self, Control, ControlError, rates};
 
-use crate::datapath::DataPath;
+use crate::datapath::{DataPath, Priority};
 use crate::kernel::{self, KernelError};
 use crate::port::TapPort;
 use crate::shaper::ShaperConfig;
@@ -44,6 +44,8 @@ pub struct UpOptions {
     pub http_allow_public: bool,
     /// Pin the data-path thread to this CPU.
     pub datapath_cpu: Option<usize>,
+    /// Schedule the data-path thread so (`None`: real-time where the kernel allows it).
+    pub datapath_priority: Option<Priority>,
 }
 
 impl Default for UpOptions {
@@ -55,6 +57,7 @@ impl Default for UpOptions {
             http: None,
             http_allow_public: false,
             datapath_cpu: None,
+            datapath_priority: None,
         }
     }
 }
@@ -142,9 +145,10 @@ pub async fn up(
     )
     .map_err(DaemonError::StartDataPath)?;
     let updates = datapath.update_handle();
-    let thread = datapath
-        .spawn(options.datapath_cpu)
+    let (thread, priority) = datapath
+        .spawn(options.datapath_cpu, options.datapath_priority)
         .map_err(DaemonError::StartDataPath)?;
+    info!(%priority, cpu = ?options.datapath_cpu, "data path running");
     let mut finished = tokio::task::spawn_blocking(move || thread.join());
     let control = Arc::new(Control::new(
         topology.clone(),

@@ -12,6 +12,7 @@ use tracing::error;
 use netd::control::report::{Rates, Status};
 use netd::control::{Applied, Change, Request, client, socket};
 use netd::daemon::{self, UpOptions};
+use netd::datapath::Priority;
 use netd::topology::file::{FileServer, FileTenant};
 use netd::topology::{self, Topology};
 
@@ -64,6 +65,11 @@ enum Command {
         /// Pin the data-path thread to this CPU (as switches pin their forwarding threads).
         #[arg(long, value_name = "CPU")]
         datapath_cpu: Option<usize>,
+        /// Schedule the data-path thread: `realtime[:N]` (SCHED_FIFO, ahead of the servers'
+        /// processes, as the kernel forwards in softirq) or `normal`. Default: realtime:1
+        /// where the kernel caps real-time CPU time and netd may use it, else normal.
+        #[arg(long, value_name = "normal|realtime[:N]")]
+        datapath_priority: Option<Priority>,
     },
     /// Show tenants, servers, configured and current rates, queues and entitlements.
     Status {
@@ -159,6 +165,7 @@ fn main() -> ExitCode {
             http,
             http_allow_public,
             datapath_cpu,
+            datapath_priority,
         } => {
             let topology = match topology::load(&file) {
                 Ok(topology) => topology,
@@ -189,6 +196,16 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             }
+            // Refuse a priority netd cannot get before anything is created.
+            if let Some(priority) = datapath_priority
+                && let Err(err) = priority.check()
+            {
+                eprintln!(
+                    "error: --datapath-priority {priority}: {err} (real-time needs CAP_SYS_NICE \
+                     and real-time CPU time in netd's cgroup)"
+                );
+                return ExitCode::FAILURE;
+            }
             let options = UpOptions {
                 stats_interval,
                 offload: !no_offload,
@@ -196,6 +213,7 @@ fn main() -> ExitCode {
                 http,
                 http_allow_public,
                 datapath_cpu,
+                datapath_priority,
             };
             match run_up(topology, options) {
                 Ok(()) => ExitCode::SUCCESS,

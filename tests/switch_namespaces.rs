@@ -320,27 +320,89 @@ fn datapath_cpu_pins_the_data_path_and_a_missing_cpu_is_refused_before_anything_
 
     let cpu = cpus - 1;
     let mut netd = Daemon::start(&topo, &["--datapath-cpu", &cpu.to_string()]);
-    let tasks = std::fs::read_dir(format!("/proc/{}/task", netd.pid())).expect("tasks");
-    let allowed: Vec<String> = tasks
-        .flatten()
-        .filter(|t| {
-            std::fs::read_to_string(t.path().join("comm"))
-                .is_ok_and(|c| c.trim() == "netd-datapath")
-        })
-        .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
-        .filter_map(|s| {
-            s.lines().find_map(|l| {
-                l.strip_prefix("Cpus_allowed_list:")
-                    .map(|v| v.trim().to_string())
-            })
-        })
+    let status = std::fs::read_to_string(datapath_task(netd.pid()).join("status")).expect("status");
+    let allowed: Vec<&str> = status
+        .lines()
+        .filter_map(|l| l.strip_prefix("Cpus_allowed_list:").map(str::trim))
         .collect();
-    assert_eq!(allowed, vec![cpu.to_string()], "data path affinity");
+    assert_eq!(
+        allowed,
+        vec![cpu.to_string().as_str()],
+        "data path affinity"
+    );
     assert!(
         ping(&topo.name("xa"), "10.77.0.2", 3),
         "no forwarding when pinned"
     );
     assert_eq!(netd.stop(), Some(0), "log:\n{}", netd.log());
+}
+
+/// The `/proc` directory of netd's data-path thread.
+fn datapath_task(pid: u32) -> std::path::PathBuf {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("tasks")
+        .flatten()
+        .map(|t| t.path())
+        .find(|t| {
+            std::fs::read_to_string(t.join("comm")).is_ok_and(|c| c.trim() == "netd-datapath")
+        })
+        .expect("no netd-datapath thread")
+}
+
+/// The data-path thread's scheduling policy (0 normal, 1 SCHED_FIFO) and real-time priority.
+fn datapath_scheduling(pid: u32) -> (u32, u32) {
+    let stat = std::fs::read_to_string(datapath_task(pid).join("stat")).expect("stat");
+    // Fields after the parenthesised name, which may hold spaces; rt_priority and policy are
+    // fields 40 and 41 of proc(5); the first field after the name is field 3.
+    let rest: Vec<&str> = stat[stat.rfind(')').expect("stat name") + 2..]
+        .split(' ')
+        .collect();
+    (
+        rest[41 - 3].parse().expect("policy"),
+        rest[40 - 3].parse().expect("rt_priority"),
+    )
+}
+
+#[test]
+fn the_data_path_runs_real_time_by_default_and_as_told_otherwise() {
+    require_privileges();
+    const FIFO: (u32, u32) = (1, 1);
+    let topo = TestTopology::new(TWO_TENANTS);
+    let mut explicit = Daemon::spawn(&topo, &["--datapath-priority", "realtime:3"]);
+    if explicit
+        .wait_for("netd is up", std::time::Duration::from_secs(30))
+        .is_none()
+    {
+        assert_eq!(explicit.wait_exit(), Some(1), "log:\n{}", explicit.log());
+        // This host refuses real-time threads (no CAP_SYS_NICE or no real-time CPU time in
+        // the cgroup): the explicit request is refused before anything exists, and the
+        // default falls back to normal priority, saying so.
+        assert!(
+            explicit.log().contains("--datapath-priority realtime:3"),
+            "no clear error: {}",
+            explicit.log()
+        );
+        assert!(common::namespaces_with_prefix(&topo.prefix).is_empty());
+        let mut netd = Daemon::start(&topo, &[]);
+        assert_eq!(datapath_scheduling(netd.pid()).0, 0);
+        assert!(netd.log().contains("normal priority"), "{}", netd.log());
+        assert_eq!(netd.stop(), Some(0), "log:\n{}", netd.log());
+        return;
+    }
+    assert_eq!(datapath_scheduling(explicit.pid()), (1, 3), "realtime:3");
+    assert_eq!(explicit.stop(), Some(0), "log:\n{}", explicit.log());
+
+    let mut netd = Daemon::start(&topo, &[]);
+    assert_eq!(datapath_scheduling(netd.pid()), FIFO, "default");
+    assert!(
+        ping(&topo.name("xa"), "10.77.0.2", 3),
+        "no forwarding when real-time"
+    );
+    assert_eq!(netd.stop(), Some(0), "log:\n{}", netd.log());
+
+    let mut normal = Daemon::start(&topo, &["--datapath-priority", "normal"]);
+    assert_eq!(datapath_scheduling(normal.pid()).0, 0, "normal");
+    assert_eq!(normal.stop(), Some(0), "log:\n{}", normal.log());
 }
 
 #[test]

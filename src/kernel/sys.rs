@@ -142,6 +142,21 @@ pub fn pin_current_thread(cpu: usize) -> io::Result<()> {
     Ok(())
 }
 
+/// Run the calling thread under `SCHED_FIFO` at `priority` (1–99): it then runs whenever it
+/// is runnable, ahead of every ordinary (CFS) task, as the kernel's own softirq forwarding does.
+pub fn set_current_thread_fifo(priority: u8) -> io::Result<()> {
+    let param = libc::sched_param {
+        sched_priority: libc::c_int::from(priority),
+    };
+    // SAFETY: pid 0 is the calling thread (Linux applies the policy per thread); `param` is a
+    // valid sched_param; the kernel range-checks the priority; the return value is checked.
+    let ret = unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Return the CPUs the calling thread may run on (its affinity mask), in ascending order.
 pub fn allowed_cpus() -> io::Result<Vec<usize>> {
     // SAFETY: an all-zero cpu_set_t is the empty set, a valid value of this plain C struct.
