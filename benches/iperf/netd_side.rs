@@ -97,6 +97,18 @@ impl NetdBed {
         format!("{}-{server}", self.ns_prefix)
     }
 
+    /// Return how netd scheduled its data-path thread ("realtime:1", "normal"), as it logged.
+    pub fn datapath_priority(&self) -> Option<String> {
+        let lines = self.lines.lock().ok()?;
+        lines.iter().find_map(|line| {
+            let v: serde_json::Value = serde_json::from_str(line).ok()?;
+            let fields = &v["fields"];
+            (fields["message"] == "data path running")
+                .then(|| fields["priority"].as_str().map(String::from))
+                .flatten()
+        })
+    }
+
     /// Return netd's pid.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)

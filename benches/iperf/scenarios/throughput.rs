@@ -38,6 +38,10 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
         json!(offload_facts(&bed.netd.ns("s0"))),
     );
     out.facts.insert(
+        "netd_datapath_priority".into(),
+        json!(bed.netd.datapath_priority()),
+    );
+    out.facts.insert(
         "offloads_veth_default".into(),
         json!(offload_facts(&bed.kernel.ns("s0"))),
     );
