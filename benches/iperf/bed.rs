@@ -75,7 +75,7 @@ impl Bed {
     /// Return the namespace of `server` on `side`.
     pub fn ns(&self, side: Side, server: &str) -> String {
         match side {
-            Side::Netd => self.netd.ns(server),
+            Side::Netd | Side::NetdNormalPriority => self.netd.ns(server),
             Side::Kernel(..) => self.kernel.ns(server),
             // A peer that is not up has no namespaces: commands there fail with a clear error.
             Side::Peer(p) => self
@@ -86,8 +86,11 @@ impl Bed {
 
     /// Make `side` ready for a run (the kernel's HTB flavour and offloads).
     pub fn prepare(&mut self, side: Side) -> Result<()> {
-        if let Side::Kernel(htb, offloads) = side {
-            self.kernel.apply(htb, offloads)?;
+        match side {
+            Side::Kernel(htb, offloads) => self.kernel.apply(htb, offloads)?,
+            Side::Netd => self.netd.set_normal_priority(false)?,
+            Side::NetdNormalPriority => self.netd.set_normal_priority(true)?,
+            Side::Peer(_) => {}
         }
         Ok(())
     }
@@ -97,7 +100,7 @@ impl Bed {
     /// own view, against which the runner cross-checks its L2 figures.
     pub fn switch_bytes(&self, side: Side) -> Result<Vec<u64>> {
         match side {
-            Side::Netd => {
+            Side::Netd | Side::NetdNormalPriority => {
                 let names: Vec<String> = self.topo.tenants.iter().map(|t| t.name.clone()).collect();
                 self.netd.charged_bytes(&names)
             }
@@ -109,7 +112,7 @@ impl Bed {
     /// Return the pid whose CPU time is the switch's own (netd; none for the kernel).
     pub fn pid(&self, side: Side) -> Option<u32> {
         match side {
-            Side::Netd => self.netd.pid(),
+            Side::Netd | Side::NetdNormalPriority => self.netd.pid(),
             Side::Kernel(..) => None,
             Side::Peer(p) => self.peer(p).ok().and_then(PeerBed::pid),
         }

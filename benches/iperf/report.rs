@@ -18,6 +18,9 @@ use crate::peers::Peer;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum Side {
     Netd,
+    /// The same netd with its data-path thread moved to normal (CFS) priority, as
+    /// `--datapath-priority normal` runs it: what the real-time default buys, in the same run.
+    NetdNormalPriority,
     Kernel(Htb, Offloads),
     /// A peer switch (throughput only, where installed).
     Peer(Peer),
@@ -28,6 +31,7 @@ impl Side {
     pub fn column(self, tap_offloads: Offloads) -> Column {
         match self {
             Side::Netd => Column::Netd,
+            Side::NetdNormalPriority => Column::NetdNormalPriority,
             Side::Kernel(Htb::Default, _) => Column::KernelDefault,
             Side::Kernel(Htb::Off, _) => Column::KernelBridge,
             Side::Kernel(Htb::Tuned, o) if o == tap_offloads => Column::KernelTuned,
@@ -43,6 +47,7 @@ impl Side {
     pub fn label(self) -> String {
         match self {
             Side::Netd => "netd".into(),
+            Side::NetdNormalPriority => "netd, normal priority".into(),
             Side::Peer(p) => p.label().into(),
             Side::Kernel(Htb::Off, o) => {
                 format!("kernel bridge, no HTB, {o:?} offloads").to_lowercase()
@@ -56,6 +61,7 @@ impl Side {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 pub enum Column {
     Netd,
+    NetdNormalPriority,
     KernelDefault,
     KernelTuned,
     KernelTunedVeth,
@@ -64,8 +70,9 @@ pub enum Column {
     Vde,
 }
 
-const COLUMNS: [Column; 7] = [
+const COLUMNS: [Column; 8] = [
     Column::Netd,
+    Column::NetdNormalPriority,
     Column::KernelDefault,
     Column::KernelTuned,
     Column::KernelTunedVeth,
@@ -239,6 +246,7 @@ fn cell(s: Option<&Stat>) -> String {
 pub fn markdown(header: &str, rows: &[Row]) -> String {
     let switches: Vec<(Column, &str)> = [
         (Column::Netd, "netd"),
+        (Column::NetdNormalPriority, "netd, normal priority"),
         (Column::KernelDefault, "kernel default HTB"),
         (Column::KernelTuned, "kernel tuned HTB"),
         (Column::KernelTunedVeth, "kernel tuned, veth offloads"),

@@ -706,7 +706,7 @@ pub fn ratechange(ctx: &Ctx) -> Result<Outcome> {
                 at: lead,
                 run: Box::new(|| match side {
                     // Lower t1 first: each change alone must validate (Σ ≤ capacity).
-                    Side::Netd => {
+                    Side::Netd | Side::NetdNormalPriority => {
                         bed.netd
                             .cli(&["set-rate", &names[0], "--guaranteed", &mbit(n1)])?;
                         bed.netd
@@ -728,7 +728,7 @@ pub fn ratechange(ctx: &Ctx) -> Result<Outcome> {
             )?;
             // Put the old plan back for the next run.
             match side {
-                Side::Netd => {
+                Side::Netd | Side::NetdNormalPriority => {
                     bed.netd
                         .cli(&["set-rate", &names[1], "--guaranteed", &mbit(g2)])?;
                     bed.netd

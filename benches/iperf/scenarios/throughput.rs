@@ -45,7 +45,16 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
         "offloads_veth_default".into(),
         json!(offload_facts(&bed.kernel.ns("s0"))),
     );
-    let mut sides = vec![Side::Netd, Side::Kernel(Htb::Tuned, ctx.tap_offloads)];
+    let mut sides = vec![Side::Netd];
+    // The same netd at normal priority, unless it already runs so (then it is one column).
+    if bed
+        .netd
+        .datapath_priority()
+        .is_some_and(|p| p.starts_with("realtime"))
+    {
+        sides.push(Side::NetdNormalPriority);
+    }
+    sides.push(Side::Kernel(Htb::Tuned, ctx.tap_offloads));
     if ctx.tap_offloads != Offloads::Veth {
         sides.push(Side::Kernel(Htb::Tuned, Offloads::Veth));
     }
@@ -92,7 +101,7 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
                 } else {
                     fig.add(&format!("{kind}: goodput"), side, r.goodput / 1e9);
                 }
-                if matches!(side, Side::Netd | Side::Peer(_)) {
+                if matches!(side, Side::Netd | Side::NetdNormalPriority | Side::Peer(_)) {
                     // The switch's own process: netd, ovs-vswitchd or vde_switch.
                     fig.add(
                         &format!("{kind}: switch process CPU"),
@@ -100,7 +109,7 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
                         r.switch_cpu_per_gb,
                     );
                 }
-                if side == Side::Netd && udp_len.is_none() {
+                if matches!(side, Side::Netd | Side::NetdNormalPriority) && udp_len.is_none() {
                     // GB → Gbit: bulk TCP moved per second of one netd core.
                     let per_core = 8.0 / r.switch_cpu_per_gb;
                     fig.add(&format!("{kind}: per netd core"), side, per_core);
@@ -231,7 +240,7 @@ fn one(ctx: &Ctx, bed: &Bed, side: Side, load: &Load) -> Result<One> {
     sleep(Duration::from_secs_f64(ctx.warm))?;
     let pid = bed.pid(side);
     let forwarded = || match side {
-        Side::Netd => bed.netd.forwarded_frames().map(Some),
+        Side::Netd | Side::NetdNormalPriority => bed.netd.forwarded_frames().map(Some),
         Side::Kernel(..) | Side::Peer(_) => Ok(None),
     };
     let f0 = forwarded()?;
