@@ -19,7 +19,10 @@
 //! Scheduling: the loop's thread runs under `SCHED_FIFO` by default ([`Priority`]). The
 //! kernel's bridge forwards in softirq context, ahead of every process; a switch thread at
 //! ordinary priority instead waits behind the very servers whose frames it carries (measured:
-//! 17–30% of its time runnable but not running during one bulk TCP flow on 2 cores).
+//! 17–30% of its time runnable but not running during one bulk TCP flow on 2 cores). Like
+//! softirq, which hands work left after 2 ms to `ksoftirqd` at normal priority, a real-time
+//! loop busy for [`REALTIME_BUDGET`] without a pause steps down to normal priority until it
+//! has caught up ([`Overload`]): a flood cannot take a core away from the servers.
 //!
 //! Live changes: the control plane sends an [`Update`] through an [`UpdateHandle`] (an mpsc
 //! channel plus the loop's waker). The loop applies it whole between two batches, so no frame
@@ -39,7 +42,7 @@ use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
-use tracing::{debug, warn};
+use tracing::{info, warn};
 
 use crate::kernel::sys::TimerFd;
 use crate::pool::{self, BufferPool};
@@ -53,6 +56,9 @@ use crate::wire::vnet::VnetHeader;
 
 /// Frames read from one port before moving on to the next ready port.
 pub const BATCH: usize = 64;
+/// How long a real-time loop may run without sleeping before it steps down to normal
+/// priority: the kernel's softirq budget (`MAX_SOFTIRQ_TIME`, 2 ms).
+pub const REALTIME_BUDGET: Duration = Duration::from_millis(2);
 /// How often the shaper's counters are copied out for readers on other threads.
 const PUBLISH_EVERY: Nanos = 50_000_000;
 
@@ -166,6 +172,41 @@ fn place_current_thread(cpu: Option<usize>, priority: Option<Priority>) -> io::R
     }
 }
 
+/// A priority change the loop must make on its own thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// Busy past the budget: run at normal priority.
+    StepDown,
+    /// Caught up (it found nothing to read): back to real time.
+    Restore,
+}
+
+/// Decides when a real-time loop has been busy too long to keep its priority.
+#[derive(Debug, Default)]
+struct Overload {
+    /// When the current run of busy turns began (none while the loop keeps finding nothing).
+    busy_since: Option<Nanos>,
+    stepped_down: bool,
+}
+
+impl Overload {
+    /// Record one loop turn at `now`: `busy` when a port still had frames waiting, so the
+    /// loop will not sleep. Return the change to make, if any.
+    fn turn(&mut self, now: Nanos, busy: bool) -> Option<Step> {
+        if !busy {
+            self.busy_since = None;
+            return std::mem::take(&mut self.stepped_down).then_some(Step::Restore);
+        }
+        let since = *self.busy_since.get_or_insert(now);
+        let budget = u64::try_from(REALTIME_BUDGET.as_nanos()).unwrap_or(u64::MAX);
+        if !self.stepped_down && now.saturating_sub(since) >= budget {
+            self.stepped_down = true;
+            return Some(Step::StepDown);
+        }
+        None
+    }
+}
+
 /// Stops a running data path from another thread.
 #[derive(Debug, Clone)]
 pub struct StopHandle {
@@ -261,6 +302,11 @@ pub struct DataPath {
     storm: StormControl,
     updates: mpsc::Receiver<Update>,
     update_handle: UpdateHandle,
+    /// The priority the thread was given (set by [`DataPath::spawn`]).
+    priority: Priority,
+    overload: Overload,
+    /// Times the loop stepped down from real time (see [`Overload`]).
+    step_downs: u64,
 }
 
 impl DataPath {
@@ -323,6 +369,9 @@ impl DataPath {
                 storm,
                 updates,
                 update_handle,
+                priority: Priority::Normal,
+                overload: Overload::default(),
+                step_downs: 0,
             },
             handle,
         ))
@@ -337,7 +386,7 @@ impl DataPath {
     /// `priority` (see [`place_current_thread`] for the default); return the thread and the
     /// priority it runs at. An error, and no thread left running, if the placement fails.
     pub fn spawn(
-        self,
+        mut self,
         cpu: Option<usize>,
         priority: Option<Priority>,
     ) -> io::Result<(JoinHandle<io::Result<()>>, Priority)> {
@@ -346,11 +395,12 @@ impl DataPath {
             .name("netd-datapath".into())
             .spawn(move || {
                 let placed = place_current_thread(cpu, priority);
-                let failed = placed.is_err();
+                let granted = placed.as_ref().ok().copied();
                 let _ = placed_tx.send(placed);
-                if failed {
+                let Some(granted) = granted else {
                     return Ok(());
-                }
+                };
+                self.priority = granted;
                 self.run()
             })?;
         match placed_rx.recv() {
@@ -402,7 +452,7 @@ impl DataPath {
                 }
             }
             if self.stop.load(Ordering::SeqCst) {
-                debug!("data path stopping");
+                info!(step_downs = self.step_downs, "data path stopping");
                 self.publish_shaper_counters();
                 return Ok(());
             }
@@ -417,6 +467,7 @@ impl DataPath {
                 }
             }
             let now = self.now();
+            self.check_overload(now, self.ready.iter().any(|&r| r));
             // Frames released from the queues change the shaper's counters too.
             self.unpublished |= self.shaper.next_release().is_some();
             let egress = &mut self.egress;
@@ -497,6 +548,41 @@ impl DataPath {
         self.publish_shaper_counters();
         if let Some(done) = update.done {
             let _ = done.send(removed);
+        }
+    }
+
+    /// Step a real-time loop down to normal priority when it has been busy past
+    /// [`REALTIME_BUDGET`], and back up once it finds nothing waiting.
+    fn check_overload(&mut self, now: Nanos, busy: bool) {
+        let Priority::Realtime(level) = self.priority else {
+            return;
+        };
+        let (result, what) = match self.overload.turn(now, busy) {
+            None => return,
+            Some(Step::StepDown) => {
+                self.step_downs += 1;
+                if self.step_downs == 1 {
+                    warn!(
+                        budget_ms = REALTIME_BUDGET.as_millis(),
+                        "data path busy without a pause: normal priority until it catches up \
+                         (logged once; see step_downs at exit)"
+                    );
+                }
+                (
+                    crate::kernel::sys::set_current_thread_normal(),
+                    "step down to normal",
+                )
+            }
+            Some(Step::Restore) => (
+                crate::kernel::sys::set_current_thread_fifo(level),
+                "return to real time",
+            ),
+        };
+        if let Err(err) = result {
+            // Do not retry every turn: stay where the thread is, at worst normal priority.
+            warn!(cause = %err, "data path cannot {what}; it stays at normal priority");
+            let _ = crate::kernel::sys::set_current_thread_normal();
+            self.priority = Priority::Normal;
         }
     }
 
@@ -656,5 +742,61 @@ impl Egress {
             let tenant = self.switch.tenant_of(ingress);
             self.stats.tenants[tenant.index()].count_drop(reason);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Nanos = 1_000_000;
+
+    #[test]
+    fn priority_parses_normal_realtime_and_a_level_and_refuses_the_rest() {
+        assert_eq!("normal".parse(), Ok(Priority::Normal));
+        assert_eq!("realtime".parse(), Ok(DEFAULT_PRIORITY));
+        assert_eq!("realtime:42".parse(), Ok(Priority::Realtime(42)));
+        for bad in [
+            "",
+            "rt",
+            "realtime:0",
+            "realtime:100",
+            "realtime:",
+            "normal:1",
+        ] {
+            let err = bad.parse::<Priority>().unwrap_err();
+            assert!(
+                err.contains("expected normal, realtime or realtime:N"),
+                "{bad}: {err}"
+            );
+        }
+        assert_eq!(Priority::Realtime(7).to_string(), "realtime:7");
+    }
+
+    #[test]
+    fn a_loop_busy_past_the_budget_steps_down_once_and_returns_when_it_catches_up() {
+        let mut o = Overload::default();
+        assert_eq!(o.turn(0, false), None, "idle: nothing to do");
+        assert_eq!(o.turn(10 * MS, true), None);
+        assert_eq!(o.turn(11 * MS, true), None, "busy 1 ms: within budget");
+        assert_eq!(o.turn(12 * MS, true), Some(Step::StepDown), "busy 2 ms");
+        assert_eq!(o.turn(50 * MS, true), None, "steps down once");
+        assert_eq!(o.turn(51 * MS, false), Some(Step::Restore), "caught up");
+        assert_eq!(o.turn(52 * MS, false), None, "restores once");
+    }
+
+    #[test]
+    fn a_pause_restarts_the_budget() {
+        let mut o = Overload::default();
+        assert_eq!(o.turn(0, true), None);
+        assert_eq!(o.turn(MS + MS / 2, true), None);
+        assert_eq!(
+            o.turn(MS + MS / 2 + 1, false),
+            None,
+            "a pause, never stepped down"
+        );
+        assert_eq!(o.turn(2 * MS, true), None, "the budget starts again here");
+        assert_eq!(o.turn(3 * MS, true), None);
+        assert_eq!(o.turn(4 * MS, true), Some(Step::StepDown));
     }
 }

@@ -1,6 +1,7 @@
 //! Live changes under load: a guarantee changed while iperf3 runs moves the split; a
 //! broadcast flood from one tenant is cut by storm control and leaves another tenant's
-//! iperf3 at its entitlement.
+//! iperf3 at its entitlement; a flood that keeps the data path busy steps it down from real
+//! time, and it returns once the flood ends.
 //!
 //! Rate-measuring tests run one at a time (a process-wide lock), as in `shaper_iperf.rs`;
 //! tolerance ±10% of the entitlement converted to TCP goodput.
@@ -11,7 +12,9 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::iperf::{IperfServer, client, report};
-use common::{Daemon, TestTopology, http, http_addr, netd_ok, require_privileges};
+use common::{
+    Daemon, TestTopology, datapath_scheduling, http, http_addr, netd_ok, require_privileges,
+};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -320,4 +323,71 @@ fn a_broadcast_flood_is_cut_and_spares_other_tenants() {
     assert!(delivered <= 1000 * (secs + 1) + 100 + 50, "{text}");
     assert!(storm >= sent - delivered - 50, "{text}");
     assert_near("victim under flood", victim, 100.0 * MBIT, &text);
+}
+
+#[test]
+fn a_flood_that_keeps_the_data_path_busy_steps_it_down_and_it_returns_to_real_time() {
+    require_privileges();
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let topo = TestTopology::new(TWO_TENANTS);
+    let mut netd = Daemon::start(&topo, &[]);
+    const FIFO: u32 = 1;
+    if datapath_scheduling(netd.pid()).0 != FIFO {
+        // Covered by the_data_path_runs_real_time_by_default_and_as_told_otherwise: this
+        // host refuses real-time threads, and netd said so.
+        assert!(netd.log().contains("normal priority"), "{}", netd.log());
+        return;
+    }
+    // 64-byte UDP from two senders, as fast as they go, for 2 s: more frames than one
+    // data-path thread forwards on this machine, so it never finds its ports empty.
+    let _server = IperfServer::start(&topo.name("1r"), 5201);
+    let flood = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &topo.name("1s"),
+            "iperf3",
+            "-c",
+            "10.81.0.2",
+        ])
+        .args([
+            "-p", "5201", "-u", "-b", "0", "-l", "64", "-P", "2", "-t", "2",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn iperf3 -u");
+    let mut flood = KillOnDrop(flood);
+    let mut normal_seen = false;
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(4) {
+        normal_seen |= datapath_scheduling(netd.pid()).0 == 0;
+        if flood.0.try_wait().ok().flatten().is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let log = netd.log();
+    assert!(
+        normal_seen && log.contains("without a pause"),
+        "the data path never stepped down during the flood; log:\n{log}"
+    );
+    // Flood over: the loop finds its ports empty and goes back to real time.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        datapath_scheduling(netd.pid()),
+        (FIFO, 1),
+        "back to realtime:1 after the flood"
+    );
+    assert_eq!(netd.stop(), Some(0), "log:\n{}", netd.log());
+}
+
+/// Kills the child when dropped (a failed assertion must not leave a flood running).
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

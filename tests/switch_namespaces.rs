@@ -7,7 +7,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Daemon, TestTopology, exec, netns_exists, ping, require_privileges, sh};
+use common::{
+    Daemon, TestTopology, datapath_scheduling, datapath_task, exec, netns_exists, ping,
+    require_privileges, sh,
+};
 
 /// Two tenants with overlapping address space; `a` and `b` are the same tenant.
 const TWO_TENANTS: &str = r#"
@@ -335,32 +338,6 @@ fn datapath_cpu_pins_the_data_path_and_a_missing_cpu_is_refused_before_anything_
         "no forwarding when pinned"
     );
     assert_eq!(netd.stop(), Some(0), "log:\n{}", netd.log());
-}
-
-/// The `/proc` directory of netd's data-path thread.
-fn datapath_task(pid: u32) -> std::path::PathBuf {
-    std::fs::read_dir(format!("/proc/{pid}/task"))
-        .expect("tasks")
-        .flatten()
-        .map(|t| t.path())
-        .find(|t| {
-            std::fs::read_to_string(t.join("comm")).is_ok_and(|c| c.trim() == "netd-datapath")
-        })
-        .expect("no netd-datapath thread")
-}
-
-/// The data-path thread's scheduling policy (0 normal, 1 SCHED_FIFO) and real-time priority.
-fn datapath_scheduling(pid: u32) -> (u32, u32) {
-    let stat = std::fs::read_to_string(datapath_task(pid).join("stat")).expect("stat");
-    // Fields after the parenthesised name, which may hold spaces; rt_priority and policy are
-    // fields 40 and 41 of proc(5); the first field after the name is field 3.
-    let rest: Vec<&str> = stat[stat.rfind(')').expect("stat name") + 2..]
-        .split(' ')
-        .collect();
-    (
-        rest[41 - 3].parse().expect("policy"),
-        rest[40 - 3].parse().expect("rt_priority"),
-    )
 }
 
 #[test]

@@ -157,6 +157,18 @@ pub fn set_current_thread_fifo(priority: u8) -> io::Result<()> {
     Ok(())
 }
 
+/// Return the calling thread to the normal time-sharing policy (`SCHED_OTHER`).
+pub fn set_current_thread_normal() -> io::Result<()> {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: pid 0 is the calling thread; `param` is a valid sched_param (priority 0 is the
+    // only one SCHED_OTHER accepts); the return value is checked.
+    let ret = unsafe { libc::sched_setscheduler(0, libc::SCHED_OTHER, &param) };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Return the CPUs the calling thread may run on (its affinity mask), in ascending order.
 pub fn allowed_cpus() -> io::Result<Vec<usize>> {
     // SAFETY: an all-zero cpu_set_t is the empty set, a valid value of this plain C struct.

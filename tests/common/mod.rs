@@ -348,3 +348,29 @@ pub fn http(addr: &str, method: &str, path: &str, body: Option<&str>) -> (u16, S
         .expect("status code");
     (code, body.to_string())
 }
+
+/// The `/proc` directory of netd's data-path thread.
+pub fn datapath_task(pid: u32) -> std::path::PathBuf {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("tasks")
+        .flatten()
+        .map(|t| t.path())
+        .find(|t| {
+            std::fs::read_to_string(t.join("comm")).is_ok_and(|c| c.trim() == "netd-datapath")
+        })
+        .expect("no netd-datapath thread")
+}
+
+/// The data-path thread's scheduling policy (0 normal, 1 SCHED_FIFO) and real-time priority.
+pub fn datapath_scheduling(pid: u32) -> (u32, u32) {
+    let stat = std::fs::read_to_string(datapath_task(pid).join("stat")).expect("stat");
+    // Fields after the parenthesised name, which may hold spaces; rt_priority and policy are
+    // fields 40 and 41 of proc(5); the first field after the name is field 3.
+    let rest: Vec<&str> = stat[stat.rfind(')').expect("stat name") + 2..]
+        .split(' ')
+        .collect();
+    (
+        rest[41 - 3].parse().expect("policy"),
+        rest[40 - 3].parse().expect("rt_priority"),
+    )
+}
