@@ -26,6 +26,9 @@ pub struct Bed {
     pub kernel: KernelBed,
     /// Peer switches brought up with [`Bed::add_peers`] (throughput only).
     pub peers: Vec<PeerBed>,
+    /// A second netd started with `--datapath-priority normal` (`{prefix}m-*`), brought up
+    /// with [`Bed::add_netd_normal`] (throughput only).
+    pub netd_normal: Option<NetdBed>,
 }
 
 impl Bed {
@@ -39,7 +42,37 @@ impl Bed {
             netd,
             kernel,
             peers: Vec::new(),
+            netd_normal: None,
         })
+    }
+
+    /// Bring up a second netd whose data path runs at normal priority, unless the first one
+    /// already does; return its side (none or one).
+    pub fn add_netd_normal(&mut self, ctx: &Ctx) -> Result<Vec<Side>> {
+        let realtime = self
+            .netd
+            .datapath_priority()
+            .is_some_and(|p| p.starts_with("realtime"));
+        if !realtime {
+            return Ok(Vec::new());
+        }
+        let mut args = ctx.netd_args.clone();
+        args.push("--datapath-priority=normal".into());
+        let bed = NetdBed::up(&self.topo, &format!("{}m", ctx.prefix), &ctx.tmp, &args)?;
+        self.netd_normal = Some(bed);
+        Ok(vec![Side::NetdNormalPriority])
+    }
+
+    /// Return the netd instance behind `side`, if it is a netd side.
+    pub fn netd_of(&self, side: Side) -> Result<&NetdBed> {
+        match side {
+            Side::Netd => Ok(&self.netd),
+            Side::NetdNormalPriority => self
+                .netd_normal
+                .as_ref()
+                .context("netd at normal priority is not up"),
+            Side::Kernel(..) | Side::Peer(_) => bail!("{} is not netd", side.label()),
+        }
     }
 
     /// Bring up every installed peer switch on the same topology; return their sides. A
@@ -75,7 +108,9 @@ impl Bed {
     /// Return the namespace of `server` on `side`.
     pub fn ns(&self, side: Side, server: &str) -> String {
         match side {
-            Side::Netd | Side::NetdNormalPriority => self.netd.ns(server),
+            Side::Netd | Side::NetdNormalPriority => self
+                .netd_of(side)
+                .map_or_else(|_| "netd-not-up".into(), |n| n.ns(server)),
             Side::Kernel(..) => self.kernel.ns(server),
             // A peer that is not up has no namespaces: commands there fail with a clear error.
             Side::Peer(p) => self
@@ -86,11 +121,8 @@ impl Bed {
 
     /// Make `side` ready for a run (the kernel's HTB flavour and offloads).
     pub fn prepare(&mut self, side: Side) -> Result<()> {
-        match side {
-            Side::Kernel(htb, offloads) => self.kernel.apply(htb, offloads)?,
-            Side::Netd => self.netd.set_normal_priority(false)?,
-            Side::NetdNormalPriority => self.netd.set_normal_priority(true)?,
-            Side::Peer(_) => {}
+        if let Side::Kernel(htb, offloads) = side {
+            self.kernel.apply(htb, offloads)?;
         }
         Ok(())
     }
@@ -102,7 +134,7 @@ impl Bed {
         match side {
             Side::Netd | Side::NetdNormalPriority => {
                 let names: Vec<String> = self.topo.tenants.iter().map(|t| t.name.clone()).collect();
-                self.netd.charged_bytes(&names)
+                self.netd_of(side)?.charged_bytes(&names)
             }
             Side::Kernel(..) => Ok(self.kernel.class_bytes()),
             Side::Peer(p) => bail!("{} has no per-tenant counters", p.label()),
@@ -112,7 +144,7 @@ impl Bed {
     /// Return the pid whose CPU time is the switch's own (netd; none for the kernel).
     pub fn pid(&self, side: Side) -> Option<u32> {
         match side {
-            Side::Netd | Side::NetdNormalPriority => self.netd.pid(),
+            Side::Netd | Side::NetdNormalPriority => self.netd_of(side).ok()?.pid(),
             Side::Kernel(..) => None,
             Side::Peer(p) => self.peer(p).ok().and_then(PeerBed::pid),
         }

@@ -109,34 +109,6 @@ impl NetdBed {
         })
     }
 
-    /// Move the data-path thread to normal (CFS) priority, or back to the priority netd
-    /// started it at (`chrt` on the thread: what `--datapath-priority` would have set).
-    pub fn set_normal_priority(&self, normal: bool) -> Result<()> {
-        let started = self.datapath_priority().unwrap_or_else(|| "normal".into());
-        let (policy, level) = match started.strip_prefix("realtime:") {
-            Some(level) if !normal => ("-f", level.to_string()),
-            _ => ("-o", "0".to_string()),
-        };
-        let pid = self.pid().context("netd is not running")?;
-        let task = std::fs::read_dir(format!("/proc/{pid}/task"))?
-            .flatten()
-            .find(|t| {
-                std::fs::read_to_string(t.path().join("comm"))
-                    .is_ok_and(|c| c.trim() == "netd-datapath")
-            })
-            .context("netd has no netd-datapath thread")?;
-        let tid = task.file_name().to_string_lossy().into_owned();
-        let status = Command::new("chrt")
-            .args([policy, "-p", &level, &tid])
-            .stdout(Stdio::null())
-            .status()
-            .context("cannot run chrt (util-linux)")?;
-        if !status.success() {
-            bail!("chrt {policy} -p {level} {tid} failed");
-        }
-        Ok(())
-    }
-
     /// Return netd's pid.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)

@@ -706,7 +706,7 @@ pub fn ratechange(ctx: &Ctx) -> Result<Outcome> {
                 at: lead,
                 run: Box::new(|| match side {
                     // Lower t1 first: each change alone must validate (Σ ≤ capacity).
-                    Side::Netd | Side::NetdNormalPriority => {
+                    Side::Netd => {
                         bed.netd
                             .cli(&["set-rate", &names[0], "--guaranteed", &mbit(n1)])?;
                         bed.netd
@@ -714,7 +714,9 @@ pub fn ratechange(ctx: &Ctx) -> Result<Outcome> {
                         Ok(())
                     }
                     Side::Kernel(..) => bed.kernel.change_guarantees(&[(0, n1), (1, n2)]),
-                    Side::Peer(p) => anyhow::bail!("{} cannot shape", p.label()),
+                    Side::Peer(_) | Side::NetdNormalPriority => {
+                        anyhow::bail!("{} runs in the throughput scenario only", side.label())
+                    }
                 }),
             };
             let d = drive_with(
@@ -728,14 +730,16 @@ pub fn ratechange(ctx: &Ctx) -> Result<Outcome> {
             )?;
             // Put the old plan back for the next run.
             match side {
-                Side::Netd | Side::NetdNormalPriority => {
+                Side::Netd => {
                     bed.netd
                         .cli(&["set-rate", &names[1], "--guaranteed", &mbit(g2)])?;
                     bed.netd
                         .cli(&["set-rate", &names[0], "--guaranteed", &mbit(g1)])?;
                 }
                 Side::Kernel(..) => bed.kernel.change_guarantees(&[(1, g2), (0, g1)])?,
-                Side::Peer(p) => anyhow::bail!("{} cannot shape", p.label()),
+                Side::Peer(_) | Side::NetdNormalPriority => {
+                    anyhow::bail!("{} runs in the throughput scenario only", side.label())
+                }
             }
             let t_change = d.marks[0];
             let rate = |k: usize, a: f64, b: f64| d.tenant_rate(&topo, k, a, b);

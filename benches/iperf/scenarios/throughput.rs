@@ -46,14 +46,8 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
         json!(offload_facts(&bed.kernel.ns("s0"))),
     );
     let mut sides = vec![Side::Netd];
-    // The same netd at normal priority, unless it already runs so (then it is one column).
-    if bed
-        .netd
-        .datapath_priority()
-        .is_some_and(|p| p.starts_with("realtime"))
-    {
-        sides.push(Side::NetdNormalPriority);
-    }
+    // A second netd at normal priority: what the real-time default buys, in the same run.
+    sides.extend(bed.add_netd_normal(ctx)?);
     sides.push(Side::Kernel(Htb::Tuned, ctx.tap_offloads));
     if ctx.tap_offloads != Offloads::Veth {
         sides.push(Side::Kernel(Htb::Tuned, Offloads::Veth));
@@ -240,7 +234,7 @@ fn one(ctx: &Ctx, bed: &Bed, side: Side, load: &Load) -> Result<One> {
     sleep(Duration::from_secs_f64(ctx.warm))?;
     let pid = bed.pid(side);
     let forwarded = || match side {
-        Side::Netd | Side::NetdNormalPriority => bed.netd.forwarded_frames().map(Some),
+        Side::Netd | Side::NetdNormalPriority => bed.netd_of(side)?.forwarded_frames().map(Some),
         Side::Kernel(..) | Side::Peer(_) => Ok(None),
     };
     let f0 = forwarded()?;
