@@ -401,6 +401,7 @@ impl DataPath {
                     return Ok(());
                 };
                 self.priority = granted;
+                self.publish_priority(granted);
                 self.run()
             })?;
         match placed_rx.recv() {
@@ -551,13 +552,24 @@ impl DataPath {
         }
     }
 
+    /// Tell readers the priority the thread runs at now.
+    fn publish_priority(&self, now: Priority) {
+        let level = match now {
+            Priority::Normal => 0,
+            Priority::Realtime(level) => u64::from(level),
+        };
+        let gauges = &self.egress.stats.datapath;
+        gauges.realtime_priority.store(level, Ordering::Relaxed);
+        gauges.step_downs.store(self.step_downs, Ordering::Relaxed);
+    }
+
     /// Step a real-time loop down to normal priority when it has been busy past
     /// [`REALTIME_BUDGET`], and back up once it finds nothing waiting.
     fn check_overload(&mut self, now: Nanos, busy: bool) {
         let Priority::Realtime(level) = self.priority else {
             return;
         };
-        let (result, what) = match self.overload.turn(now, busy) {
+        let (result, what, after) = match self.overload.turn(now, busy) {
             None => return,
             Some(Step::StepDown) => {
                 self.step_downs += 1;
@@ -571,18 +583,24 @@ impl DataPath {
                 (
                     crate::kernel::sys::set_current_thread_normal(),
                     "step down to normal",
+                    Priority::Normal,
                 )
             }
             Some(Step::Restore) => (
                 crate::kernel::sys::set_current_thread_fifo(level),
                 "return to real time",
+                self.priority,
             ),
         };
-        if let Err(err) = result {
-            // Do not retry every turn: stay where the thread is, at worst normal priority.
-            warn!(cause = %err, "data path cannot {what}; it stays at normal priority");
-            let _ = crate::kernel::sys::set_current_thread_normal();
-            self.priority = Priority::Normal;
+        match result {
+            Ok(()) => self.publish_priority(after),
+            Err(err) => {
+                // Do not retry every turn: stay where the thread is, at worst normal priority.
+                warn!(cause = %err, "data path cannot {what}; it stays at normal priority");
+                let _ = crate::kernel::sys::set_current_thread_normal();
+                self.priority = Priority::Normal;
+                self.publish_priority(Priority::Normal);
+            }
         }
     }
 

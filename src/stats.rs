@@ -162,6 +162,15 @@ impl Counters {
     }
 }
 
+/// How the data-path thread is scheduled now, published by the loop when it changes.
+#[derive(Debug, Default)]
+pub struct DataPathGauges {
+    /// The real-time priority it runs at (0: normal priority).
+    pub realtime_priority: AtomicU64,
+    /// Times it stepped down to normal priority, busy past its real-time budget.
+    pub step_downs: AtomicU64,
+}
+
 /// The shaper's view of one tenant, copied out by the data path every few tens of ms.
 #[derive(Debug, Default)]
 pub struct ShaperGauges {
@@ -222,6 +231,8 @@ pub struct Stats {
     pub tenants: Vec<Arc<Counters>>,
     /// The shaper's per-tenant counters (index = `TenantId`).
     pub shaper: Vec<Arc<ShaperGauges>>,
+    /// The data-path thread's scheduling.
+    pub datapath: Arc<DataPathGauges>,
 }
 
 impl Stats {
@@ -231,6 +242,7 @@ impl Stats {
             ports: (0..ports).map(|_| Arc::default()).collect(),
             tenants: (0..tenants).map(|_| Arc::default()).collect(),
             shaper: (0..tenants).map(|_| Arc::default()).collect(),
+            datapath: Arc::default(),
         }
     }
 
@@ -248,6 +260,7 @@ impl Stats {
             ports: grow(&self.ports, ports),
             tenants: grow(&self.tenants, tenants),
             shaper: grow(&self.shaper, tenants),
+            datapath: self.datapath.clone(),
         }
     }
 }

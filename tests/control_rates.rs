@@ -379,6 +379,12 @@ fn a_flood_that_keeps_the_data_path_busy_steps_it_down_and_it_returns_to_real_ti
         (FIFO, 1),
         "back to realtime:1 after the flood"
     );
+    // And says so to operators.
+    let stats: serde_json::Value =
+        serde_json::from_str(&netd_ok(&topo, &["stats", "--json"])).unwrap();
+    let datapath = &stats["datapath"];
+    assert_eq!(datapath["realtime_priority"], 1, "{datapath}");
+    assert!(datapath["step_downs"].as_u64().unwrap() >= 1, "{datapath}");
     assert_eq!(netd.stop(), Some(0), "log:\n{}", netd.log());
 }
 

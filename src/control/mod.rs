@@ -30,6 +30,7 @@ pub mod report;
 pub mod socket;
 
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -39,8 +40,8 @@ use tracing::{info, warn};
 pub use change::{Change, Diff};
 use rates::{LONG, Meter, RateMeter, SHORT};
 use report::{
-    Counts, Demand, PortStats, Rates, ServerStatus, ShaperCounts, StatsReport, Status, TenantStats,
-    TenantStatus,
+    Counts, DataPathStats, Demand, PortStats, Rates, ServerStatus, ShaperCounts, StatsReport,
+    Status, TenantStats, TenantStatus,
 };
 
 use crate::datapath::{Update, UpdateHandle};
@@ -375,6 +376,10 @@ impl Control {
                     counters: counts(&stats.ports, s.id.index()),
                 })
                 .collect(),
+            datapath: DataPathStats {
+                realtime_priority: stats.datapath.realtime_priority.load(Ordering::Relaxed),
+                step_downs: stats.datapath.step_downs.load(Ordering::Relaxed),
+            },
         }
     }
 

@@ -77,6 +77,17 @@ pub struct ServerStatus {
 pub struct StatsReport {
     pub tenants: Vec<TenantStats>,
     pub ports: Vec<PortStats>,
+    #[serde(default)]
+    pub datapath: DataPathStats,
+}
+
+/// How the data-path thread is scheduled (see README, "Scheduling the data path").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataPathStats {
+    /// The `SCHED_FIFO` priority it runs at now; 0 when at normal priority.
+    pub realtime_priority: u64,
+    /// Times it stepped down to normal priority, busy 2 ms without a pause.
+    pub step_downs: u64,
 }
 
 /// Frames/bytes in and out, drops by reason (every reason, zeros included).
@@ -399,6 +410,18 @@ pub fn prometheus(status: &Status, stats: &StatsReport) -> String {
         "Host capacity shared among tenants.",
         vec![(String::new(), status.capacity_bps)],
     );
+    family(
+        "netd_datapath_realtime_priority",
+        "gauge",
+        "SCHED_FIFO priority of the data-path thread now (0: normal priority).",
+        vec![(String::new(), stats.datapath.realtime_priority)],
+    );
+    family(
+        "netd_datapath_step_downs_total",
+        "counter",
+        "Times the data path stepped down from real time, busy 2 ms without a pause.",
+        vec![(String::new(), stats.datapath.step_downs)],
+    );
     out
 }
 
@@ -497,6 +520,10 @@ mod tests {
                 tenant: "acme".into(),
                 counters: counts,
             }],
+            datapath: DataPathStats {
+                realtime_priority: 1,
+                step_downs: 3,
+            },
         };
         (status, stats)
     }
@@ -514,6 +541,10 @@ mod tests {
         );
         assert!(
             text.contains("netd_tenant_entitlement_bits_per_second{tenant=\"acme\"} 1000000000\n")
+        );
+        assert!(
+            text.contains("netd_datapath_step_downs_total 3\n"),
+            "{text}"
         );
         assert!(text.contains("netd_tenant_rate_bits_per_second{tenant=\"acme\",direction=\"in\",window=\"100ms\"} 5\n"));
         assert!(
