@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
-use crate::proc::{Proc, ns_cmd};
+use crate::proc::{Proc, ns_cmd, workload_cmd};
 
 /// An `iperf3 -s` in a namespace; killed on drop.
 pub struct IperfServer {
@@ -19,7 +19,7 @@ pub struct IperfServer {
 impl IperfServer {
     /// Start a server in `ns` on `port` (the caller waits for it to listen, see [`settle`]).
     pub fn start(ns: &str, port: u16) -> Result<IperfServer> {
-        let cmd = ns_cmd(ns, &["iperf3", "-s", "-p", &port.to_string()]);
+        let cmd = workload_cmd(ns, &["iperf3", "-s", "-p", &port.to_string()]);
         Ok(IperfServer {
             _proc: Proc::spawn(cmd, "iperf3 -s", None)?,
         })
@@ -78,7 +78,7 @@ impl Client {
             args.extend(["-C", &load.cc]);
         }
         Ok(Client {
-            proc: Proc::spawn(ns_cmd(ns, &args), "iperf3 -c", None)?,
+            proc: Proc::spawn(workload_cmd(ns, &args), "iperf3 -c", None)?,
             secs: load.secs.ceil(),
         })
     }

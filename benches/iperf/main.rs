@@ -77,6 +77,10 @@ struct Args {
     /// Leave out the peer switches (Open vSwitch netdev, vde_switch) even where installed.
     #[arg(long)]
     no_peers: bool,
+    /// Run each iperf3 in its own session (its own scheduling group), as a server's
+    /// processes are in their own cgroup on a real host.
+    #[arg(long)]
+    servers_own_session: bool,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -199,6 +203,10 @@ fn run(args: Args) -> Result<bool> {
     // like-for-like kernel side keeps veth's defaults (`Offloads::AsTap` remains for comparing
     // against `netd up --no-offload`-style plain frames).
     let tap_offloads = Offloads::Veth;
+    proc::SERVERS_OWN_SESSION.store(
+        args.servers_own_session,
+        std::sync::atomic::Ordering::Relaxed,
+    );
     let ctx = Ctx {
         prefix: prefix.clone(),
         reps: args.repeat.unwrap_or(if quick { 1 } else { 3 }).max(1),
@@ -241,6 +249,7 @@ fn run(args: Args) -> Result<bool> {
         "iproute2": sh(&["ip", "-V"]),
         "congestion_control": ctx.cc,
         "netd_args": ctx.netd_args,
+        "servers_own_session": args.servers_own_session,
         "cpus": std::thread::available_parallelism().map_or(0, usize::from),
         "cpu_model": std::fs::read_to_string("/proc/cpuinfo").ok()
             .and_then(|c| c.lines().find(|l| l.starts_with("model name"))

@@ -66,6 +66,22 @@ pub fn ns_cmd(ns: &str, args: &[&str]) -> Command {
     cmd
 }
 
+/// Set once at start-up by `--servers-own-session`: see [`workload_cmd`].
+pub static SERVERS_OWN_SESSION: AtomicBool = AtomicBool::new(false);
+
+/// Build the command for a server's own workload (iperf3) in `ns`: [`ns_cmd`], or with
+/// `--servers-own-session` the same under `setsid`, so each process is its own session and
+/// thus its own scheduling group (autogroup), as a server's processes are in their own
+/// cgroup on a real host, instead of sharing one group with the switch and the runner.
+pub fn workload_cmd(ns: &str, args: &[&str]) -> Command {
+    if !SERVERS_OWN_SESSION.load(Ordering::Relaxed) {
+        return ns_cmd(ns, args);
+    }
+    let mut cmd = Command::new("setsid");
+    cmd.args(["ip", "netns", "exec", ns]).args(args);
+    cmd
+}
+
 /// A running child, killed and reaped on drop; its output is collected by reader threads.
 pub struct Proc {
     what: String,
@@ -93,8 +109,13 @@ impl Proc {
             Stdio::null()
         })
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
+        .stderr(Stdio::piped());
+        // Own process group (a terminal Ctrl-C reaches only the runner, which stops children
+        // in order); not for `setsid`, which must not lead a group or it forks, leaving the
+        // pid we kill without its child.
+        if cmd.get_program() != "setsid" {
+            cmd.process_group(0);
+        }
         let mut child = cmd
             .spawn()
             .with_context(|| format!("cannot start {what}"))?;
