@@ -293,6 +293,8 @@ pub fn markdown(header: &str, rows: &[Row]) -> String {
             }
             .into(),
         );
+        // A `|` inside a cell (as in "|error|") would end the cell: escape it.
+        let cells: Vec<String> = cells.iter().map(|c| c.replace('|', "\\|")).collect();
         let _ = writeln!(out, "| {} |", cells.join(" | ").trim_end());
     }
     out
