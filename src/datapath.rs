@@ -678,6 +678,9 @@ impl DataPath {
         // The shaper is charged what the frame will be on a wire (a GSO frame's segments
         // each repeat the headers), as tc charges GSO packets.
         let charge = u32::try_from(vnet.wire_bytes(frame)).unwrap_or(u32::MAX);
+        // Which conversation it is: a small frame of an idle flow goes ahead of its tenant's
+        // bulk frames (see `shaper::hierarchy`).
+        let flow = crate::wire::flow::flow_hash(frame);
         // Small frames are copied out so a queued one does not pin 64 KiB; a large one keeps
         // its read buffer and the loop takes a fresh one.
         let buf = if len <= pool::SMALL {
@@ -691,7 +694,10 @@ impl DataPath {
             ingress,
             decision,
         };
-        match self.shaper.offer(now, tenant, ingress, charge, pending) {
+        match self
+            .shaper
+            .offer_flow(now, tenant, ingress, charge, pending, flow)
+        {
             Admit::Send(pending) => egress.send(pending),
             Admit::Queued => {}
             Admit::Dropped(pending) => {

@@ -62,16 +62,30 @@
 //! first, else the lane with the smallest SFQ start tag (weight 1) among lanes under their
 //! ceiling. Unlisted ports share a default lane.
 //!
+//! Inside a lane, **sparse flows go first** (the idea of fq_codel's new-flow list): a small
+//! frame (≤ [`SPARSE_MAX_BYTES`]) of a flow with nothing queued in its tenant joins the lane's
+//! `sparse` list, served before its bulk list, so a ping, a DNS query or a TCP handshake
+//! does not wait behind its own tenant's 64 KB bulk frames. No flow is reordered: a frame
+//! goes sparse only when no frame of its flow bucket is queued anywhere in the tenant, and
+//! the sparse list drains first. Tokens are charged exactly as before; only the order inside
+//! one tenant's lane changes.
+//!
 //! Cost: `offer` is O(ports of the tenant); each released frame is O(backlogged tenants +
 //! ports of the sending tenant); no allocation except in `new` and `reconfigure`.
 
 use super::bucket::{Bucket, FINE_PER_BYTE, NEVER, Pool};
-use super::queue::{Arena, Fifo};
+use super::queue::{Arena, Fifo, NO_FLOW};
 use super::{Admit, Nanos, PortConfig, QueueLimits, ShaperConfig, TenantConfig, TenantCounters};
 use crate::topology::{PortId, Rate, TenantId};
 
 /// No slot / not backlogged.
 const NONE: u32 = u32::MAX;
+
+/// Flow buckets per tenant: how many flows can be told apart when deciding "sparse".
+const FLOW_BUCKETS: u16 = 1024;
+/// The largest frame (charged bytes) that may take a lane's sparse list: MTU-sized frames
+/// and smaller, never a GSO super-frame.
+pub const SPARSE_MAX_BYTES: u32 = 2048;
 
 /// Fixed point of SFQ tags: a frame of `b` bytes at weight `w` advances its tag by
 /// `(b << TAG_SHIFT) / w`. `b < 2³²` so one step is < 2⁶⁴ and a u128 tag never overflows.
@@ -90,7 +104,10 @@ struct Lane {
     ceiling: Option<Bucket>,
     /// SFQ finish tag of this lane's bytes sent beyond its own guarantee.
     tag: u128,
+    /// Bulk list.
     fifo: Fifo,
+    /// Frames of flows that had nothing queued: sent before `fifo`.
+    sparse: Fifo,
 }
 
 impl Lane {
@@ -102,7 +119,12 @@ impl Lane {
             ceiling: bucket(config.and_then(|c| c.ceiling)),
             tag: 0,
             fifo: Fifo::default(),
+            sparse: Fifo::default(),
         }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.fifo.is_empty() && self.sparse.is_empty()
     }
 
     /// Update rates in place, keeping levels, tag and queue.
@@ -156,6 +178,8 @@ struct Tenant<T> {
     /// `lanes[0]` is the default lane (unlisted ports); the others follow `config.ports`.
     lanes: Vec<Lane>,
     arena: Arena<T>,
+    /// Queued frames per flow bucket (both lists, all lanes).
+    flows: Vec<u32>,
     queued_bytes: u64,
     byte_limit: u64,
     limits: QueueLimits,
@@ -180,6 +204,7 @@ impl<T> Tenant<T> {
             lane_vtime: 0,
             lanes,
             arena: Arena::with_capacity(shaper.queue.max_frames),
+            flows: vec![0; usize::from(FLOW_BUCKETS)],
             queued_bytes: 0,
             byte_limit: shaper.queue.byte_limit(ceiling),
             limits: shaper.queue,
@@ -215,8 +240,10 @@ impl<T> Tenant<T> {
             };
             lanes.push(lane);
         }
-        // Frames of removed ports keep their order at the tail of the default lane.
+        // Frames of removed ports keep their order at the tail of the default lane (sparse
+        // ones in its sparse list, still ahead of the rest of their flows).
         for mut lane in old {
+            self.arena.append(&mut lanes[0].sparse, &mut lane.sparse);
             self.arena.append(&mut lanes[0].fifo, &mut lane.fifo);
         }
         self.lanes = lanes;
@@ -230,7 +257,7 @@ impl<T> Tenant<T> {
     fn lanes_ready_at(&self, now: Nanos) -> Nanos {
         self.lanes
             .iter()
-            .filter(|l| !l.fifo.is_empty())
+            .filter(|l| !l.is_empty())
             .map(|l| l.ready_at(now))
             .min()
             .unwrap_or(NEVER)
@@ -252,7 +279,7 @@ impl<T> Tenant<T> {
     fn pick_lane(&self, now: Nanos) -> Option<(usize, bool)> {
         let mut best: Option<(usize, u128)> = None;
         for (i, lane) in self.lanes.iter().enumerate() {
-            if lane.fifo.is_empty() || !lane.under_ceiling(now) {
+            if lane.is_empty() || !lane.under_ceiling(now) {
                 continue;
             }
             if lane.under_guarantee(now) {
@@ -269,9 +296,17 @@ impl<T> Tenant<T> {
     /// Pop the head of `lane` and charge the lane's buckets; return the item and its size.
     fn pop_lane(&mut self, lane: usize, lane_own: bool, now: Nanos) -> (T, u32) {
         let l = &mut self.lanes[lane];
-        let popped = self.arena.pop(&mut l.fifo);
+        let list = if l.sparse.is_empty() {
+            &mut l.fifo
+        } else {
+            &mut l.sparse
+        };
+        let popped = self.arena.pop_flow(list);
         // `pick_lane` only returns non-empty lanes.
-        let (item, bytes) = popped.expect("picked lane is not empty");
+        let (item, bytes, flow) = popped.expect("picked lane is not empty");
+        if let Some(n) = self.flows.get_mut(usize::from(flow)) {
+            *n -= 1;
+        }
         self.queued_bytes -= u64::from(bytes);
         charge_lane(l, &mut self.lane_vtime, lane_own, bytes, now);
         (item, bytes)
@@ -287,19 +322,31 @@ impl<T> Tenant<T> {
 
     /// Check counters against the lanes (O(ports)); `deep` also walks the queues.
     fn is_valid(&self, deep: bool) -> bool {
-        let frames: u64 = self.lanes.iter().map(|l| u64::from(l.fifo.frames())).sum();
-        let bytes: u64 = self.lanes.iter().map(|l| l.fifo.bytes()).sum();
+        let frames: u64 = self
+            .lanes
+            .iter()
+            .map(|l| u64::from(l.fifo.frames()) + u64::from(l.sparse.frames()))
+            .sum();
+        let bytes: u64 = self
+            .lanes
+            .iter()
+            .map(|l| l.fifo.bytes() + l.sparse.bytes())
+            .sum();
+        let in_flows: u64 = self.flows.iter().map(|&n| u64::from(n)).sum();
         let shallow = self.guarantee.is_valid()
             && self.ceiling.is_valid()
             && self.weight >= 1
             && self.lanes.iter().all(Lane::is_valid)
             && frames == u64::from(self.arena.used())
+            && in_flows <= frames
             && bytes == self.queued_bytes
             && (self.backlog_pos == NONE) == (frames == 0);
         shallow
             && (!deep
                 || (self.arena.is_valid()
-                    && self.lanes.iter().all(|l| self.arena.fifo_is_valid(&l.fifo))))
+                    && self.lanes.iter().all(|l| {
+                        self.arena.fifo_is_valid(&l.fifo) && self.arena.fifo_is_valid(&l.sparse)
+                    })))
     }
 }
 
@@ -407,6 +454,20 @@ impl<T> Shaper<T> {
         bytes: u32,
         item: T,
     ) -> Admit<T> {
+        self.offer_flow(now, tenant, port, bytes, item, None)
+    }
+
+    /// [`Shaper::offer`] for a frame of flow `flow` (a hash, see `wire::flow`): a small frame
+    /// of a flow with nothing queued goes ahead of its lane's bulk frames.
+    pub fn offer_flow(
+        &mut self,
+        now: Nanos,
+        tenant: TenantId,
+        port: PortId,
+        bytes: u32,
+        item: T,
+        flow: Option<u32>,
+    ) -> Admit<T> {
         let now = self.tick(now);
         let Some(slot) = self.slot(tenant) else {
             self.unknown_drops += 1;
@@ -441,19 +502,31 @@ impl<T> Shaper<T> {
             }
         }
 
-        if !t.admits(lane, bytes, now) {
+        // FLOW_BUCKETS ≤ u16::MAX = NO_FLOW, so a bucket always fits and is never NO_FLOW.
+        let bucket = flow.and_then(|h| u16::try_from(h % u32::from(FLOW_BUCKETS)).ok());
+        let sparse = bytes <= SPARSE_MAX_BYTES
+            && bucket.is_some_and(|b| self.tenants[slot].flows[usize::from(b)] == 0);
+        let t = &mut self.tenants[slot];
+        if !t.admits(lane, bytes, now, sparse) {
             t.counters.dropped_frames += 1;
             t.counters.dropped_bytes += u64::from(bytes);
             return Admit::Dropped(item);
         }
-        let fifo = &mut t.lanes[lane].fifo;
-        if let Err(item) = t.arena.push(fifo, item, bytes, now) {
+        let l = &mut t.lanes[lane];
+        let list = if sparse { &mut l.sparse } else { &mut l.fifo };
+        let pushed = t
+            .arena
+            .push_flow(list, item, bytes, now, bucket.unwrap_or(NO_FLOW));
+        if let Err(item) = pushed {
             // Unreachable: `admits` checked the frame count against the arena.
             t.counters.dropped_frames += 1;
             t.counters.dropped_bytes += u64::from(bytes);
             return Admit::Dropped(item);
         }
         t.queued_bytes += u64::from(bytes);
+        if let Some(b) = bucket {
+            t.flows[usize::from(b)] += 1;
+        }
         if t.backlog_pos == NONE {
             t.backlog_pos = u32::try_from(self.backlogged.len()).unwrap_or(NONE);
             self.backlogged.push(u32::try_from(slot).unwrap_or(NONE));
@@ -506,7 +579,7 @@ impl<T> Shaper<T> {
                 }
                 if t.lanes
                     .iter()
-                    .any(|l| !l.fifo.is_empty() && l.under_ceiling(now))
+                    .any(|l| !l.is_empty() && l.under_ceiling(now))
                 {
                     best = Some((slot as usize, start));
                 }
@@ -574,6 +647,8 @@ impl<T> Shaper<T> {
         let mut evicted = Vec::new();
         for mut t in old.into_iter().flatten() {
             for lane in &mut t.lanes {
+                t.arena
+                    .drain(&mut lane.sparse, |item, _| evicted.push(item));
                 t.arena.drain(&mut lane.fifo, |item, _| evicted.push(item));
             }
         }
@@ -681,7 +756,7 @@ impl<T> Shaper<T> {
 
 impl<T> Tenant<T> {
     /// Return true when the queue bounds admit a frame of `bytes` on `lane` at `now`.
-    fn admits(&self, lane: usize, bytes: u32, now: Nanos) -> bool {
+    fn admits(&self, lane: usize, bytes: u32, now: Nanos, sparse: bool) -> bool {
         let frames = self.queued_frames();
         if frames == 0 {
             return true; // never drop a frame for being big
@@ -692,7 +767,8 @@ impl<T> Tenant<T> {
         if self.queued_bytes + u64::from(bytes) > self.byte_limit {
             return false;
         }
-        if self.queued_bytes < u64::from(self.limits.min_bytes) {
+        // A sparse frame goes ahead of the lane's bulk list: the bulk list's wait is not its.
+        if sparse || self.queued_bytes < u64::from(self.limits.min_bytes) {
             return true;
         }
         // Time bound: estimate this frame's wait as the lane's queued bytes over the lane's
@@ -803,6 +879,78 @@ mod tests {
         assert_eq!(now, 1472 * 800 + 16 * 1_200_000);
         let c = s.counters(TenantId(0));
         assert_eq!((c.sent_frames(), c.queued_frames), (20, 0));
+    }
+
+    /// Release everything queued, in order of release; return (item, release time).
+    fn release_all(s: &mut Shaper<u32>) -> Vec<(u32, Nanos)> {
+        let mut out = Vec::new();
+        while let Some(now) = s.next_release() {
+            s.release(now, |i| out.push((i, now)));
+            assert!(s.is_valid());
+        }
+        out
+    }
+
+    #[test]
+    fn a_small_frame_of_an_idle_flow_goes_ahead_of_its_tenants_bulk_frames() {
+        let mut s = Shaper::new(config(1000, vec![tenant(0, 1000, 1000, 1)]), 0);
+        const BULK: Option<u32> = Some(7);
+        const PING: Option<u32> = Some(8);
+        // A bulk flow: 64 KB super-frames, 20 of them queued (~10 ms at 1 Gbit/s).
+        let mut queued = Vec::new();
+        for i in 0..21 {
+            match s.offer_flow(0, TenantId(0), PortId(0), 65_536, i, BULK) {
+                Admit::Queued => queued.push(i),
+                Admit::Send(_) => {}
+                Admit::Dropped(_) => panic!("{i} dropped"),
+            }
+        }
+        assert!(queued.len() >= 18, "{queued:?}");
+        // A ping of another flow arrives behind them.
+        assert_eq!(
+            s.offer_flow(MS, TenantId(0), PortId(0), 98, 100, PING),
+            Admit::Queued
+        );
+        let out = release_all(&mut s);
+        assert_eq!(out[0].0, 100, "the ping is the next frame out: {out:?}");
+        // It waited for the tokens of the frames already sent (their debt), not for the 20
+        // queued ahead of it: one 64 KB frame is 0.52 ms at 1 Gbit/s.
+        assert!(out[0].1 < 2 * MS, "ping left at {} ns", out[0].1);
+        let bulk: Vec<u32> = out[1..].iter().map(|&(i, _)| i).collect();
+        assert_eq!(bulk, queued, "bulk stays in order");
+    }
+
+    #[test]
+    fn a_flow_never_overtakes_itself_and_big_or_unhashed_frames_stay_in_line() {
+        let mut s = Shaper::new(config(1000, vec![tenant(0, 1000, 1000, 1)]), 0);
+        let mut queued = Vec::new();
+        let mut offer = |s: &mut Shaper<u32>, bytes: u32, i: u32, flow: Option<u32>| match s
+            .offer_flow(0, TenantId(0), PortId(0), bytes, i, flow)
+        {
+            Admit::Queued => queued.push(i),
+            Admit::Send(_) => {}
+            Admit::Dropped(_) => panic!("{i} dropped"),
+        };
+        for i in 0..5 {
+            offer(&mut s, 65_536, i, Some(1));
+        }
+        // Flow 1 has frames queued: its small frame must not pass them.
+        offer(&mut s, 66, 10, Some(1));
+        // Another flow's super-frame, and a frame with no flow, are not "sparse" either.
+        offer(&mut s, 65_536, 11, Some(2));
+        offer(&mut s, 66, 12, None);
+        // A small frame of a third, idle flow goes first; the next one of that flow (its
+        // first still queued) joins the bulk list and keeps its order.
+        offer(&mut s, 66, 13, Some(3));
+        offer(&mut s, 66, 14, Some(3));
+        let order: Vec<u32> = release_all(&mut s).into_iter().map(|(i, _)| i).collect();
+        let mut expected = vec![13];
+        expected.extend(queued.iter().copied().filter(|&i| i != 13));
+        assert_eq!(
+            order, expected,
+            "the idle flow first, the rest in arrival order"
+        );
+        assert!(queued.contains(&10) && queued.contains(&14), "{queued:?}");
     }
 
     #[test]

@@ -10,6 +10,8 @@ use super::Nanos;
 
 /// End of a list.
 const NIL: u32 = u32::MAX;
+/// The flow of an item pushed without one.
+pub(crate) const NO_FLOW: u16 = u16::MAX;
 
 /// One arena slot: a queued item or a free slot.
 #[derive(Debug)]
@@ -19,6 +21,8 @@ struct Slot<T> {
     enqueued: Nanos,
     /// Bytes queued ahead of this item in its list when it was pushed.
     ahead: u64,
+    /// The flow bucket the owner filed it under ([`NO_FLOW`]: none).
+    flow: u16,
     next: u32,
 }
 
@@ -106,6 +110,7 @@ impl<T> Arena<T> {
                 bytes: 0,
                 enqueued: 0,
                 ahead: 0,
+                flow: NO_FLOW,
                 next: NIL,
             });
         }
@@ -116,12 +121,26 @@ impl<T> Arena<T> {
     }
 
     /// Append `item` to `fifo`; give it back when the arena is full.
+    #[cfg(test)]
     pub(crate) fn push(
         &mut self,
         fifo: &mut Fifo,
         item: T,
         bytes: u32,
         now: Nanos,
+    ) -> Result<(), T> {
+        self.push_flow(fifo, item, bytes, now, NO_FLOW)
+    }
+
+    /// Append `item` to `fifo`, remembering its flow bucket (or [`NO_FLOW`]) for
+    /// [`Arena::pop_flow`]; give it back when the arena is full.
+    pub(crate) fn push_flow(
+        &mut self,
+        fifo: &mut Fifo,
+        item: T,
+        bytes: u32,
+        now: Nanos,
+        flow: u16,
     ) -> Result<(), T> {
         let index = self.free;
         if index == NIL {
@@ -134,6 +153,7 @@ impl<T> Arena<T> {
             bytes,
             enqueued: now,
             ahead: fifo.bytes,
+            flow,
             next: NIL,
         };
         if fifo.tail == NIL {
@@ -159,6 +179,11 @@ impl<T> Arena<T> {
 
     /// Remove and return the head of `fifo` with its size.
     pub(crate) fn pop(&mut self, fifo: &mut Fifo) -> Option<(T, u32)> {
+        self.pop_flow(fifo).map(|(item, bytes, _)| (item, bytes))
+    }
+
+    /// Remove and return the head of `fifo` with its size and flow bucket.
+    pub(crate) fn pop_flow(&mut self, fifo: &mut Fifo) -> Option<(T, u32, u16)> {
         let index = fifo.head;
         if index == NIL {
             return None;
@@ -166,6 +191,7 @@ impl<T> Arena<T> {
         let slot = &mut self.slots[index as usize];
         let item = slot.item.take()?;
         let bytes = slot.bytes;
+        let flow = slot.flow;
         fifo.head = slot.next;
         slot.next = self.free;
         self.free = index;
@@ -175,7 +201,7 @@ impl<T> Arena<T> {
         fifo.frames -= 1;
         fifo.bytes -= u64::from(bytes);
         self.used -= 1;
-        Some((item, bytes))
+        Some((item, bytes, flow))
     }
 
     /// Move every item of `src` to the tail of `dst`, keeping their order.
