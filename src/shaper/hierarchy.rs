@@ -908,7 +908,7 @@ mod tests {
         assert!(queued.len() >= 18, "{queued:?}");
         // A ping of another flow arrives behind them.
         assert_eq!(
-            s.offer_flow(MS, TenantId(0), PortId(0), 98, 100, PING),
+            s.offer_flow(0, TenantId(0), PortId(0), 98, 100, PING),
             Admit::Queued
         );
         let out = release_all(&mut s);
