@@ -83,6 +83,22 @@ pub enum Priority {
 pub const DEFAULT_PRIORITY: Priority = Priority::Realtime(1);
 
 impl Priority {
+    /// The `SCHED_FIFO` level, 0 for normal priority (as `netd stats` reports it).
+    pub fn realtime_level(self) -> u64 {
+        match self {
+            Priority::Normal => 0,
+            Priority::Realtime(level) => u64::from(level),
+        }
+    }
+
+    /// The priority a [`Priority::realtime_level`] stands for (out-of-range levels: normal).
+    pub fn from_realtime_level(level: u64) -> Priority {
+        match u8::try_from(level) {
+            Ok(level @ 1..=99) => Priority::Realtime(level),
+            _ => Priority::Normal,
+        }
+    }
+
     /// Apply to the calling thread.
     fn apply(self) -> io::Result<()> {
         match self {
@@ -305,8 +321,6 @@ pub struct DataPath {
     /// The priority the thread was given (set by [`DataPath::spawn`]).
     priority: Priority,
     overload: Overload,
-    /// Times the loop stepped down from real time (see [`Overload`]).
-    step_downs: u64,
 }
 
 impl DataPath {
@@ -371,7 +385,6 @@ impl DataPath {
                 update_handle,
                 priority: Priority::Normal,
                 overload: Overload::default(),
-                step_downs: 0,
             },
             handle,
         ))
@@ -453,7 +466,13 @@ impl DataPath {
                 }
             }
             if self.stop.load(Ordering::SeqCst) {
-                info!(step_downs = self.step_downs, "data path stopping");
+                let step_downs = self
+                    .egress
+                    .stats
+                    .datapath
+                    .step_downs
+                    .load(Ordering::Relaxed);
+                info!(step_downs, "data path stopping");
                 self.publish_shaper_counters();
                 return Ok(());
             }
@@ -554,13 +573,10 @@ impl DataPath {
 
     /// Tell readers the priority the thread runs at now.
     fn publish_priority(&self, now: Priority) {
-        let level = match now {
-            Priority::Normal => 0,
-            Priority::Realtime(level) => u64::from(level),
-        };
         let gauges = &self.egress.stats.datapath;
-        gauges.realtime_priority.store(level, Ordering::Relaxed);
-        gauges.step_downs.store(self.step_downs, Ordering::Relaxed);
+        gauges
+            .realtime_priority
+            .store(now.realtime_level(), Ordering::Relaxed);
     }
 
     /// Step a real-time loop down to normal priority when it has been busy past
@@ -572,8 +588,13 @@ impl DataPath {
         let (result, what, after) = match self.overload.turn(now, busy) {
             None => return,
             Some(Step::StepDown) => {
-                self.step_downs += 1;
-                if self.step_downs == 1 {
+                let before = self
+                    .egress
+                    .stats
+                    .datapath
+                    .step_downs
+                    .fetch_add(1, Ordering::Relaxed);
+                if before == 0 {
                     warn!(
                         budget_ms = REALTIME_BUDGET.as_millis(),
                         "data path busy without a pause: normal priority until it catches up \
@@ -795,6 +816,14 @@ mod tests {
             );
         }
         assert_eq!(Priority::Realtime(7).to_string(), "realtime:7");
+        for p in [
+            Priority::Normal,
+            Priority::Realtime(1),
+            Priority::Realtime(99),
+        ] {
+            assert_eq!(Priority::from_realtime_level(p.realtime_level()), p);
+        }
+        assert_eq!(Priority::from_realtime_level(100), Priority::Normal);
     }
 
     #[test]

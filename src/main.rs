@@ -482,12 +482,11 @@ fn print_status(s: &Status) {
 
 fn print_stats(stats: &netd::control::report::StatsReport) {
     let d = stats.datapath;
-    let priority = if d.realtime_priority == 0 {
-        "normal priority".to_string()
-    } else {
-        format!("realtime:{}", d.realtime_priority)
-    };
-    println!("data path: {priority}, stepped down {} times", d.step_downs);
+    println!(
+        "data path: priority {}, stepped down {} times",
+        Priority::from_realtime_level(d.realtime_priority),
+        d.step_downs
+    );
     let drops = |d: &std::collections::BTreeMap<String, u64>| {
         let listed: Vec<String> = d
             .iter()

@@ -504,21 +504,19 @@ impl<T> Shaper<T> {
 
         // FLOW_BUCKETS ≤ u16::MAX = NO_FLOW, so a bucket always fits and is never NO_FLOW.
         let bucket = flow.and_then(|h| u16::try_from(h % u32::from(FLOW_BUCKETS)).ok());
-        let sparse = bytes <= SPARSE_MAX_BYTES
-            && bucket.is_some_and(|b| self.tenants[slot].flows[usize::from(b)] == 0);
-        let t = &mut self.tenants[slot];
-        if !t.admits(lane, bytes, now, sparse) {
-            t.counters.dropped_frames += 1;
-            t.counters.dropped_bytes += u64::from(bytes);
-            return Admit::Dropped(item);
-        }
+        let sparse =
+            bytes <= SPARSE_MAX_BYTES && bucket.is_some_and(|b| t.flows[usize::from(b)] == 0);
+        // `admits` also checks the frame count against the arena, so an admitted push fits.
+        let admitted = t.admits(lane, bytes, now, sparse);
         let l = &mut t.lanes[lane];
         let list = if sparse { &mut l.sparse } else { &mut l.fifo };
-        let pushed = t
-            .arena
-            .push_flow(list, item, bytes, now, bucket.unwrap_or(NO_FLOW));
+        let pushed = if admitted {
+            t.arena
+                .push_flow(list, item, bytes, now, bucket.unwrap_or(NO_FLOW))
+        } else {
+            Err(item)
+        };
         if let Err(item) = pushed {
-            // Unreachable: `admits` checked the frame count against the arena.
             t.counters.dropped_frames += 1;
             t.counters.dropped_bytes += u64::from(bytes);
             return Admit::Dropped(item);

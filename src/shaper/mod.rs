@@ -34,13 +34,10 @@ mod queue;
 
 pub use hierarchy::Shaper;
 
-use crate::topology::{PortId, Rate, TenantId, Topology};
+use crate::topology::{PortId, Rate, ShapingParams, TenantId, Topology};
 
 /// Monotonic nanoseconds from an arbitrary origin, injected by the caller.
 pub type Nanos = u64;
-
-/// Nanoseconds per millisecond.
-const MILLI: Nanos = 1_000_000;
 
 /// Everything the shaper needs: the host capacity and each tenant's rates.
 #[derive(Debug, Clone, PartialEq)]
@@ -100,7 +97,8 @@ pub struct QueueLimits {
 impl Default for QueueLimits {
     fn default() -> Self {
         QueueLimits {
-            max_delay: 20 * MILLI,
+            // One default for the topology file and the shaper: `[host] queue_delay`'s.
+            max_delay: nanos(ShapingParams::default().queue_delay),
             min_bytes: 64 * 1024,
             max_frames: 4096,
         }
@@ -133,7 +131,7 @@ pub struct BurstConfig {
 impl Default for BurstConfig {
     fn default() -> Self {
         BurstConfig {
-            time: MILLI,
+            time: nanos(ShapingParams::default().burst),
             min_bytes: 64 * 1024,
         }
     }
