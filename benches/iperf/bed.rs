@@ -49,11 +49,7 @@ impl Bed {
     /// Bring up a second netd whose data path runs at normal priority, unless the first one
     /// already does; return its side (none or one).
     pub fn add_netd_normal(&mut self, ctx: &Ctx) -> Result<Vec<Side>> {
-        let realtime = self
-            .netd
-            .datapath_priority()
-            .is_some_and(|p| p.starts_with("realtime"));
-        if !realtime {
+        if self.netd.realtime_priority()? == 0 {
             return Ok(Vec::new());
         }
         let mut args = ctx.netd_args.clone();
@@ -231,20 +227,9 @@ impl Driven {
     }
 }
 
-/// Run `flows` on `side` of `bed`, sampling the `sample` servers' counters every `interval`.
+/// Run `flows` on `side` of `bed`, sampling the `sample` servers' counters every `interval`
+/// and doing `actions` at their times while the flows run.
 pub fn drive(
-    ctx: &Ctx,
-    bed: &Bed,
-    side: Side,
-    flows: &[Flow],
-    sample: &[String],
-    interval: Duration,
-) -> Result<Driven> {
-    drive_with(ctx, bed, side, flows, sample, interval, Vec::new())
-}
-
-/// As [`drive`], doing `actions` at their times while the flows run.
-pub fn drive_with(
     ctx: &Ctx,
     bed: &Bed,
     side: Side,

@@ -97,16 +97,12 @@ impl NetdBed {
         format!("{}-{server}", self.ns_prefix)
     }
 
-    /// Return how netd scheduled its data-path thread ("realtime:1", "normal"), as it logged.
-    pub fn datapath_priority(&self) -> Option<String> {
-        let lines = self.lines.lock().ok()?;
-        lines.iter().find_map(|line| {
-            let v: serde_json::Value = serde_json::from_str(line).ok()?;
-            let fields = &v["fields"];
-            (fields["message"] == "data path running")
-                .then(|| fields["priority"].as_str().map(String::from))
-                .flatten()
-        })
+    /// Return the data-path thread's real-time priority now, 0 at normal priority (`netd
+    /// stats`: `datapath.realtime_priority`).
+    pub fn realtime_priority(&self) -> Result<u64> {
+        self.stats()?["datapath"]["realtime_priority"]
+            .as_u64()
+            .context("no datapath.realtime_priority in netd stats")
     }
 
     /// Return netd's pid.

@@ -18,7 +18,7 @@ use anyhow::Result;
 use serde_json::json;
 
 use crate::Ctx;
-use crate::bed::{Action, Bed, Driven, Flow, drive, drive_with};
+use crate::bed::{Action, Bed, Driven, Flow, drive};
 use crate::iperf::{Client, IperfServer, Load, ping, settle};
 use crate::kernel_side::Htb;
 use crate::measure::{Cpu, percentile};
@@ -120,7 +120,7 @@ fn saturate(ctx: &Ctx, bed: &Bed, side: Side, flows: &[u32], secs: f64) -> Resul
     let before = bed.switch_bytes(side)?;
     let start = std::time::Instant::now();
     let cpu0 = Cpu::read(bed.pid(side));
-    let driven = drive(ctx, bed, side, &plan, &sample, SAMPLE)?;
+    let driven = drive(ctx, bed, side, &plan, &sample, SAMPLE, Vec::new())?;
     let (netd_s, machine_s) = cpu0.seconds_until(&Cpu::read(bed.pid(side)), ctx.ticks);
     let elapsed = start.elapsed().as_secs_f64();
     // The drive's window on the sampler's clock is [0, end of the last sample]; the switch
@@ -594,7 +594,15 @@ pub fn realloc(ctx: &Ctx) -> Result<Outcome> {
                 Flow::single(&t1a, &t1b, 0.0, lead + mid + tail),
                 Flow::single(&t2a, &t2b, lead, mid),
             ];
-            let d = drive(ctx, &bed, side, &plan, &sample, Duration::from_millis(1))?;
+            let d = drive(
+                ctx,
+                &bed,
+                side,
+                &plan,
+                &sample,
+                Duration::from_millis(1),
+                Vec::new(),
+            )?;
             let t2_data = &d.of(std::slice::from_ref(&t2b))[0].clone();
             let threshold = 0.05 * busy[1];
             let active: Vec<usize> = (1..t2_data.t.len())
@@ -623,8 +631,8 @@ pub fn realloc(ctx: &Ctx) -> Result<Outcome> {
             eprintln!(
                 "  {NAME} rep {rep} {:<40} t2 returns: {} ms, t2 leaves: {} ms",
                 side.label(),
-                on.map_or("never".into(), |x| format!("{x:.0}")),
-                off.map_or("never".into(), |x| format!("{x:.0}"))
+                ms_or_never(on),
+                ms_or_never(off)
             );
             // A split that never settles counts as the whole window (shown, and a miss).
             fig.add(
@@ -719,7 +727,7 @@ pub fn ratechange(ctx: &Ctx) -> Result<Outcome> {
                     }
                 }),
             };
-            let d = drive_with(
+            let d = drive(
                 ctx,
                 &bed,
                 side,
@@ -769,8 +777,8 @@ pub fn ratechange(ctx: &Ctx) -> Result<Outcome> {
             eprintln!(
                 "  {NAME} rep {rep} {:<40} t1 half-way after {} ms; new split within 5% after {} ms; error before {:.2}/{:.2}%, after {:.2}/{:.2}%",
                 side.label(),
-                halfway.map_or("never".into(), |x| format!("{x:.0}")),
-                settle.map_or("never".into(), |x| format!("{x:.0}")),
+                ms_or_never(halfway),
+                ms_or_never(settle),
                 before_err[0],
                 before_err[1],
                 after_err[0],
@@ -853,6 +861,11 @@ fn halfway_ms(
         c += STEP;
     }
     None
+}
+
+/// A time in ms for the log, or "never".
+fn ms_or_never(ms: Option<f64>) -> String {
+    ms.map_or("never".into(), |x| format!("{x:.0}"))
 }
 
 /// Return ms from `event` until every tenant `k`'s rate over every 50 ms window starting in

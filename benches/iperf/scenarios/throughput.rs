@@ -38,8 +38,8 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
         json!(offload_facts(&bed.netd.ns("s0"))),
     );
     out.facts.insert(
-        "netd_datapath_priority".into(),
-        json!(bed.netd.datapath_priority()),
+        "netd_realtime_priority".into(),
+        json!(bed.netd.realtime_priority()?),
     );
     out.facts.insert(
         "offloads_veth_default".into(),
