@@ -161,7 +161,12 @@ pub struct Daemon {
 impl Daemon {
     /// Start `netd up FILE` with JSON logs and wait until it reports "netd is up".
     pub fn start(topology: &TestTopology, extra: &[&str]) -> Daemon {
-        let mut daemon = Daemon::spawn(topology, extra);
+        Daemon::start_under(&[], topology, extra)
+    }
+
+    /// As [`Daemon::start`], through `wrapper` (see [`Daemon::spawn_under`]).
+    pub fn start_under(wrapper: &[&str], topology: &TestTopology, extra: &[&str]) -> Daemon {
+        let mut daemon = Daemon::spawn_under(wrapper, topology, extra);
         daemon
             .wait_for("netd is up", Duration::from_secs(30))
             .unwrap_or_else(|| panic!("netd did not come up; its log:\n{}", daemon.log()));
@@ -170,7 +175,21 @@ impl Daemon {
 
     /// Start `netd up FILE` without waiting.
     pub fn spawn(topology: &TestTopology, extra: &[&str]) -> Daemon {
-        let mut child = Command::new(netd_bin())
+        Daemon::spawn_under(&[], topology, extra)
+    }
+
+    /// Start `netd up FILE` without waiting, through `wrapper` (a program and its arguments
+    /// that exec netd, e.g. `setpriv` dropping a capability; empty: netd itself).
+    pub fn spawn_under(wrapper: &[&str], topology: &TestTopology, extra: &[&str]) -> Daemon {
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(netd_bin());
+                c
+            }
+            None => Command::new(netd_bin()),
+        };
+        let mut child = command
             .args(["--log-format", "json", "up"])
             .arg(&topology.path)
             .args(extra)
