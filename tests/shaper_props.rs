@@ -11,11 +11,13 @@
 mod sim;
 
 use netd::shaper::{BurstConfig, QueueLimits, ShaperConfig, TenantConfig};
-use netd::topology::{PortId, Rate};
+use netd::topology::{MIN_RATE, PortId, Rate};
 use proptest::prelude::*;
 use sim::{Demand, MS, Sim, Size, Source, port};
 
 const RUN: u64 = 150 * MS;
+/// The lowest rate a topology may give; ceilings are generated at or above it.
+const MIN_BPS: u64 = MIN_RATE.bits_per_sec();
 const WARMUP: u64 = 30 * MS;
 
 #[derive(Debug, Clone)]
@@ -64,11 +66,11 @@ prop_compose! {
             // u128: capacity (< 2⁳⁴) × percent × share stays far below 2¹²⁸.
             let g = (u128::from(capacity) * u128::from(guaranteed_pct) * u128::from(share)
                 / 100 / u128::from(total_share)) as u64;
-            let c = g + (capacity - g) * head / 100;
+            let c = (g + (capacity - g) * head / 100).max(MIN_BPS);
             let mut tc = TenantConfig {
                 id: netd::topology::TenantId(id),
                 guaranteed: rate(g),
-                ceiling: rate(c.max(1)),
+                ceiling: rate(c),
                 weight,
                 ports: Vec::new(),
             };
@@ -76,7 +78,9 @@ prop_compose! {
                 let pg = has_g.then(|| rate(g * g_pct / 200)); // Σ ≤ g (at most 2 ports)
                 let pc = c_pct.map(|pct| {
                     let lo = pg.map_or(0, Rate::bits_per_sec);
-                    rate((lo + (c - lo) * pct / 100).max(1))
+                    // Never below the product's minimum: a 1 bit/s ceiling once held a
+                    // frame for ten days (see shaper_sim's regression test).
+                    rate((lo + (c.saturating_sub(lo)) * pct / 100).max(MIN_BPS))
                 });
                 tc.ports.push(port(next_port, pg, pc));
                 next_port += 1;
@@ -239,7 +243,15 @@ fn run(case: Case) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+    // Bounded: each case is bounded by the simulator's horizon; shrinking by count and
+    // time. A failure prints the minimal case (its config, sources and seed) and proptest
+    // persists it in shaper_props.proptest-regressions, replayed first on every run.
+    #![proptest_config(ProptestConfig {
+        cases: 24,
+        max_shrink_iters: 1024,
+        max_shrink_time: 60_000,
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn shaper_properties(case in case()) {

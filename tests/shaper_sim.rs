@@ -8,7 +8,7 @@
 mod sim;
 
 use netd::shaper::{BurstConfig, Nanos, QueueLimits, ShaperConfig};
-use netd::topology::{Rate, TenantId};
+use netd::topology::{MIN_RATE, Rate, TenantId};
 use sim::{Demand, MS, SEC, Sim, Size, Source, error_pct, gbit, ideal, mbit, port, tenant};
 
 fn config(capacity: Rate, tenants: Vec<netd::shaper::TenantConfig>) -> ShaperConfig {
@@ -512,4 +512,66 @@ fn under_guarantee_tenant_sees_low_delay_while_others_saturate() {
     assert!(p99 == 0, "p99 queueing delay {p99} ns");
     assert!(max <= 200_000, "max queueing delay {max} ns");
     sim.drain();
+}
+
+/// Issue 15's minimal case: a port capped at 1 bit/s once held a 60 KB frame for ten days of
+/// simulated time (and the harness's per-millisecond bins grew to 7 GB following it). The
+/// shaper now raises such a ceiling to `MIN_RATE`, which validation also enforces, so every
+/// frame leaves within the bound that rate gives: the debt of one frame in flight, the
+/// queue's 64 KiB floor and the frame itself.
+#[test]
+fn a_port_ceiling_below_the_minimum_rate_holds_no_frame_for_days() {
+    let mut t = tenant(0, mbit(10), mbit(100), 1);
+    t.ports = vec![port(0, None, Some(Rate::from_bits_per_sec(1)))];
+    let sources = vec![Source::new(0, 0, Size::Fixed(60_000), Demand::Greedy(2))];
+    let mut sim = Sim::new(config(mbit(100), vec![t]), sources, 15);
+    sim.record_delays = true;
+    sim.run_until(150 * MS);
+    sim.drain();
+    let bound = wait_bound(60_000, MIN_RATE);
+    let max = sim.delays[0].iter().copied().max().unwrap_or(0);
+    println!(
+        "1 bit/s port: {} frames, max wait {} ms (bound {} ms)",
+        sim.sent,
+        max / MS,
+        bound / MS
+    );
+    assert!(sim.sent >= 2, "the port sent nothing");
+    assert!(max <= bound, "a frame waited {max} ns, bound {bound} ns");
+}
+
+/// A port capped far below its tenant: the tenant's byte bound (its ceiling × 20 ms) used to
+/// fill the port's lane before any of its frames had left, i.e. ~2 s of queue at the port's
+/// 10 Mbit/s. The lane's own ceiling now bounds its estimated wait.
+#[test]
+fn a_port_capped_below_its_tenant_queues_within_the_delay_bound() {
+    let mut t = tenant(0, mbit(100), gbit(1), 1);
+    t.ports = vec![port(0, None, Some(mbit(10)))];
+    let sources = vec![Source::new(0, 0, Size::Fixed(1500), Demand::Greedy(4096))];
+    let mut sim = Sim::new(config(gbit(1), vec![t]), sources, 16);
+    sim.record_delays = true;
+    sim.run_until(WARMUP + WINDOW);
+    let max = sim.delays[0].iter().copied().max().unwrap_or(0);
+    let limits = QueueLimits::default();
+    // The 20 ms bound, or the 64 KiB always accepted, whichever is longer at 10 Mbit/s.
+    let bound = limits.max_delay.max(wait_bound(1500, mbit(10)));
+    println!(
+        "10 Mbit/s port under 1 Gbit/s tenant: max wait {} µs (bound {} µs)",
+        max / 1000,
+        bound / 1000
+    );
+    assert!(max <= bound, "a frame waited {max} ns, bound {bound} ns");
+    let got = sim.source_rate(0, WARMUP, WARMUP + WINDOW);
+    assert!(
+        error_pct(got, 10e6) <= 1.0,
+        "port sent {got:.0} bit/s, ceiling 10 Mbit/s"
+    );
+    sim.drain();
+}
+
+/// The longest a frame of `frame` bytes can wait on a lane capped at `rate`: the debt of one
+/// frame in flight, the 64 KiB the queue always accepts, and the frame itself.
+fn wait_bound(frame: u64, rate: Rate) -> Nanos {
+    let bytes = u64::from(QueueLimits::default().min_bytes) + 2 * frame;
+    bytes * 8 * SEC / rate.bits_per_sec()
 }

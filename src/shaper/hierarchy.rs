@@ -408,6 +408,7 @@ pub struct Shaper<T> {
 impl<T> Shaper<T> {
     /// Build a shaper with full buckets at `now`.
     pub fn new(config: ShaperConfig, now: Nanos) -> Self {
+        let config = config.with_rate_floor();
         let capacity = config.capacity;
         let mut shaper = Shaper {
             host: Pool::new(
@@ -619,6 +620,7 @@ impl<T> Shaper<T> {
     /// go with them): the caller recycles them.
     pub fn reconfigure(&mut self, config: ShaperConfig, now: Nanos) -> Vec<T> {
         let now = self.tick(now);
+        let config = config.with_rate_floor();
         let capacity = config.capacity;
         self.host
             .reconfigure(capacity, config.burst.bytes_for(capacity), now);
@@ -769,11 +771,21 @@ impl<T> Tenant<T> {
         if sparse || self.queued_bytes < u64::from(self.limits.min_bytes) {
             return true;
         }
+        let l = &self.lanes[lane];
+        let fifo = &l.fifo;
+        let queued = fifo.bytes() + u64::from(bytes);
+        // A lane never drains faster than its own ceiling. Before any of its frames has left
+        // there is no measured rate, and the tenant's byte bound follows the tenant's
+        // ceiling: without this, a port capped far below its tenant filled it (issue 15).
+        if let Some(ceiling) = &l.ceiling
+            && time_to_send(queued, ceiling.rate()) > u128::from(self.limits.max_delay)
+        {
+            return false;
+        }
         // Time bound: estimate this frame's wait as the lane's queued bytes over the lane's
         // drain rate, measured as the bytes that were ahead of the head frame (all sent
         // since) over the head's sojourn. The head's sojourn alone lags by one queue length
         // (a queue admitting while its head has waited < 5 ms holds ~5 ms of *arrivals*).
-        let fifo = &self.lanes[lane].fifo;
         let Some((since, ahead)) = self.arena.head(fifo) else {
             return true;
         };
@@ -782,10 +794,17 @@ impl<T> Tenant<T> {
             return sojourn <= self.limits.max_delay;
         }
         // (bytes < 2⁶⁴) × (ns < 2⁶⁴) < 2¹²⁸: no overflow in u128.
-        let wait =
-            u128::from(fifo.bytes() + u64::from(bytes)) * u128::from(sojourn) / u128::from(ahead);
+        let wait = u128::from(queued) * u128::from(sojourn) / u128::from(ahead);
         wait <= u128::from(self.limits.max_delay)
     }
+}
+
+/// Return the nanoseconds `bytes` take at `rate_bps` (a zero rate takes for ever).
+fn time_to_send(bytes: u64, rate_bps: u64) -> u128 {
+    // bytes × 8·10⁹ < 2⁶⁴ × 2³³: no overflow in u128.
+    (u128::from(bytes) * 8_000_000_000)
+        .checked_div(u128::from(rate_bps))
+        .unwrap_or(u128::MAX)
 }
 
 #[cfg(test)]

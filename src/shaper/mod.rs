@@ -34,7 +34,7 @@ mod queue;
 
 pub use hierarchy::Shaper;
 
-use crate::topology::{PortId, Rate, ShapingParams, TenantId, Topology};
+use crate::topology::{MIN_RATE, PortId, Rate, ShapingParams, TenantId, Topology};
 
 /// Monotonic nanoseconds from an arbitrary origin, injected by the caller.
 pub type Nanos = u64;
@@ -58,7 +58,8 @@ pub struct TenantConfig {
     pub id: TenantId,
     /// Rate always available to the tenant (Σ over tenants ≤ capacity).
     pub guaranteed: Rate,
-    /// Maximum rate including borrowed bandwidth (clamped to `[guaranteed, capacity]`).
+    /// Maximum rate including borrowed bandwidth (clamped to `[guaranteed, capacity]`, and
+    /// to at least [`MIN_RATE`]).
     pub ceiling: Rate,
     /// Share of the spare relative to other borrowers (0 is taken as 1).
     pub weight: u32,
@@ -72,7 +73,7 @@ pub struct PortConfig {
     pub id: PortId,
     /// Rate guaranteed to this port out of the tenant's (Σ over ports ≤ tenant's guarantee).
     pub guaranteed: Option<Rate>,
-    /// Maximum rate of this port.
+    /// Maximum rate of this port (at least [`MIN_RATE`]).
     pub ceiling: Option<Rate>,
 }
 
@@ -83,7 +84,9 @@ pub struct PortConfig {
 /// frame ≤ `max(min_bytes, ceiling × max_delay)`; and either fewer than `min_bytes` queued or
 /// the frame's estimated wait is at most `max_delay`. The wait is estimated from the port
 /// queue's measured drain rate (bytes sent while its head waited), so the time bound follows
-/// the tenant's actual share, whatever it is.
+/// the tenant's actual share, whatever it is, and never from a rate above the port's own
+/// ceiling. A frame therefore waits at most about `max(max_delay, (min_bytes + 2 frames) /
+/// rate)`, which [`crate::topology::MIN_RATE`] bounds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QueueLimits {
     /// Queueing delay bound (default 20 ms, as `[host] queue_delay`).
@@ -157,6 +160,21 @@ fn bytes_in(rate: Rate, time: Nanos) -> u64 {
 }
 
 impl ShaperConfig {
+    /// Return this configuration with the capacity and every ceiling raised to at least
+    /// [`MIN_RATE`], the rate below which a queued frame could wait for days. Validated
+    /// topologies never go below it; this keeps the bound for configs built by hand.
+    /// Guarantees may stay lower (even zero): a frame short of guaranteed tokens borrows.
+    pub(crate) fn with_rate_floor(mut self) -> ShaperConfig {
+        self.capacity = self.capacity.max(MIN_RATE);
+        for tenant in &mut self.tenants {
+            tenant.ceiling = tenant.ceiling.max(MIN_RATE);
+            for port in &mut tenant.ports {
+                port.ceiling = port.ceiling.map(|c| c.max(MIN_RATE));
+            }
+        }
+        self
+    }
+
     /// Build the shaper's view of a topology, with default queue and burst sizes.
     pub fn from_topology(t: &Topology) -> ShaperConfig {
         let tenants = t

@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use ipnetwork::{Ipv4Network, Ipv6Network};
 use serde::Serialize;
 
-pub use rate::Rate;
+pub use rate::{MIN_RATE, Rate};
 pub use validate::{ValidationError, validate};
 
 use crate::wire::MacAddr;

@@ -9,6 +9,15 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+/// The lowest rate a topology may give (capacity, guarantee or ceiling): 1 Mbit/s.
+///
+/// Why a floor: a shaped lane holds at most about `max(queue_delay, 64 KiB / rate)` of frames,
+/// plus the debt of one frame in flight, so the time a frame can wait grows as `1 / rate`.
+/// At 1 Mbit/s one 64 KiB GSO frame takes 0.52 s and the worst wait is about 1.6 s; at
+/// 1 bit/s it was ten days (issue 15). Rates below this are refused by validation, and the
+/// shaper raises any ceiling below it to it.
+pub const MIN_RATE: Rate = Rate(1_000_000);
+
 /// A rate in bits per second.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Rate(u64);

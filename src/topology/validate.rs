@@ -7,7 +7,8 @@
 //!
 //! Rules:
 //! - `[host] capacity` is required; at least one tenant and one server.
-//! - Rates parse as tc rates and are positive. A ceiling is not below its guarantee and a tenant
+//! - Rates parse as tc rates and are at least [`MIN_RATE`] (1 Mbit/s: below it the shaper
+//!   could hold a frame for seconds or days, see there). A ceiling is not below its guarantee and a tenant
 //!   ceiling is not above the capacity; tenant guarantees sum to at most the capacity. Inside a
 //!   tenant, per-server guarantees sum to at most the tenant's guarantee and a per-server ceiling
 //!   is not above the tenant's ceiling.
@@ -38,8 +39,8 @@ use ipnetwork::{Ipv4Network, Ipv6Network};
 use super::file::FileTopology;
 use super::rate::RateParseError;
 use super::{
-    DEFAULT_BROADCAST_PPS, DEFAULT_MTU, DEFAULT_WEIGHT, PortId, Rate, Server, ShapingParams,
-    Tenant, TenantId, Topology,
+    DEFAULT_BROADCAST_PPS, DEFAULT_MTU, DEFAULT_WEIGHT, MIN_RATE, PortId, Rate, Server,
+    ShapingParams, Tenant, TenantId, Topology,
 };
 use crate::wire::MacAddr;
 
@@ -152,6 +153,10 @@ pub enum ErrorKind {
     MalformedRate { reason: String },
     #[error("rate must be greater than zero")]
     NonPositiveRate,
+    #[error(
+        "rate is below the minimum {min}: slower, the shaper would hold one 64 KiB frame for over half a second"
+    )]
+    RateTooLow { min: Rate },
     #[error("ceiling is below the guarantee {guaranteed}")]
     CeilingBelowGuarantee { guaranteed: Rate },
     #[error("ceiling is above the host capacity {capacity}")]
@@ -618,7 +623,8 @@ impl Validator<'_> {
             return None;
         };
         let kind = match text.parse::<Rate>() {
-            Ok(rate) => return Some(rate),
+            Ok(rate) if rate >= MIN_RATE => return Some(rate),
+            Ok(_) => ErrorKind::RateTooLow { min: MIN_RATE },
             Err(RateParseError::NotPositive(_)) => ErrorKind::NonPositiveRate,
             Err(RateParseError::Malformed(_)) => ErrorKind::MalformedRate {
                 reason: "expected a number and a tc unit such as 600mbit or 2.5gbit".into(),
@@ -965,6 +971,8 @@ ip = "10.1.0.10/24"
     #[case::negative_ceiling(&[("ceiling = \"1gbit\"", "ceiling = \"-1gbit\"")], "tenants.acme.ceiling", ErrorKind::NonPositiveRate)]
     #[case::zero_server_guarantee(&[("guaranteed = \"100mbit\"", "guaranteed = \"0bit\"")], "servers.acme-web.guaranteed", ErrorKind::NonPositiveRate)]
     #[case::zero_server_ceiling(&[("ceiling = \"500mbit\"", "ceiling = \"0kbit\"")], "servers.acme-web.ceiling", ErrorKind::NonPositiveRate)]
+    #[case::one_bit_server_ceiling(&[("ceiling = \"500mbit\"", "ceiling = \"1bit\"")], "servers.acme-web.ceiling", ErrorKind::RateTooLow { min: MIN_RATE })]
+    #[case::tenant_ceiling_below_minimum(&[("ceiling = \"1gbit\"", "ceiling = \"999kbit\"")], "tenants.acme.ceiling", ErrorKind::RateTooLow { min: MIN_RATE })]
     #[case::ceiling_below_guarantee(&[("ceiling = \"1gbit\"", "ceiling = \"500mbit\"")], "tenants.acme.ceiling", ErrorKind::CeilingBelowGuarantee { guaranteed: mbit(600) })]
     #[case::ceiling_above_capacity(&[("ceiling = \"1gbit\"", "ceiling = \"2gbit\"")], "tenants.acme.ceiling", ErrorKind::CeilingAboveCapacity { capacity: mbit(1000) })]
     #[case::guarantees_above_capacity(&[("guaranteed = \"300mbit\"", "guaranteed = \"500mbit\"")], "tenants", ErrorKind::GuaranteesExceedCapacity { sum: mbit(1100), capacity: mbit(1000) })]

@@ -4,6 +4,10 @@
 //! or open loop (CBR or Poisson at a given rate, over-entitlement frames are dropped by the
 //! queue bounds). The clock jumps to the next event: a source's arrival or the shaper's
 //! `next_release()`. Every offered item is tracked until it comes back exactly once.
+//!
+//! Bounded by construction: the clock never passes [`Sim::horizon`] (default
+//! [`DEFAULT_HORIZON`]); an event after it panics with the time it wanted instead of growing
+//! the 1 ms bins towards it, so a run's memory is at most `horizon / 1 ms` bins per source.
 
 #![allow(dead_code)] // each test binary uses a different part of the harness
 #![allow(clippy::cast_possible_truncation)] // indices, bins and times of a short simulation
@@ -18,6 +22,9 @@ use rand_chacha::ChaCha20Rng;
 
 pub const MS: Nanos = 1_000_000;
 pub const SEC: Nanos = 1_000_000_000;
+/// How far a simulation may run: far beyond any scenario (the longest runs 12 s) and any
+/// frame's wait at [`netd::topology::MIN_RATE`] (~1.6 s), yet only 60 000 bins per source.
+pub const DEFAULT_HORIZON: Nanos = 60 * SEC;
 
 pub fn mbit(n: u64) -> Rate {
     Rate::from_bits_per_sec(n * 1_000_000)
@@ -150,6 +157,8 @@ pub struct Sim {
     pub record_delays: bool,
     /// Check `is_valid()` after every step (slow: for property tests).
     pub check_every_step: bool,
+    /// The clock never passes this: an event later than it panics.
+    pub horizon: Nanos,
     released: Vec<Item>,
     refill: Vec<u32>,
 }
@@ -175,6 +184,7 @@ impl Sim {
             delays: vec![Vec::new(); n],
             record_delays: false,
             check_every_step: false,
+            horizon: DEFAULT_HORIZON,
             released: Vec::new(),
             refill: Vec::new(),
             sources,
@@ -320,10 +330,20 @@ impl Sim {
             if t >= end {
                 break;
             }
-            self.now = self.now.max(t);
+            self.advance_to(t);
             self.step();
         }
-        self.now = self.now.max(end);
+        self.advance_to(end);
+    }
+
+    /// Move the clock to `t` (never back), refusing to pass the horizon.
+    fn advance_to(&mut self, t: Nanos) {
+        assert!(
+            t <= self.horizon,
+            "simulated time would pass the horizon: {t} ns > {} ns (a frame held that long?)",
+            self.horizon
+        );
+        self.now = self.now.max(t);
     }
 
     fn step(&mut self) {
@@ -395,7 +415,7 @@ impl Sim {
         }
         while let Some(t) = self.shaper.next_release() {
             assert!(t < Nanos::MAX, "queued frames can never leave");
-            self.now = self.now.max(t);
+            self.advance_to(t);
             self.step();
         }
         assert!(self.shaper.is_valid());
