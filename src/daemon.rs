@@ -18,6 +18,7 @@ use std::time::Duration;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{error, info};
 
+use crate::control::auth::{AuthError, HttpAuth, Token};
 use crate::control::{self, Control, ControlError, rates};
 
 use crate::datapath::{DataPath, Priority};
@@ -42,6 +43,11 @@ pub struct UpOptions {
     pub http: Option<SocketAddr>,
     /// Allow a non-loopback HTTP address.
     pub http_allow_public: bool,
+    /// Read the HTTP API's admin token from this file (default: generate one and write it to
+    /// `<run dir>/<topology>.http-token`).
+    pub http_token_file: Option<PathBuf>,
+    /// Read a token that grants `GET /metrics` only from this file.
+    pub metrics_token_file: Option<PathBuf>,
     /// Pin the data-path thread to this CPU.
     pub datapath_cpu: Option<usize>,
     /// Schedule the data-path thread so (`None`: real-time where the kernel allows it).
@@ -56,6 +62,8 @@ impl Default for UpOptions {
             socket: None,
             http: None,
             http_allow_public: false,
+            http_token_file: None,
+            metrics_token_file: None,
             datapath_cpu: None,
             datapath_priority: None,
         }
@@ -81,9 +89,11 @@ pub enum DaemonError {
     },
     #[error("Cannot install the SIGHUP handler")]
     Signal(#[source] std::io::Error),
+    #[error(transparent)]
+    Auth(#[from] AuthError),
 }
 
-/// Removes the control socket file when dropped.
+/// Removes a file netd created (control socket, token) when dropped.
 struct SocketFile(PathBuf);
 
 impl Drop for SocketFile {
@@ -116,6 +126,11 @@ pub async fn up(
     }
     // Root, /dev/net/tun and iproute2 first: the clearest refusal (and the socket needs root).
     kernel::check_privileges()?;
+    // The operator's token files are read before anything exists, so a bad one creates nothing.
+    let operator_tokens = match options.http {
+        Some(_) => Some(read_operator_tokens(&options)?),
+        None => None,
+    };
     let mut sighup = signal(SignalKind::hangup()).map_err(DaemonError::Signal)?;
     // Claim the socket before creating anything: a second daemon for the same topology stops here.
     let listener = control::socket::bind(&socket_path)?;
@@ -127,6 +142,13 @@ pub async fn up(
                 .map_err(|source| DaemonError::Http { addr, source })?,
         ),
         None => None,
+    };
+    let (auth, token_file, _generated_token) = match operator_tokens {
+        Some(tokens) => {
+            let (auth, path, generated) = http_auth(tokens, &socket_path, &topology.name)?;
+            (Some(auth), Some(path), generated)
+        }
+        None => (None, None, None),
     };
     let vnet_hdr_len = options.offload.then_some(VNET_HDR_LEN);
     let mut plumbing = kernel::bring_up(&topology, vnet_hdr_len)?;
@@ -163,13 +185,10 @@ pub async fn up(
         control::socket::Limits::default(),
     )));
     let http_addr = http.as_ref().and_then(|l| l.local_addr().ok());
-    let _http_task = http.map(|listener| {
-        let control = control.clone();
-        Task(tokio::spawn(async move {
-            if let Err(err) = control::http::serve(listener, control).await {
-                error!(cause = %err, "HTTP API stopped");
-            }
-        }))
+    let _http_task = http.zip(auth).map(|(listener, auth)| {
+        let limits = control::http::HttpLimits::default();
+        let router = control::http::router(control.clone(), auth, limits);
+        Task(tokio::spawn(control::http::serve(listener, router, limits)))
     });
     let _sampler = {
         let control = control.clone();
@@ -187,7 +206,8 @@ pub async fn up(
         tenants = topology.tenants.len(),
         servers = topology.servers.len(),
         socket = %socket_path.display(),
-        http = ?http_addr,
+        http = http_addr.map(|a| a.to_string()),
+        http_token = token_file.as_ref().map(|p| p.display().to_string()),
         "netd is up"
     );
 
@@ -225,6 +245,46 @@ pub async fn up(
     control.tear_down().await;
     info!("removed every namespace and TAP netd created");
     result.map(|()| control.stats())
+}
+
+/// The tokens an operator named in files: admin (if given) and metrics.
+struct OperatorTokens {
+    admin: Option<(Token, PathBuf)>,
+    metrics: Option<Token>,
+}
+
+/// Read the token files the operator named.
+fn read_operator_tokens(options: &UpOptions) -> Result<OperatorTokens, AuthError> {
+    let admin = match &options.http_token_file {
+        Some(path) => Some((Token::read_file(path)?, path.clone())),
+        None => None,
+    };
+    let metrics = match &options.metrics_token_file {
+        Some(path) => Some(Token::read_file(path)?),
+        None => None,
+    };
+    Ok(OperatorTokens { admin, metrics })
+}
+
+/// Build the HTTP API's authentication: the operator's admin token, or a fresh one written
+/// beside the control socket. Return it with the admin token's file, and a guard that
+/// removes that file on exit when netd wrote it.
+fn http_auth(
+    tokens: OperatorTokens,
+    socket_path: &std::path::Path,
+    name: &str,
+) -> Result<(HttpAuth, PathBuf, Option<SocketFile>), AuthError> {
+    let (admin, path, generated) = match tokens.admin {
+        Some((token, path)) => (token, path, None),
+        None => {
+            let dir = socket_path.parent().unwrap_or(std::path::Path::new("."));
+            let path = control::auth::token_path(dir, name);
+            let token = Token::generate()?;
+            token.write_file(&path)?;
+            (token, path.clone(), Some(SocketFile(path)))
+        }
+    };
+    Ok((HttpAuth::new(admin, tokens.metrics), path, generated))
 }
 
 /// Log every tenant's and port's counters, one line each.

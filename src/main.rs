@@ -62,6 +62,14 @@ enum Command {
         /// Allow --http on a non-loopback address.
         #[arg(long)]
         http_allow_public: bool,
+        /// Read the HTTP API's admin token from this file (mode 0600); default: generate one
+        /// into /run/netd/<topology>.http-token.
+        #[arg(long, value_name = "FILE", requires = "http")]
+        http_token_file: Option<PathBuf>,
+        /// Read a token that grants GET /metrics only (for a Prometheus scraper) from this
+        /// file (mode 0600).
+        #[arg(long, value_name = "FILE", requires = "http")]
+        metrics_token_file: Option<PathBuf>,
         /// Pin the data-path thread to this CPU (as switches pin their forwarding threads).
         #[arg(long, value_name = "CPU")]
         datapath_cpu: Option<usize>,
@@ -164,6 +172,8 @@ fn main() -> ExitCode {
             no_offload,
             http,
             http_allow_public,
+            http_token_file,
+            metrics_token_file,
             datapath_cpu,
             datapath_priority,
         } => {
@@ -212,6 +222,8 @@ fn main() -> ExitCode {
                 socket: cli.socket,
                 http,
                 http_allow_public,
+                http_token_file,
+                metrics_token_file,
                 datapath_cpu,
                 datapath_priority,
             };

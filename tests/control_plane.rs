@@ -8,7 +8,7 @@ use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 use common::{
-    Daemon, TestTopology, http, http_addr, netd_bin, netd_cli, netd_ok, netns_exists, ping,
+    Daemon, TestTopology, http, http_api, netd_bin, netd_cli, netd_ok, netns_exists, ping,
     require_privileges,
 };
 
@@ -252,7 +252,7 @@ fn http_api_serves_metrics_status_and_changes() {
     require_privileges();
     let topo = TestTopology::new(TOPOLOGY);
     let mut netd = Daemon::start(&topo, &["--http", "127.0.0.1:0"]);
-    let addr = http_addr(&mut netd);
+    let addr = http_api(&mut netd);
     assert!(ping(&topo.name("a1"), "10.66.0.2", 2));
 
     let (code, text) = http(&addr, "GET", "/metrics", None);
@@ -402,4 +402,156 @@ fn control_socket_survives_bad_and_slow_clients() {
     assert!(answer.contains("Timed out"), "{answer:?}");
     // And the CLI still works.
     netd_ok(&topo, &["stats"]);
+}
+
+/// Run `command` as user `nobody` (uid/gid 65534, no groups); return (success, stdout).
+fn as_nobody(command: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--no-new-privs",
+        ])
+        .args(command)
+        .output()
+        .expect("run setpriv");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// Issue 11, item 1: any local user could add and remove servers over the loopback HTTP API.
+#[test]
+fn http_api_refuses_every_request_without_the_admin_token() {
+    require_privileges();
+    let topo = TestTopology::new(TOPOLOGY);
+    let metrics_token = "m".repeat(40);
+    let metrics_file = topo.path.with_extension("metrics-token");
+    let _metrics_file = common::TempFile::create(&metrics_file, &metrics_token, 0o600);
+    let mut netd = Daemon::start(
+        &topo,
+        &[
+            "--http",
+            "127.0.0.1:0",
+            "--metrics-token-file",
+            metrics_file.to_str().unwrap(),
+        ],
+    );
+    let api = http_api(&mut netd);
+    let victim = topo.name("a2");
+
+    // The admin token is root's alone.
+    let meta = std::fs::metadata(&api.token_file).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!((meta.mode() & 0o777, meta.uid()), (0o600, 0));
+    assert!(
+        !as_nobody(&["cat", &api.token_file]).0,
+        "nobody read the token"
+    );
+
+    // The issue's reproduction, as nobody: refused, and nothing changes.
+    let url = format!("http://{}/api/remove-server", api.addr);
+    let body = format!(r#"{{"name":"{victim}"}}"#);
+    let (_, answer) = as_nobody(&[
+        "curl",
+        "-s",
+        "-XPOST",
+        &url,
+        "-H",
+        "Content-Type: application/json",
+        "-d",
+        &body,
+    ]);
+    assert!(answer.contains("Authentication required"), "{answer:?}");
+    assert!(
+        netns_exists(&victim),
+        "an unauthenticated request removed a server"
+    );
+
+    // Every endpoint, unknown ones too, wants the token; a wrong one is no better.
+    let wrong = format!("Bearer {}", "x".repeat(64));
+    for (method, path) in [
+        ("GET", "/metrics"),
+        ("GET", "/api/status"),
+        ("GET", "/api/topology"),
+        ("POST", "/api/reload"),
+        ("POST", "/api/remove-server"),
+        ("GET", "/nowhere"),
+    ] {
+        for authorization in [None, Some(wrong.as_str()), Some(api.token.as_str())] {
+            let (code, answer) =
+                common::http_as(&api.addr, authorization, method, path, Some(&body));
+            assert_eq!(
+                code, 401,
+                "{method} {path} with {authorization:?}: {answer}"
+            );
+            let answer: serde_json::Value = serde_json::from_str(&answer).unwrap();
+            assert_eq!(answer["ok"], false);
+        }
+    }
+    // The metrics token reads metrics and nothing else.
+    let metrics = format!("Bearer {metrics_token}");
+    let (code, text) = common::http_as(&api.addr, Some(&metrics), "GET", "/metrics", None);
+    assert_eq!(code, 200);
+    assert!(text.contains("netd_tenant_rx_frames_total"));
+    for (method, path) in [("GET", "/api/status"), ("POST", "/api/remove-server")] {
+        let (code, answer) = common::http_as(&api.addr, Some(&metrics), method, path, Some(&body));
+        assert_eq!(code, 403, "{method} {path}: {answer}");
+    }
+    assert!(netns_exists(&victim));
+
+    // A body over the bound gets a JSON 413, unread.
+    let big = "x".repeat(100_000);
+    let (code, answer) = http(&api, "POST", "/api/set-rate", Some(&big));
+    assert_eq!(code, 413, "{answer}");
+    assert!(answer.contains("Request too large"), "{answer}");
+
+    // The admin token does what the socket does.
+    let (code, answer) = http(&api, "POST", "/api/remove-server", Some(&body));
+    assert_eq!(code, 200, "{answer}");
+    assert!(!netns_exists(&victim));
+    // The generated token file goes with the daemon.
+    netd.stop();
+    assert!(!std::path::Path::new(&api.token_file).exists());
+}
+
+/// Half-open connections were all held for 20 s+; now a connection cap answers the excess at
+/// once and the header timeout closes the idle ones.
+#[test]
+fn http_api_bounds_idle_connections() {
+    require_privileges();
+    let topo = TestTopology::new(TOPOLOGY);
+    let mut netd = Daemon::start(&topo, &["--http", "127.0.0.1:0"]);
+    let api = http_api(&mut netd);
+    let started = std::time::Instant::now();
+    let idle: Vec<std::net::TcpStream> = (0..80)
+        .map(|_| std::net::TcpStream::connect(&api.addr).unwrap())
+        .collect();
+    // Beyond the cap of 64, netd answers 503 without reading, then closes.
+    let mut busy = 0;
+    let mut closed_in_time = 0;
+    for mut stream in idle {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut answer = String::new();
+        use std::io::Read;
+        let _ = stream.read_to_string(&mut answer);
+        if answer.contains(" 503 ") {
+            assert!(answer.contains("\"ok\":false"), "{answer}");
+            busy += 1;
+        } else if started.elapsed() < Duration::from_secs(9) {
+            closed_in_time += 1; // cut by the 5 s header timeout
+        }
+    }
+    assert_eq!(busy, 16, "connections over the cap of 64");
+    assert_eq!(
+        closed_in_time, 64,
+        "idle connections were held past the header timeout"
+    );
+    // And the API still answers.
+    let (code, _) = http(&api, "GET", "/api/status", None);
+    assert_eq!(code, 200);
 }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::iperf::{IperfServer, client, report};
 use common::{
-    Daemon, TestTopology, datapath_scheduling, http, http_addr, netd_ok, require_privileges,
+    Daemon, TestTopology, datapath_scheduling, http, http_api, netd_ok, require_privileges,
 };
 
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -78,7 +78,7 @@ fn a_guarantee_changed_while_iperf_runs_moves_the_split() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let topo = TestTopology::new(TWO_TENANTS);
     let mut netd = Daemon::start(&topo, &["--http", "127.0.0.1:0"]);
-    let addr = http_addr(&mut netd);
+    let addr = http_api(&mut netd);
     let (t1, t2) = (topo.name("t1"), topo.name("t2"));
     let servers = [
         IperfServer::start(&topo.name("1r"), 5201),

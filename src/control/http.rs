@@ -1,9 +1,20 @@
 //! The HTTP API (`netd up --http 127.0.0.1:PORT`): Prometheus metrics, JSON status and
 //! counters, and the same changes as the CLI.
 //!
-//! Contract: it listens on loopback only unless the operator explicitly allows a public
-//! address ([`check_addr`]). Every endpoint is a thin wrapper over [`Control`], so the
-//! answers are the socket's: the same JSON [`Response`], the same validation errors.
+//! Contract:
+//! - It listens on loopback only unless the operator explicitly allows a public address
+//!   ([`check_addr`]).
+//! - Every request is authenticated, loopback included: `Authorization: Bearer TOKEN` with the
+//!   admin token, or the metrics token for `GET /metrics` only (see [`super::auth`]). Anything
+//!   else answers 401 (no or unknown token) or 403 (metrics token elsewhere) and changes
+//!   nothing.
+//! - It is bounded like the control socket ([`HttpLimits`]): at most `max_connections` at
+//!   once (one more is answered 503 and closed), request headers within `header_timeout`, a
+//!   body of at most `max_body` bytes within `body_timeout` (else 413 or 408), one request
+//!   per connection, and no connection lives longer than `connection_time`.
+//! - Every endpoint is a thin wrapper over [`Control`], so the answers are the socket's: the
+//!   same JSON [`Response`], the same validation errors; errors of the HTTP layer itself are
+//!   the same JSON shape.
 //!
 //! | method and path | body | answer |
 //! | --- | --- | --- |
@@ -22,14 +33,49 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{ConnectInfo, Path, State};
-use axum::http::{StatusCode, header};
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Path, Request as HttpRequest, State};
+use axum::http::{Method, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response as HttpResponse};
 use axum::routing::{get, post};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tracing::{debug, warn};
 
+use super::auth::{Access, HttpAuth};
 use super::{Change, Control, ControlError, Request, Response};
+
+/// Bounds that keep one client from hurting the daemon.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpLimits {
+    /// Connections served at once.
+    pub max_connections: usize,
+    /// Longest wait for a request's headers.
+    pub header_timeout: Duration,
+    /// Longest wait for a request's body.
+    pub body_timeout: Duration,
+    /// Largest request body.
+    pub max_body: usize,
+    /// Longest a connection may live, whatever it does.
+    pub connection_time: Duration,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits {
+            max_connections: 64,
+            header_timeout: Duration::from_secs(5),
+            body_timeout: Duration::from_secs(5),
+            max_body: 64 * 1024,
+            connection_time: Duration::from_secs(60),
+        }
+    }
+}
 
 /// Refuse a non-loopback address unless `allow_public`.
 pub fn check_addr(addr: SocketAddr, allow_public: bool) -> Result<(), ControlError> {
@@ -40,8 +86,15 @@ pub fn check_addr(addr: SocketAddr, allow_public: bool) -> Result<(), ControlErr
     }
 }
 
-/// Build the API's routes over `control`.
-pub fn router(control: Arc<Control>) -> Router {
+/// What the gate in front of every route needs.
+#[derive(Debug, Clone)]
+struct Gate {
+    auth: HttpAuth,
+    limits: HttpLimits,
+}
+
+/// Build the API's routes over `control`, behind authentication and the body bounds.
+pub fn router(control: Arc<Control>, auth: HttpAuth, limits: HttpLimits) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route(
@@ -55,19 +108,122 @@ pub fn router(control: Arc<Control>) -> Router {
         .route("/api/topology", get(topology))
         .route("/api/reload", post(reload))
         .route("/api/{change}", post(change))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "No such endpoint") })
+        .layer(middleware::from_fn_with_state(
+            Arc::new(Gate { auth, limits }),
+            gate,
+        ))
         .with_state(control)
 }
 
-/// Serve `listener` until the task is dropped.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    control: Arc<Control>,
-) -> std::io::Result<()> {
-    axum::serve(
-        listener,
-        router(control).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .await
+/// Serve `listener` until the task is dropped, within `limits`.
+pub async fn serve(listener: TcpListener, router: Router, limits: HttpLimits) {
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(err) => {
+                warn!(cause = %err, "HTTP accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            // Over the cap: say so without reading anything, and close.
+            debug!(%peer, "HTTP connection refused: too many open");
+            let _ = stream.try_write(BUSY);
+            continue;
+        };
+        let router = router.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |mut request: HttpRequest<_>| {
+                request.extensions_mut().insert(ConnectInfo(peer));
+                tower::Service::call(&mut router.clone(), request)
+            });
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_timeout)
+                .keep_alive(false)
+                .serve_connection(TokioIo::new(stream), service);
+            if tokio::time::timeout(limits.connection_time, connection)
+                .await
+                .is_err()
+            {
+                debug!(%peer, "HTTP connection cut: open too long");
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// The answer to a connection over the cap (written before reading its request).
+const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: 66\r\nConnection: close\r\n\r\n{\"ok\":false,\"error\":\"Busy: too many HTTP connections; try again\"}\n";
+
+/// Authenticate, then read the body within the bounds, before any route sees the request.
+async fn gate(State(gate): State<Arc<Gate>>, request: HttpRequest, next: Next) -> HttpResponse {
+    let authorization = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let metrics_only = request.method() == Method::GET && request.uri().path() == "/metrics";
+    match gate.auth.access(authorization) {
+        Access::Admin => {}
+        Access::Metrics if metrics_only => {}
+        Access::Metrics => {
+            return error(
+                StatusCode::FORBIDDEN,
+                "The metrics token grants GET /metrics only",
+            );
+        }
+        Access::None => {
+            let mut response = error(
+                StatusCode::UNAUTHORIZED,
+                "Authentication required: send Authorization: Bearer TOKEN (the admin token is in the file netd logged as http_token)",
+            );
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, "Bearer".parse().expect("static"));
+            return response;
+        }
+    }
+    let limits = gate.limits;
+    let (parts, body) = request.into_parts();
+    let too_large = || {
+        error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("Request too large: at most {} bytes", limits.max_body),
+        )
+    };
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limits.max_body as u64) {
+        return too_large();
+    }
+    let read = axum::body::to_bytes(body, limits.max_body);
+    let bytes = match tokio::time::timeout(limits.body_timeout, read).await {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(_)) => return too_large(),
+        Err(_) => {
+            return error(
+                StatusCode::REQUEST_TIMEOUT,
+                "Timed out reading the request body",
+            );
+        }
+    };
+    next.run(HttpRequest::from_parts(parts, Body::from(bytes)))
+        .await
+}
+
+/// An error of the HTTP layer, in the API's JSON shape.
+fn error(code: StatusCode, message: &str) -> HttpResponse {
+    let body = Response {
+        ok: false,
+        result: None,
+        error: Some(message.to_string()),
+    };
+    (code, axum::Json(body)).into_response()
 }
 
 fn answer(response: Response) -> HttpResponse {
@@ -144,11 +300,10 @@ async fn change(
 }
 
 fn malformed(message: &str) -> HttpResponse {
-    answer(Response {
-        ok: false,
-        result: None,
-        error: Some(format!("Malformed request: {message}")),
-    })
+    error(
+        StatusCode::BAD_REQUEST,
+        &format!("Malformed request: {message}"),
+    )
 }
 
 #[cfg(test)]
@@ -163,5 +318,20 @@ mod tests {
         let err = check_addr(public, false).unwrap_err();
         assert!(err.to_string().contains("0.0.0.0:9000"), "{err}");
         assert!(check_addr(public, true).is_ok());
+    }
+
+    #[test]
+    fn the_busy_answer_is_well_formed_json_over_http() {
+        let text = std::str::from_utf8(BUSY).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("Content-Length: "))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(length, body.len());
+        let answer: Response = serde_json::from_str(body).unwrap();
+        assert!(!answer.ok && answer.error.unwrap().starts_with("Busy"));
     }
 }

@@ -22,6 +22,7 @@
 //! Transports: a Unix socket with one JSON [`Request`]/[`Response`] per line ([`socket`]),
 //! an optional loopback HTTP API ([`http`]), and the CLI's client ([`client`]).
 
+pub mod auth;
 pub mod change;
 pub mod client;
 pub mod http;

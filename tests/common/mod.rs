@@ -326,34 +326,65 @@ pub fn netd_ok(topology: &TestTopology, args: &[&str]) -> String {
     out
 }
 
-/// Return the HTTP address the daemon logged in "netd is up" (started with `--http`).
-pub fn http_addr(daemon: &mut Daemon) -> String {
+/// A running daemon's HTTP API: its address and admin token.
+pub struct HttpApi {
+    pub addr: String,
+    pub token: String,
+    /// The file the token was read from.
+    pub token_file: String,
+}
+
+/// Return the HTTP API the daemon logged in "netd is up" (started with `--http`): its
+/// address, and the admin token from the file it named.
+pub fn http_api(daemon: &mut Daemon) -> HttpApi {
     let line = daemon
         .wait_for("netd is up", Duration::from_secs(1))
         .expect("daemon is up");
     let v: serde_json::Value = serde_json::from_str(&line).expect("JSON log line");
-    let field = v["fields"]["http"]
-        .as_str()
-        .expect("http field")
+    let field = |name: &str| {
+        v["fields"][name]
+            .as_str()
+            .unwrap_or_else(|| panic!("no {name} in {line}"))
+            .to_string()
+    };
+    let token_file = field("http_token");
+    let token = std::fs::read_to_string(&token_file)
+        .expect("read the token file")
+        .trim()
         .to_string();
-    // Logged as `Some(127.0.0.1:PORT)`.
-    field
-        .trim_start_matches("Some(")
-        .trim_end_matches(')')
-        .to_string()
+    HttpApi {
+        addr: field("http"),
+        token,
+        token_file,
+    }
 }
 
-/// A minimal HTTP/1.1 client: return (status code, body).
-pub fn http(addr: &str, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+/// Send a request with the admin token: return (status code, body).
+pub fn http(api: &HttpApi, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+    let authorization = format!("Bearer {}", api.token);
+    http_as(&api.addr, Some(&authorization), method, path, body)
+}
+
+/// A minimal HTTP/1.1 client sending `authorization` (if any): return (status code, body).
+pub fn http_as(
+    addr: &str,
+    authorization: Option<&str>,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> (u16, String) {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(addr).expect("connect to the HTTP API");
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
     let body = body.unwrap_or("");
+    let authorization = authorization
+        .map(|a| format!("Authorization: {a}\r\n"))
+        .unwrap_or_default();
     write!(
         stream,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{authorization}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )
     .unwrap();
@@ -392,4 +423,23 @@ pub fn datapath_scheduling(pid: u32) -> (u32, u32) {
         rest[41 - 3].parse().expect("policy"),
         rest[40 - 3].parse().expect("rt_priority"),
     )
+}
+
+/// A file written for one test, removed when dropped.
+pub struct TempFile(PathBuf);
+
+impl TempFile {
+    /// Write `text` to `path` with permission bits `mode`.
+    pub fn create(path: &std::path::Path, text: &str, mode: u32) -> TempFile {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::write(path, text).unwrap();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+        TempFile(path.to_path_buf())
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
