@@ -23,12 +23,11 @@ use crate::control::{self, Control, ControlError, rates};
 
 use crate::datapath::{DataPath, Priority};
 use crate::kernel::{self, KernelError};
-use crate::port::TapPort;
+use crate::port::{Offload, Port, TapPort};
 use crate::shaper::ShaperConfig;
 use crate::stats::Stats;
 use crate::switch::Switch;
 use crate::topology::Topology;
-use crate::wire::vnet::VNET_HDR_LEN;
 
 /// Options of `netd up`.
 #[derive(Debug, Clone)]
@@ -150,19 +149,22 @@ pub async fn up(
         }
         None => (None, None, None),
     };
-    let vnet_hdr_len = options.offload.then_some(VNET_HDR_LEN);
-    let mut plumbing = kernel::bring_up(&topology, vnet_hdr_len)?;
+    let offload = if options.offload {
+        Offload::VnetHeader
+    } else {
+        Offload::None
+    };
+    let mut plumbing = kernel::bring_up(&topology, offload)?;
     let ports = plumbing
         .take_taps()
         .into_iter()
-        .map(|tap| TapPort::new(tap.port, tap.file))
+        .map(|tap| Box::new(TapPort::new(tap.port, tap.file, offload)) as Box<dyn Port>)
         .collect();
     let stats = Arc::new(Stats::new(topology.servers.len(), topology.tenants.len()));
     let (datapath, stop) = DataPath::new(
         Switch::new(&topology),
         ShaperConfig::from_topology(&topology),
         ports,
-        vnet_hdr_len.unwrap_or(0),
         stats.clone(),
     )
     .map_err(DaemonError::StartDataPath)?;
@@ -176,7 +178,7 @@ pub async fn up(
         topology.clone(),
         std::mem::take(&mut plumbing),
         updates,
-        vnet_hdr_len,
+        offload,
         stats.clone(),
     ));
     let _socket_task = Task(tokio::spawn(control::socket::serve(

@@ -7,8 +7,15 @@
 //! every frame ends up in a counter, as received, sent, or dropped with a [`DropReason`].
 //!
 //! Per frame: read → [`Switch::decide`] (guard + forward) → [`Shaper::offer`] charged to the
-//! sending tenant → write now, or later when [`Shaper::release`] hands the frame back (a
-//! timerfd armed at [`Shaper::next_release`] wakes the loop with sub-millisecond precision).
+//! tenant the decision names → write now, or later when [`Shaper::release`] hands the frame
+//! back (a timerfd armed at [`Shaper::next_release`] wakes the loop with sub-millisecond
+//! precision).
+//!
+//! Ports ([`Port`]) are of any kind and I/O: an fd the loop polls, or a deadline it keeps
+//! (the same timerfd wakes it at the earliest [`Port::poll_at`]). Each port says whether its
+//! frames carry a virtio-net header; a frame going between ports that differ is converted
+//! ([`convert`]): the header added, or removed after completing a partial checksum. A GSO
+//! super-frame cannot go to a port without offloads and is dropped as `gso_unsupported`.
 //!
 //! Fairness between ports: each readable port is drained at most [`BATCH`] frames per turn,
 //! round-robin, so one flooding server cannot monopolise the loop.
@@ -41,18 +48,18 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
-use mio::{Events, Interest, Poll, Token, Waker};
+use mio::{Events, Interest, Poll, Registry, Token, Waker};
 use tracing::{info, warn};
 
 use crate::kernel::sys::TimerFd;
 use crate::pool::{self, BufferPool};
-use crate::port::TapPort;
+use crate::port::{Offload, Port};
 use crate::shaper::{Admit, Nanos, Shaper, ShaperConfig};
 use crate::stats::{DropReason, Stats};
 use crate::storm::StormControl;
 use crate::switch::{Decision, Switch};
-use crate::topology::PortId;
-use crate::wire::vnet::VnetHeader;
+use crate::topology::{PortId, TenantId};
+use crate::wire::vnet::{VNET_HDR_LEN, VnetHeader};
 
 /// Frames read from one port before moving on to the next ready port.
 pub const BATCH: usize = 64;
@@ -246,7 +253,7 @@ pub struct Update {
     /// Ports to stop polling and hand back (their TAPs close when the caller drops them).
     pub remove: Vec<PortId>,
     /// New ports to poll (their ids must be in `switch`).
-    pub add: Vec<TapPort>,
+    pub add: Vec<Box<dyn Port>>,
     /// The new switch (always given: ports, tenants and storm limits follow it).
     pub switch: Option<Switch>,
     /// The new shaper parameters, applied with [`Shaper::reconfigure`].
@@ -254,7 +261,7 @@ pub struct Update {
     /// Counters grown for new ids ([`Stats::grown`]); existing counters are shared.
     pub stats: Option<Arc<Stats>>,
     /// Told when the update is applied, with the removed ports.
-    pub done: Option<tokio::sync::oneshot::Sender<Vec<TapPort>>>,
+    pub done: Option<tokio::sync::oneshot::Sender<Vec<Box<dyn Port>>>>,
 }
 
 /// Hands [`Update`]s to a running data path from another thread.
@@ -278,23 +285,30 @@ impl UpdateHandle {
 /// A frame that passed the switch and waits for (or just got) the shaper's go.
 #[derive(Debug)]
 pub struct Pending {
+    /// The frame as read, with its ingress port's header.
     buf: Vec<u8>,
     len: usize,
     ingress: PortId,
+    /// What the ingress port's frames carry (so the egress can convert).
+    offload: Offload,
+    /// Where it goes; always a forward (the tenant is the one charged).
     decision: Decision,
 }
 
 /// Everything needed to put a frame on the wire, apart from the shaper (so the shaper can
 /// hand frames back to it while being borrowed itself).
 struct Egress {
-    ports: Vec<TapPort>,
+    ports: Vec<Box<dyn Port>>,
     /// Position of each port in `ports`, by `PortId` index.
     slot_of: Vec<Option<usize>>,
+    /// Ports known to have frames to read, by slot: an fd's edge seen and not yet drained to
+    /// `WouldBlock`, or a deadline port written to or due.
+    ready: Vec<bool>,
     switch: Switch,
     stats: Arc<Stats>,
     pool: BufferPool,
-    /// Bytes of virtio-net header before each frame (0 without offloads).
-    vnet_hdr_len: usize,
+    /// Where frames are converted between ports' offloads (a large buffer).
+    scratch: Vec<u8>,
 }
 
 /// The event loop's state.
@@ -307,8 +321,6 @@ pub struct DataPath {
     timer_target: Option<Nanos>,
     clock: Instant,
     stop: Arc<AtomicBool>,
-    /// Ports known readable (edge seen, not yet drained to `WouldBlock`), by slot.
-    ready: Vec<bool>,
     /// The read buffer: a large pool buffer.
     rx: Vec<u8>,
     last_publish: Nanos,
@@ -328,8 +340,7 @@ impl DataPath {
     pub fn new(
         switch: Switch,
         shaper: ShaperConfig,
-        ports: Vec<TapPort>,
-        vnet_hdr_len: usize,
+        ports: Vec<Box<dyn Port>>,
         stats: Arc<Stats>,
     ) -> io::Result<(DataPath, StopHandle)> {
         let poll = Poll::new()?;
@@ -339,11 +350,10 @@ impl DataPath {
             .register(&mut SourceFd(&timer.as_raw_fd()), TIMER, Interest::READABLE)?;
         let mut slot_of = vec![None; switch.port_count()];
         for (slot, port) in ports.iter().enumerate() {
-            poll.registry().register(
-                &mut SourceFd(&port.as_raw_fd()),
-                Token(slot),
-                Interest::READABLE,
-            )?;
+            register(poll.registry(), port.as_ref(), slot)?;
+            if slot_of.len() <= port.id().index() {
+                slot_of.resize(port.id().index() + 1, None);
+            }
             slot_of[port.id().index()] = Some(slot);
         }
         let stop = Arc::new(AtomicBool::new(false));
@@ -360,23 +370,24 @@ impl DataPath {
         let ready = vec![false; ports.len()];
         let mut pool = BufferPool::default();
         let rx = pool.take_large();
+        let scratch = pool.take_large();
         Ok((
             DataPath {
                 poll,
                 egress: Egress {
                     ports,
                     slot_of,
+                    ready,
                     switch,
                     stats,
                     pool,
-                    vnet_hdr_len,
+                    scratch,
                 },
                 shaper: Shaper::new(shaper, 0),
                 timer,
                 timer_target: None,
                 clock: Instant::now(),
                 stop,
-                ready,
                 rx,
                 last_publish: 0,
                 unpublished: false,
@@ -436,7 +447,7 @@ impl DataPath {
     pub fn run(mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
         loop {
-            let busy = self.ready.iter().any(|&r| r);
+            let busy = self.egress.ready.iter().any(|&r| r);
             let timeout = if busy {
                 Some(Duration::ZERO)
             } else if self.unpublished {
@@ -459,7 +470,7 @@ impl DataPath {
                         self.timer_target = None;
                     }
                     Token(slot) => {
-                        if let Some(r) = self.ready.get_mut(slot) {
+                        if let Some(r) = self.egress.ready.get_mut(slot) {
                             *r = true;
                         }
                     }
@@ -481,13 +492,14 @@ impl DataPath {
                     self.apply(update);
                 }
             }
-            for slot in 0..self.ready.len() {
-                if self.ready[slot] {
-                    self.ready[slot] = self.drain(slot);
+            self.poll_deadline_ports(self.now());
+            for slot in 0..self.egress.ready.len() {
+                if self.egress.ready[slot] {
+                    self.egress.ready[slot] = self.drain(slot);
                 }
             }
             let now = self.now();
-            self.check_overload(now, self.ready.iter().any(|&r| r));
+            self.check_overload(now, self.egress.ready.iter().any(|&r| r));
             // Frames released from the queues change the shaper's counters too.
             self.unpublished |= self.shaper.next_release().is_some();
             let egress = &mut self.egress;
@@ -513,19 +525,21 @@ impl DataPath {
                 continue;
             };
             let port = egress.ports.swap_remove(slot);
-            self.ready.swap_remove(slot);
-            let _ = registry.deregister(&mut SourceFd(&port.as_raw_fd()));
+            egress.ready.swap_remove(slot);
+            if let Some(fd) = port.fd() {
+                let _ = registry.deregister(&mut SourceFd(&fd));
+            }
             egress.slot_of[id.index()] = None;
             // The last port moved into `slot`: re-register it under its new token.
             if let Some(moved) = egress.ports.get(slot) {
-                let fd = moved.as_raw_fd();
-                if let Err(err) =
-                    registry.reregister(&mut SourceFd(&fd), Token(slot), Interest::READABLE)
+                if let Some(fd) = moved.fd()
+                    && let Err(err) =
+                        registry.reregister(&mut SourceFd(&fd), Token(slot), Interest::READABLE)
                 {
                     warn!(port = %moved.id(), cause = %err, "cannot re-register port");
                 }
                 egress.slot_of[moved.id().index()] = Some(slot);
-                self.ready[slot] = true;
+                egress.ready[slot] = true;
             }
             removed.push(port);
         }
@@ -542,11 +556,7 @@ impl DataPath {
         for port in update.add {
             let slot = egress.ports.len();
             let id = port.id();
-            if let Err(err) = registry.register(
-                &mut SourceFd(&port.as_raw_fd()),
-                Token(slot),
-                Interest::READABLE,
-            ) {
+            if let Err(err) = register(registry, port.as_ref(), slot) {
                 warn!(port = %id, cause = %err, "cannot poll new port");
                 continue;
             }
@@ -555,7 +565,7 @@ impl DataPath {
             }
             egress.slot_of[id.index()] = Some(slot);
             egress.ports.push(port);
-            self.ready.push(true);
+            egress.ready.push(true);
         }
         if let Some(config) = update.shaper {
             // Frames of removed tenants come back: recycle their buffers.
@@ -625,9 +635,23 @@ impl DataPath {
         }
     }
 
-    /// Arm the timer for the shaper's next release, unless it is already armed for it.
+    /// Run the timers of deadline ports that are due; mark them to be read.
+    fn poll_deadline_ports(&mut self, now: Nanos) {
+        let egress = &mut self.egress;
+        for (slot, port) in egress.ports.iter_mut().enumerate() {
+            if port.poll_at().is_some_and(|at| at <= now) {
+                port.poll(now);
+                egress.ready[slot] = true;
+            }
+        }
+    }
+
+    /// Arm the timer for the shaper's next release or the earliest port deadline, unless it
+    /// is already armed for it.
     fn arm_timer(&mut self, now: Nanos) -> io::Result<()> {
-        if let Some(at) = self.shaper.next_release()
+        let ports = self.egress.ports.iter().filter_map(|p| p.poll_at());
+        let next = ports.chain(self.shaper.next_release()).min();
+        if let Some(at) = next
             && self.timer_target != Some(at)
         {
             self.timer
@@ -640,56 +664,58 @@ impl DataPath {
     /// Read up to [`BATCH`] frames from the port in `slot`; return true if it may have more.
     fn drain(&mut self, slot: usize) -> bool {
         for _ in 0..BATCH {
-            let len = match self.egress.ports[slot].read(&mut self.rx) {
+            let port = &mut self.egress.ports[slot];
+            let len = match port.read(&mut self.rx) {
                 Ok(len) => len,
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => return false,
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
                 Err(err) => {
                     // A TAP whose device vanished keeps failing; stop polling it rather than spin.
-                    let port = &self.egress.ports[slot];
                     warn!(port = %port.id(), cause = %err, "read failed; port disabled");
-                    let _ = self
-                        .poll
-                        .registry()
-                        .deregister(&mut SourceFd(&port.as_raw_fd()));
+                    if let Some(fd) = port.fd() {
+                        let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
+                    }
                     return false;
                 }
             };
-            let ingress = self.egress.ports[slot].id();
+            let (ingress, offload) = (port.id(), port.offload());
             self.unpublished = true;
-            self.receive(ingress, len);
+            self.receive(ingress, offload, len);
         }
         true
     }
 
-    /// Count and decide the frame in `self.rx[..len]` from `ingress` (virtio-net header
-    /// included when offloads are on), then offer it to the shaper.
-    fn receive(&mut self, ingress: PortId, len: usize) {
+    /// Count and decide the frame in `self.rx[..len]` from `ingress` (with the port's
+    /// virtio-net header when it has one), then offer it to the shaper.
+    fn receive(&mut self, ingress: PortId, offload: Offload, len: usize) {
         let now = self.now();
         let egress = &mut self.egress;
-        let hdr = egress.vnet_hdr_len;
-        let tenant = egress.switch.tenant_of(ingress);
+        let hdr = offload.header_len();
         let frame = self.rx.get(hdr..len).unwrap_or_default();
         egress.stats.ports[ingress.index()].count_rx(frame.len());
-        egress.stats.tenants[tenant.index()].count_rx(frame.len());
         let vnet = if hdr == 0 {
             Some(VnetHeader::default())
         } else {
             VnetHeader::parse(&self.rx[..len])
         };
-        let Some(vnet) = vnet else {
-            egress.count_drop(ingress, DropReason::Malformed);
+        let decision = match vnet {
+            None => Decision::Drop(DropReason::Malformed),
+            Some(vnet) if vnet.is_gso() => egress.switch.decide_gso(ingress, frame),
+            Some(_) => egress.switch.decide(ingress, frame),
+        };
+        // Counted and charged to the tenant the decision names; a drop, to the port's own.
+        let Some(tenant) = decision.tenant() else {
+            if let Some(tenant) = egress.switch.tenant_of(ingress) {
+                egress.stats.tenants[tenant.index()].count_rx(frame.len());
+            }
+            if let Decision::Drop(reason) = decision {
+                egress.count_drop(ingress, reason);
+            }
             return;
         };
-        let decision = if vnet.is_gso() {
-            egress.switch.decide_gso(ingress, frame)
-        } else {
-            egress.switch.decide(ingress, frame)
-        };
-        if let Decision::Drop(reason) = decision {
-            egress.count_drop(ingress, reason);
-            return;
-        }
+        egress.stats.tenants[tenant.index()].count_rx(frame.len());
+        // Only a frame whose header parsed got a forwarding decision.
+        let vnet = vnet.unwrap_or_default();
         if let Decision::Flood(_) = decision
             && !self.storm.allow(ingress)
         {
@@ -713,6 +739,7 @@ impl DataPath {
             buf,
             len,
             ingress,
+            offload,
             decision,
         };
         match self
@@ -740,13 +767,14 @@ impl DataPath {
 impl Egress {
     /// Deliver a frame the shaper let go, then recycle its buffer.
     fn send(&mut self, pending: Pending) {
-        let frame = &pending.buf[..pending.len];
         match pending.decision {
-            Decision::Unicast(port) => self.deliver(port, frame),
+            Decision::Unicast(tenant, port) => self.deliver(port, tenant, &pending),
             Decision::Flood(tenant) => {
-                for &port in self.switch.tenant_ports(tenant) {
+                // By index: the member list is the switch's, and delivering needs `self`.
+                for i in 0..self.switch.tenant_ports(tenant).len() {
+                    let port = self.switch.tenant_ports(tenant)[i];
                     if port != pending.ingress {
-                        self.deliver(port, frame);
+                        self.deliver(port, tenant, &pending);
                     }
                 }
             }
@@ -755,26 +783,38 @@ impl Egress {
         self.pool.give(pending.buf);
     }
 
-    /// Write `frame` (virtio-net header included when offloads are on) to `egress`, counting
-    /// it as sent or as a write failure on that port.
-    fn deliver(&self, egress: PortId, frame: &[u8]) {
-        let l2_len = frame.len().saturating_sub(self.vnet_hdr_len);
+    /// Write `pending`'s frame to port `to` of `tenant`, converted to that port's offload,
+    /// counting it as sent or as dropped on that port.
+    fn deliver(&mut self, to: PortId, tenant: TenantId, pending: &Pending) {
+        let frame = &pending.buf[..pending.len];
+        let l2_len = frame.len().saturating_sub(pending.offload.header_len());
         // A port removed while frames to it were queued has no slot (and maybe no tenant).
-        let Some(slot) = self.slot_of.get(egress.index()).copied().flatten() else {
-            if let Some(counters) = self.stats.ports.get(egress.index()) {
+        let Some(slot) = self.slot_of.get(to.index()).copied().flatten() else {
+            if let Some(counters) = self.stats.ports.get(to.index()) {
                 counters.count_drop(DropReason::WriteFailed);
             }
             return;
         };
-        let tenant = self.switch.tenant_of(egress);
-        match self.ports[slot].write(frame) {
+        let port = &mut self.ports[slot];
+        let written = if port.offload() == pending.offload {
+            port.write(frame).map_err(|_| DropReason::WriteFailed)
+        } else {
+            convert(pending.offload, port.offload(), frame, &mut self.scratch).and_then(|n| {
+                port.write(&self.scratch[..n])
+                    .map_err(|_| DropReason::WriteFailed)
+            })
+        };
+        if port.fd().is_none() {
+            self.ready[slot] = true; // a deadline port may answer at once
+        }
+        match written {
             Ok(()) => {
-                self.stats.ports[egress.index()].count_tx(l2_len);
+                self.stats.ports[to.index()].count_tx(l2_len);
                 self.stats.tenants[tenant.index()].count_tx(l2_len);
             }
-            Err(_) => {
-                self.stats.ports[egress.index()].count_drop(DropReason::WriteFailed);
-                self.stats.tenants[tenant.index()].count_drop(DropReason::WriteFailed);
+            Err(reason) => {
+                self.stats.ports[to.index()].count_drop(reason);
+                self.stats.tenants[tenant.index()].count_drop(reason);
             }
         }
     }
@@ -783,12 +823,56 @@ impl Egress {
     fn count_drop(&self, ingress: PortId, reason: DropReason) {
         self.stats.ports[ingress.index()].count_drop(reason);
         // A queued frame of a port removed since has no tenant any more.
-        if self.switch.has_port(ingress) {
-            let tenant = self.switch.tenant_of(ingress);
+        if let Some(tenant) = self.switch.tenant_of(ingress) {
             self.stats.tenants[tenant.index()].count_drop(reason);
         }
     }
 }
+
+/// Register a port's fd, if it has one, under `slot`.
+fn register(registry: &Registry, port: &dyn Port, slot: usize) -> io::Result<()> {
+    match port.fd() {
+        Some(fd) => registry.register(&mut SourceFd(&fd), Token(slot), Interest::READABLE),
+        None => Ok(()),
+    }
+}
+
+/// Convert `frame`, as read from a port with offload `from`, for a port with offload `to`,
+/// into `out`; return its length. A plain frame gets an empty virtio-net header (checksums
+/// complete, no GSO); a frame losing its header has its partial checksum completed first,
+/// and a GSO super-frame cannot lose it (`GsoUnsupported`: it would need segmenting).
+fn convert(from: Offload, to: Offload, frame: &[u8], out: &mut [u8]) -> Result<usize, DropReason> {
+    match (from, to) {
+        (Offload::None, Offload::VnetHeader) => {
+            let len = VNET_HDR_LEN + frame.len();
+            let out = out.get_mut(..len).ok_or(DropReason::Oversized)?;
+            out[..VNET_HDR_LEN].fill(0);
+            out[VNET_HDR_LEN..].copy_from_slice(frame);
+            Ok(len)
+        }
+        (Offload::VnetHeader, Offload::None) => {
+            let header = VnetHeader::parse(frame).ok_or(DropReason::Malformed)?;
+            if header.is_gso() {
+                return Err(DropReason::GsoUnsupported);
+            }
+            let l2 = &frame[VNET_HDR_LEN..];
+            let out = out.get_mut(..l2.len()).ok_or(DropReason::Oversized)?;
+            out.copy_from_slice(l2);
+            if header.needs_checksum() && !header.complete_checksum(out) {
+                return Err(DropReason::Malformed);
+            }
+            Ok(l2.len())
+        }
+        _ => {
+            let out = out.get_mut(..frame.len()).ok_or(DropReason::Oversized)?;
+            out.copy_from_slice(frame);
+            Ok(frame.len())
+        }
+    }
+}
+
+#[cfg(test)]
+mod loop_tests;
 
 #[cfg(test)]
 mod tests {

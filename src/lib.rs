@@ -19,6 +19,8 @@
 //! - [`switch`]: pure forwarding decisions; never crosses tenants.
 //! - [`shaper`]: pure token-bucket hierarchy with an injected clock.
 //! - [`kernel`]: the only `unsafe` code: TAP ioctls, namespaces, links; start-up rolls back.
+//! - [`port`]: ports of every kind behind one trait: servers' TAPs, in-memory ports for tests,
+//!   and (driven by a deadline instead of an fd) netd's own stacks.
 //! - [`datapath`]: the event loop tying ports, switch and shaper together.
 //! - [`stats`]: counters and drop reasons.
 

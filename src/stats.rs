@@ -46,11 +46,14 @@ pub enum DropReason {
     WriteFailed,
     /// Broadcast/multicast above the port's storm-control limit (packets/s).
     StormControl,
+    /// A GSO super-frame towards a port that takes only plain frames (it would need
+    /// segmenting in software).
+    GsoUnsupported,
 }
 
 impl DropReason {
     /// Every reason, in display order.
-    pub const ALL: [DropReason; 13] = [
+    pub const ALL: [DropReason; 14] = [
         DropReason::Truncated,
         DropReason::Malformed,
         DropReason::Oversized,
@@ -64,6 +67,7 @@ impl DropReason {
         DropReason::QueueFull,
         DropReason::WriteFailed,
         DropReason::StormControl,
+        DropReason::GsoUnsupported,
     ];
 
     /// Return the stable snake_case name used in logs, JSON and metrics.
@@ -82,6 +86,7 @@ impl DropReason {
             DropReason::QueueFull => "queue_full",
             DropReason::WriteFailed => "write_failed",
             DropReason::StormControl => "storm_control",
+            DropReason::GsoUnsupported => "gso_unsupported",
         }
     }
 

@@ -68,9 +68,7 @@ impl<C: Clock + Clone> StormControl<C> {
         self.ports = (0..switch.port_count())
             .map(|i| {
                 let port = PortId(u32::try_from(i).unwrap_or(u32::MAX));
-                if !switch.has_port(port) {
-                    return None;
-                }
+                switch.tenant_of(port)?; // no such port: no limiter
                 let pps = switch.broadcast_pps(port);
                 match old.get_mut(i).and_then(Option::take) {
                     Some((kept, limiter)) if kept == pps => Some((pps, limiter)),

@@ -47,7 +47,7 @@ use report::{
 
 use crate::datapath::{Update, UpdateHandle};
 use crate::kernel::{self, KernelError, Plumbing};
-use crate::port::TapPort;
+use crate::port::{Offload, Port, TapPort};
 use crate::shaper::ShaperConfig;
 use crate::stats::Stats;
 use crate::switch::Switch;
@@ -171,7 +171,8 @@ pub struct Running {
     next_port: u32,
     plumbing: Plumbing,
     datapath: UpdateHandle,
-    vnet_hdr_len: Option<usize>,
+    /// What new servers' TAPs carry (as the ones made at start-up).
+    offload: Offload,
 }
 
 /// The control plane of one daemon, shared by the socket, HTTP and signal handlers.
@@ -188,7 +189,7 @@ impl Control {
         topology: Topology,
         plumbing: Plumbing,
         datapath: UpdateHandle,
-        vnet_hdr_len: Option<usize>,
+        offload: Offload,
         stats: Arc<Stats>,
     ) -> Control {
         let next_tenant = u32::try_from(topology.tenant_id_bound()).unwrap_or(u32::MAX);
@@ -200,7 +201,7 @@ impl Control {
                 next_port,
                 plumbing,
                 datapath,
-                vnet_hdr_len,
+                offload,
             }),
             stats: RwLock::new(stats),
             rates: Mutex::new(RateMeter::default()),
@@ -486,9 +487,9 @@ impl Control {
             }
             relinked.push(id);
         }
-        let mut added: Vec<TapPort> = Vec::new();
+        let mut added: Vec<Box<dyn Port>> = Vec::new();
         let mut added_netns: Vec<String> = Vec::new();
-        let undo_added = |plumbing: &mut Plumbing, added: Vec<TapPort>, netns: &[String]| {
+        let undo_added = |plumbing: &mut Plumbing, added: Vec<Box<dyn Port>>, netns: &[String]| {
             drop(added);
             for name in netns {
                 if let Err(err) = plumbing.remove_server(name) {
@@ -497,12 +498,9 @@ impl Control {
             }
         };
         for &id in &diff.servers_added {
-            match state
-                .plumbing
-                .add_server(new.server(id), state.vnet_hdr_len)
-            {
+            match state.plumbing.add_server(new.server(id), state.offload) {
                 Ok(tap) => {
-                    added.push(TapPort::new(tap.port, tap.file));
+                    added.push(Box::new(TapPort::new(tap.port, tap.file, state.offload)));
                     added_netns.push(new.server(id).netns.clone());
                 }
                 Err(err) => {

@@ -24,6 +24,7 @@ use std::process::{Command, Stdio};
 
 use tracing::{debug, info, warn};
 
+use crate::port::Offload;
 use crate::topology::{PortId, Server, Topology};
 
 /// Name of each server's interface inside its namespace.
@@ -93,12 +94,12 @@ impl Plumbing {
     pub fn add_server(
         &mut self,
         server: &Server,
-        vnet_hdr_len: Option<usize>,
+        offload: Offload,
     ) -> Result<ServerTap, KernelError> {
         if netns::exists(&server.netns) {
             return Err(KernelError::NamespacesExist(vec![server.netns.clone()]));
         }
-        let file = plumb(server, vnet_hdr_len)?;
+        let file = plumb(server, offload)?;
         self.namespaces.push(server.netns.clone());
         Ok(ServerTap {
             port: server.id,
@@ -166,14 +167,14 @@ pub fn preflight(topology: &Topology) -> Result<(), KernelError> {
 
 /// Create every server's namespace and TAP and configure its link; all or nothing.
 ///
-/// With `vnet_hdr_len`, TAPs carry a virtio-net header of that size and offer offloads
-/// (see [`sys::open_tap`]).
-pub fn bring_up(topology: &Topology, vnet_hdr_len: Option<usize>) -> Result<Plumbing, KernelError> {
+/// With [`Offload::VnetHeader`], TAPs carry a virtio-net header and offer offloads (see
+/// [`sys::open_tap`]).
+pub fn bring_up(topology: &Topology, offload: Offload) -> Result<Plumbing, KernelError> {
     preflight(topology)?;
     // On any error below, `plumbing` drops and removes what was already created.
     let mut plumbing = Plumbing::default();
     for server in &topology.servers {
-        let file = plumb(server, vnet_hdr_len)?;
+        let file = plumb(server, offload)?;
         plumbing.namespaces.push(server.netns.clone());
         plumbing.taps.push(ServerTap {
             port: server.id,
@@ -194,9 +195,9 @@ pub fn bring_up(topology: &Topology, vnet_hdr_len: Option<usize>) -> Result<Plum
 }
 
 /// Create one server's namespace, TAP and link; on failure delete the namespace again.
-fn plumb(server: &Server, vnet_hdr_len: Option<usize>) -> Result<File, KernelError> {
+fn plumb(server: &Server, offload: Offload) -> Result<File, KernelError> {
     netns::create(&server.netns)?;
-    let result = netns::run_in(&server.netns, || open_server_tap(vnet_hdr_len))
+    let result = netns::run_in(&server.netns, || open_server_tap(offload))
         .map_err(|source| KernelError::CreateTap {
             server: server.name.clone(),
             netns: server.netns.clone(),
@@ -226,7 +227,8 @@ pub fn relink(server: &Server) -> Result<(), KernelError> {
 /// Create the server's TAP in the calling thread's namespace and switch off IPv6 duplicate
 /// address detection on it: the topology already guarantees unique addresses within a
 /// tenant, and DAD would leave the link-local address unusable for the first second or two.
-fn open_server_tap(vnet_hdr_len: Option<usize>) -> std::io::Result<File> {
+fn open_server_tap(offload: Offload) -> std::io::Result<File> {
+    let vnet_hdr_len = (offload != Offload::None).then_some(offload.header_len());
     let tap = File::from(sys::open_tap(SERVER_IFNAME, vnet_hdr_len)?);
     // /proc/sys/net is resolved against the opening thread's namespace: this one.
     let dad = format!("/proc/sys/net/ipv6/conf/{SERVER_IFNAME}/accept_dad");

@@ -1,4 +1,5 @@
 //! Forward: where a guarded frame goes, from static per-tenant tables built from the topology.
+//! Entries may be ports of any kind (servers, the tenant's gateway, its uplink).
 //!
 //! Contract: nothing crosses tenants. A decision for a frame from a tenant's port names only
 //! that tenant or one of its ports: a MAC owned by another tenant's server is
@@ -8,7 +9,7 @@
 //! - Group destinations (I/G bit set: broadcast and multicast) → `Flood(tenant)`; the data
 //!   path sends a copy to each of the tenant's ports except the ingress.
 //! - A unicast destination owned by the ingress itself → `Drop(Hairpin)`; owned by another
-//!   port of the tenant → `Unicast(port)`; otherwise → `Drop(UnknownDestination)`.
+//!   port of the tenant → `Unicast(tenant, port)`; otherwise → `Drop(UnknownDestination)`.
 //!
 //! Lookup structure: each tenant has its own table, a sorted boxed slice of MAC keys (the
 //! six octets as a `u64`) with a parallel slice of ports, searched by binary search. Scoping
@@ -47,15 +48,14 @@ impl ForwardTable {
     pub(crate) fn new(topology: &Topology) -> ForwardTable {
         // Size by the servers too, so a server can never index past the table.
         let count = topology
-            .servers
-            .iter()
-            .map(|s| s.tenant.index() + 1)
+            .ports()
+            .map(|p| p.tenant().index() + 1)
             .chain([topology.tenant_id_bound()])
             .max()
             .unwrap_or(0);
         let mut entries: Vec<Vec<(u64, PortId)>> = vec![Vec::new(); count];
-        for server in &topology.servers {
-            entries[server.tenant.index()].push((mac_key(server.mac), server.id));
+        for port in topology.ports() {
+            entries[port.tenant().index()].push((mac_key(port.mac()), port.id()));
         }
         let tenants = entries
             .into_iter()
@@ -94,7 +94,7 @@ impl ForwardTable {
         }
         match self.lookup(tenant, dst) {
             Some(port) if port == ingress => Decision::Drop(DropReason::Hairpin),
-            Some(port) => Decision::Unicast(port),
+            Some(port) => Decision::Unicast(tenant, port),
             None => Decision::Drop(DropReason::UnknownDestination),
         }
     }
@@ -124,9 +124,9 @@ mod tests {
     }
 
     #[rstest]
-    #[case::unicast_within_tenant(A1, ACME, A2_MAC, Unicast(A2))]
-    #[case::unicast_back(A2, ACME, A1_MAC, Unicast(A1))]
-    #[case::unicast_within_other_tenant(B1, BLUE, B2_MAC, Unicast(B2))]
+    #[case::unicast_within_tenant(A1, ACME, A2_MAC, Unicast(ACME, A2))]
+    #[case::unicast_back(A2, ACME, A1_MAC, Unicast(ACME, A1))]
+    #[case::unicast_within_other_tenant(B1, BLUE, B2_MAC, Unicast(BLUE, B2))]
     #[case::to_other_tenants_server(A1, ACME, B1_MAC, Decision::Drop(UnknownDestination))]
     #[case::to_other_tenants_server_back(B2, BLUE, A2_MAC, Decision::Drop(UnknownDestination))]
     #[case::broadcast(A1, ACME, [0xff; 6], Flood(ACME))]

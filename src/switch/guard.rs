@@ -6,6 +6,8 @@
 //!
 //! 1. Length: under 14 bytes is `Truncated`; over the port's `max_frame_len` is `Oversized`.
 //! 2. The Ethernet source must be the port's MAC (`SpoofedMac`), before anything else is read.
+//!    A trusted port (gateway, uplink: netd's own or the host's) stops here, needing only an
+//!    EtherType the switch carries; the rules below are for servers' ports.
 //! 3. By EtherType; anything but IPv4, ARP and IPv6 (802.1Q/802.1ad tags, LLDP, 802.3 length
 //!    fields...) is `UnsupportedEtherType`:
 //!    - IPv4: version 4 and consistent header/total lengths (`Malformed`), all present
@@ -41,7 +43,7 @@
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use crate::stats::DropReason;
-use crate::topology::{Server, TenantId};
+use crate::topology::{PortKind, PortSpec, Server, TenantId};
 use crate::wire::{
     ArpHardware, ArpOperation, ArpPacket, ETHERNET_HEADER_LEN, EthernetFrame, EthernetProtocol,
     IPV4_HEADER_LEN, IPV6_HEADER_LEN, Icmpv6Message, Icmpv6Packet, IpProtocol, Ipv4Packet,
@@ -55,9 +57,13 @@ const MLDV1_REPORT: u8 = 131;
 /// Hop limit that Neighbour Discovery messages must carry to be accepted (RFC 4861).
 const ND_HOP_LIMIT: u8 = 255;
 
-/// What the guard knows about one port: the addresses it owns and its frame size limit.
+/// What the guard knows about one port: its kind, the addresses it owns and its frame size
+/// limit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct PortFacts {
+    /// How far the port's frames are trusted: a server's fully checked, the others' only for
+    /// length, source MAC and EtherType ([`check_trusted`]).
+    pub kind: PortKind,
     /// The server's MAC: the only Ethernet source, ARP sender and ND link-layer address.
     pub mac: MacAddr,
     /// The server's IPv4 address.
@@ -73,9 +79,17 @@ pub(crate) struct PortFacts {
 }
 
 impl PortFacts {
+    /// Gather the facts about one port of the topology.
+    pub(crate) fn new(port: PortSpec<'_>) -> PortFacts {
+        match port {
+            PortSpec::Server(server) => PortFacts::of_server(server),
+        }
+    }
+
     /// Gather the facts about the port of `server`.
-    pub(crate) fn new(server: &Server) -> PortFacts {
+    fn of_server(server: &Server) -> PortFacts {
         PortFacts {
+            kind: PortKind::Server,
             mac: server.mac,
             ipv4: server.ip.ip(),
             ipv6: server.ipv6.map(|net| net.ip()),
@@ -113,6 +127,9 @@ pub(crate) fn check_with_limit<'a>(
     if MacAddr::from(eth.src_addr()) != port.mac {
         return Err(DropReason::SpoofedMac);
     }
+    if port.kind != PortKind::Server {
+        return check_trusted(eth);
+    }
     match eth.ethertype() {
         EthernetProtocol::Ipv4 => check_ipv4(port, eth.payload())?,
         EthernetProtocol::Arp => check_arp(port, eth.payload())?,
@@ -120,6 +137,17 @@ pub(crate) fn check_with_limit<'a>(
         _ => return Err(DropReason::UnsupportedEtherType),
     }
     Ok(eth)
+}
+
+/// Check a frame from a trusted port (netd's own gateway, the host's routing): it may
+/// speak for other addresses (ARP replies for the gateway, routed packets from anywhere), so
+/// only what the switch itself relies on is checked: length and source MAC (done by the
+/// caller) and an EtherType the tenant's L2 domain carries.
+fn check_trusted(eth: EthernetFrame<&[u8]>) -> Result<EthernetFrame<&[u8]>, DropReason> {
+    match eth.ethertype() {
+        EthernetProtocol::Ipv4 | EthernetProtocol::Arp | EthernetProtocol::Ipv6 => Ok(eth),
+        _ => Err(DropReason::UnsupportedEtherType),
+    }
 }
 
 /// Check an IPv4 packet (with any Ethernet padding after it).
@@ -306,7 +334,7 @@ mod tests {
     use DropReason::*;
 
     fn facts(port: PortId) -> PortFacts {
-        PortFacts::new(topology().server(port))
+        PortFacts::new(PortSpec::Server(topology().server(port)))
     }
 
     fn check_from(port: PortId, frame: &[u8]) -> Result<(), DropReason> {

@@ -21,28 +21,39 @@ mod guard;
 pub(crate) mod fixtures;
 
 use crate::stats::DropReason;
-use crate::topology::{PortId, TenantId, Topology};
+use crate::topology::{PortId, PortKind, TenantId, Topology};
 use crate::wire::MacAddr;
 use crate::wire::vnet::GSO_MAX_FRAME;
 
 use forward::ForwardTable;
 use guard::PortFacts;
 
-/// The decision for one frame.
+/// The decision for one frame. A forwarded frame names the tenant it belongs to: the one
+/// to charge, and the only one whose ports it may reach.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Decision {
-    /// Send it to this port (always another port of the sender's tenant).
-    Unicast(PortId),
+    /// Send it to this port (always another port of the tenant, of any kind).
+    Unicast(TenantId, PortId),
     /// Send a copy to every port of this tenant except the ingress.
     Flood(TenantId),
     /// Drop it and count the reason.
     Drop(DropReason),
 }
 
+impl Decision {
+    /// Return the tenant a forwarded frame belongs to (`None` for a drop).
+    pub fn tenant(&self) -> Option<TenantId> {
+        match *self {
+            Decision::Unicast(tenant, _) | Decision::Flood(tenant) => Some(tenant),
+            Decision::Drop(_) => None,
+        }
+    }
+}
+
 /// An immutable switch: per-port facts for the guard and per-tenant tables for forwarding.
 #[derive(Clone, Debug)]
 pub struct Switch {
-    /// Indexed by `PortId`; `None` for ids without a server.
+    /// Indexed by `PortId`; `None` for ids without a port.
     ports: Box<[Option<PortFacts>]>,
     /// Storm control: broadcast/multicast frames/s allowed from each port (by `PortId`).
     broadcast_pps: Box<[u32]>,
@@ -50,13 +61,18 @@ pub struct Switch {
 }
 
 impl Switch {
-    /// Build the switch for every server of `topology`, one port each.
+    /// Build the switch for every port of `topology`, of whatever kind.
     pub fn new(topology: &Topology) -> Switch {
-        let mut ports = vec![None; topology.port_id_bound()];
-        let mut broadcast_pps = vec![0; topology.port_id_bound()];
-        for server in &topology.servers {
-            ports[server.id.index()] = Some(PortFacts::new(server));
-            broadcast_pps[server.id.index()] = topology.tenant(server.tenant).broadcast_pps;
+        let bound = topology
+            .ports()
+            .map(|p| p.id().index() + 1)
+            .max()
+            .unwrap_or(0);
+        let mut ports = vec![None; bound];
+        let mut broadcast_pps = vec![0; bound];
+        for port in topology.ports() {
+            ports[port.id().index()] = Some(PortFacts::new(port));
+            broadcast_pps[port.id().index()] = topology.tenant(port.tenant()).broadcast_pps;
         }
         Switch {
             ports: ports.into(),
@@ -108,20 +124,14 @@ impl Switch {
         self.table.members(tenant)
     }
 
-    /// Return the tenant of a port.
-    ///
-    /// # Panics
-    /// If `port` is not a port of this switch (see [`Switch::has_port`]).
-    pub fn tenant_of(&self, port: PortId) -> TenantId {
-        match self.facts(port) {
-            Some(facts) => facts.tenant,
-            None => panic!("{port} is not a port of this switch"),
-        }
+    /// Return the tenant a port serves (`None` for a port this switch does not know).
+    pub fn tenant_of(&self, port: PortId) -> Option<TenantId> {
+        self.facts(port).map(|facts| facts.tenant)
     }
 
-    /// Return true if `port` is one of this switch's ports.
-    pub fn has_port(&self, port: PortId) -> bool {
-        self.facts(port).is_some()
+    /// Return a port's kind (`None` for a port this switch does not know).
+    pub fn kind_of(&self, port: PortId) -> Option<PortKind> {
+        self.facts(port).map(|facts| facts.kind)
     }
 
     /// Return one more than the largest port id; every port id is below it.
@@ -168,11 +178,16 @@ mod tests {
             assert_eq!(decision, Decision::Drop(SpoofedMac));
             return;
         }
-        let tenant = SWITCH.tenant_of(ingress);
+        let tenant = SWITCH.tenant_of(ingress).expect("a known port");
         match decision {
-            Unicast(port) => {
+            Unicast(to, port) => {
                 assert_ne!(port, ingress, "unicast back to the ingress");
-                assert_eq!(SWITCH.tenant_of(port), tenant, "unicast crossed tenants");
+                assert_eq!(to, tenant, "unicast named another tenant");
+                assert_eq!(
+                    SWITCH.tenant_of(port),
+                    Some(tenant),
+                    "unicast crossed tenants"
+                );
             }
             Flood(flooded) => assert_eq!(flooded, tenant, "flood crossed tenants"),
             Decision::Drop(_) => {}
@@ -184,8 +199,9 @@ mod tests {
         assert_eq!(SWITCH.port_count(), 4);
         assert_eq!(
             [A1, A2, B1, B2].map(|p| SWITCH.tenant_of(p)),
-            [ACME, ACME, BLUE, BLUE]
+            [ACME, ACME, BLUE, BLUE].map(Some)
         );
+        assert_eq!(SWITCH.kind_of(A1), Some(PortKind::Server));
         assert_eq!(SWITCH.tenant_ports(ACME), [A1, A2]);
         assert_eq!(SWITCH.tenant_ports(BLUE), [B1, B2]);
         assert_eq!(SWITCH.tenant_ports(IDLE), []);
@@ -193,23 +209,23 @@ mod tests {
     }
 
     #[test]
-    #[should_panic]
-    fn tenant_of_an_unknown_port_panics() {
-        SWITCH.tenant_of(PortId(4));
+    fn an_unknown_port_has_no_tenant_or_kind() {
+        assert_eq!(SWITCH.tenant_of(PortId(4)), None);
+        assert_eq!(SWITCH.kind_of(PortId(u32::MAX)), None);
     }
 
     #[rstest]
     #[case::arp_request(&ARP_REQUEST, Flood(ACME))]
-    #[case::arp_reply(&ARP_REPLY, Unicast(A2))]
+    #[case::arp_reply(&ARP_REPLY, Unicast(ACME, A2))]
     #[case::arp_probe(&ARP_PROBE, Flood(ACME))]
-    #[case::ipv4_icmp(&IPV4_ICMP, Unicast(A2))]
-    #[case::ipv4_udp(&IPV4_UDP, Unicast(A2))]
-    #[case::ipv4_tcp(&IPV4_TCP, Unicast(A2))]
+    #[case::ipv4_icmp(&IPV4_ICMP, Unicast(ACME, A2))]
+    #[case::ipv4_udp(&IPV4_UDP, Unicast(ACME, A2))]
+    #[case::ipv4_tcp(&IPV4_TCP, Unicast(ACME, A2))]
     #[case::dhcp_discover(&DHCP_DISCOVER, Flood(ACME))]
     #[case::nd_solicitation(&NDP_NS, Flood(ACME))]
-    #[case::nd_advertisement(&NDP_NA, Unicast(A2))]
-    #[case::ipv6_global_icmp(&IPV6_GLOBAL, Unicast(A2))]
-    #[case::ipv6_global_udp(&IPV6_GLOBAL_UDP, Unicast(A2))]
+    #[case::nd_advertisement(&NDP_NA, Unicast(ACME, A2))]
+    #[case::ipv6_global_icmp(&IPV6_GLOBAL, Unicast(ACME, A2))]
+    #[case::ipv6_global_udp(&IPV6_GLOBAL_UDP, Unicast(ACME, A2))]
     #[case::dad(&DAD_NS, Flood(ACME))]
     #[case::mld_report(&MLD_REPORT_DAD, Flood(ACME))]
     #[case::router_solicitation(&ROUTER_SOLICIT, Flood(ACME))]
@@ -242,9 +258,9 @@ mod tests {
             &IPV6_GLOBAL,
         ] {
             let acme = readdressed(frame, A1_MAC, A2_MAC);
-            assert_eq!(SWITCH.decide(A1, &acme), Unicast(A2));
+            assert_eq!(SWITCH.decide(A1, &acme), Unicast(ACME, A2));
             let blue = readdressed(frame, B1_MAC, B2_MAC);
-            assert_eq!(SWITCH.decide(B1, &blue), Unicast(B2));
+            assert_eq!(SWITCH.decide(B1, &blue), Unicast(BLUE, B2));
             let acme_to_blue = readdressed(frame, A1_MAC, B2_MAC);
             assert_eq!(
                 SWITCH.decide(A1, &acme_to_blue),
@@ -377,7 +393,7 @@ mod tests {
         let total = u16::try_from(60_000 - 14).unwrap().to_be_bytes();
         big[at::IPV4_TOTAL_LEN..at::IPV4_TOTAL_LEN + 2].copy_from_slice(&total);
         assert_eq!(sw.decide(A1, &big), Decision::Drop(Oversized));
-        assert_eq!(sw.decide_gso(A1, &big), Unicast(A2));
+        assert_eq!(sw.decide_gso(A1, &big), Unicast(ACME, A2));
         // The anti-spoof rules still apply to super-frames.
         let spoofed = patched(&big, at::IPV4_SRC, &[10, 0, 0, 9]);
         assert_eq!(sw.decide_gso(A1, &spoofed), Decision::Drop(SpoofedIpv4));

@@ -56,6 +56,67 @@ impl fmt::Display for PortId {
     }
 }
 
+/// What a port is to the switch: the tenant(s) it serves and the guard policy it gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PortKind {
+    /// A virtual server's TAP: one tenant, full anti-spoofing (only its own MAC and IPs).
+    Server,
+    /// A tenant's gateway (netd's own stack): one tenant, trusted to answer for the
+    /// gateway's address (ARP replies, ICMP, DHCP answers, router advertisements).
+    Gateway,
+    /// A tenant's side of the routed uplink: one tenant, trusted (the host's routing).
+    Uplink,
+}
+
+impl PortKind {
+    /// Return the name used in logs, JSON and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PortKind::Server => "server",
+            PortKind::Gateway => "gateway",
+            PortKind::Uplink => "uplink",
+        }
+    }
+}
+
+/// One port of the switch, as the topology defines it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum PortSpec<'a> {
+    /// A virtual server's TAP.
+    Server(&'a Server),
+}
+
+impl PortSpec<'_> {
+    /// Return the port's id.
+    pub fn id(&self) -> PortId {
+        match self {
+            PortSpec::Server(server) => server.id,
+        }
+    }
+
+    /// Return the tenant the port serves.
+    pub fn tenant(&self) -> TenantId {
+        match self {
+            PortSpec::Server(server) => server.tenant,
+        }
+    }
+
+    /// Return the port's kind.
+    pub fn kind(&self) -> PortKind {
+        match self {
+            PortSpec::Server(_) => PortKind::Server,
+        }
+    }
+
+    /// Return the MAC the port sends from and answers to.
+    pub fn mac(&self) -> MacAddr {
+        match self {
+            PortSpec::Server(server) => server.mac,
+        }
+    }
+}
+
 /// Default MTU of a server's interface.
 pub const DEFAULT_MTU: u16 = 1500;
 /// Default weight of a tenant when sharing loaned bandwidth.
@@ -268,6 +329,11 @@ impl Topology {
     /// Return the server with this name, if any.
     pub fn server_by_name(&self, name: &str) -> Option<&Server> {
         self.servers.iter().find(|s| s.name == name)
+    }
+
+    /// Return every port of the switch: one per server.
+    pub fn ports(&self) -> impl Iterator<Item = PortSpec<'_>> {
+        self.servers.iter().map(PortSpec::Server)
     }
 
     /// Return the servers of one tenant.

@@ -64,6 +64,28 @@ impl VnetHeader {
         self.gso_type != GSO_NONE
     }
 
+    /// Return true when the frame's L4 checksum is left to fill (`F_NEEDS_CSUM`).
+    pub fn needs_checksum(&self) -> bool {
+        self.flags & F_NEEDS_CSUM != 0
+    }
+
+    /// Fill in the checksum a `F_NEEDS_CSUM` frame left partial, as a NIC would: the field
+    /// at `csum_start + csum_offset` holds the pseudo-header sum, and the Internet checksum
+    /// of everything from `csum_start` on goes there. Return false, changing nothing, when
+    /// the offsets do not fit the frame.
+    pub fn complete_checksum(&self, frame: &mut [u8]) -> bool {
+        let start = usize::from(self.csum_start);
+        let field = start + usize::from(self.csum_offset);
+        if field + 2 > frame.len() {
+            return false;
+        }
+        let sum = !smoltcp::wire::checksum::data(&frame[start..]);
+        // A UDP checksum of zero means "none": RFC 768 sends the all-ones form instead.
+        let sum = if sum == 0 { 0xffff } else { sum };
+        frame[field..field + 2].copy_from_slice(&sum.to_be_bytes());
+        true
+    }
+
     /// Return the bytes `frame` (Ethernet header onwards) will occupy on a wire once segmented:
     /// each segment repeats the Ethernet, IP and L4 headers. For a plain frame, its length.
     ///
@@ -132,6 +154,59 @@ mod tests {
         );
         let ecn = VnetHeader::parse(&header(GSO_TCPV4 | 0x80, 1448, 34)).unwrap();
         assert_eq!(ecn.gso_type, GSO_TCPV4);
+    }
+
+    #[test]
+    fn a_partial_checksum_is_completed_as_a_nic_would() {
+        use smoltcp::phy::ChecksumCapabilities;
+        use smoltcp::wire::{IpAddress, IpProtocol, Ipv4Address, UdpPacket, UdpRepr};
+        let (src, dst) = (Ipv4Address::new(10, 0, 0, 1), Ipv4Address::new(10, 0, 0, 2));
+        let repr = UdpRepr {
+            src_port: 5000,
+            dst_port: 53,
+        };
+        let payload = b"a query that needs its checksum";
+        let mut udp = vec![0u8; repr.header_len() + payload.len()];
+        let mut packet = UdpPacket::new_unchecked(&mut udp);
+        repr.emit(
+            &mut packet,
+            &src.into(),
+            &dst.into(),
+            payload.len(),
+            |p| p.copy_from_slice(payload),
+            &ChecksumCapabilities::default(),
+        );
+        let good = udp.clone();
+        // What a kernel with checksum offload hands over: the pseudo-header sum only.
+        let pseudo = smoltcp::wire::checksum::pseudo_header_v4(
+            &src,
+            &dst,
+            IpProtocol::Udp,
+            u32::try_from(udp.len()).unwrap(),
+        );
+        udp[6..8].copy_from_slice(&pseudo.to_be_bytes());
+        let header = VnetHeader {
+            flags: F_NEEDS_CSUM,
+            csum_start: 0,
+            csum_offset: 6,
+            ..VnetHeader::default()
+        };
+        assert!(header.needs_checksum());
+        assert!(header.complete_checksum(&mut udp));
+        assert_eq!(udp, good);
+        assert!(
+            UdpPacket::new_checked(&udp[..])
+                .unwrap()
+                .verify_checksum(&IpAddress::from(src), &IpAddress::from(dst))
+        );
+        // Offsets past the end change nothing.
+        let far = VnetHeader {
+            csum_start: u16::try_from(udp.len()).unwrap() - 7,
+            csum_offset: 6,
+            ..header
+        };
+        assert!(!far.complete_checksum(&mut udp));
+        assert_eq!(udp, good);
     }
 
     #[test]

@@ -1,0 +1,322 @@
+//! The event loop over in-memory ports: forwarding, isolation, counters, live updates,
+//! offload conversion and deadline ports, all without root.
+
+use std::time::Duration;
+
+use super::*;
+use crate::port::{MemoryPeer, MemoryPort};
+use crate::switch::fixtures::*;
+use crate::topology::Topology;
+use crate::wire::vnet::{F_NEEDS_CSUM, GSO_TCPV4};
+
+/// Long enough for a frame to cross an idle loop on a loaded 2-core machine.
+const ARRIVES: Duration = Duration::from_secs(5);
+/// How long a port stays silent to count as "received nothing".
+const SILENT: Duration = Duration::from_millis(150);
+
+/// A data path running on its own thread over in-memory ports.
+struct Loop {
+    peers: Vec<Option<MemoryPeer>>,
+    stats: Arc<Stats>,
+    updates: UpdateHandle,
+    stop: StopHandle,
+    thread: Option<JoinHandle<io::Result<()>>>,
+}
+
+impl Loop {
+    /// Run `topology` with `custom` ports, and a memory port for every other server (with
+    /// `offload[port id]`). Peers are indexed by port id.
+    fn start(topology: &Topology, offload: &[Offload], custom: Vec<Box<dyn Port>>) -> Loop {
+        let mut ports = custom;
+        let mut peers: Vec<Option<MemoryPeer>> = (0..8).map(|_| None).collect();
+        for server in &topology.servers {
+            if ports.iter().any(|p| p.id() == server.id) {
+                continue;
+            }
+            let (port, peer) = MemoryPort::pair(server.id, offload[server.id.index()]).unwrap();
+            ports.push(Box::new(port));
+            peers[server.id.index()] = Some(peer);
+        }
+        let stats = Arc::new(Stats::new(8, 4));
+        let (datapath, stop) = DataPath::new(
+            Switch::new(topology),
+            ShaperConfig::from_topology(topology),
+            ports,
+            stats.clone(),
+        )
+        .unwrap();
+        let updates = datapath.update_handle();
+        let (thread, _) = datapath.spawn(None, Some(Priority::Normal)).unwrap();
+        Loop {
+            peers,
+            stats,
+            updates,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn peer(&self, port: PortId) -> &MemoryPeer {
+        self.peers[port.index()]
+            .as_ref()
+            .expect("a peer for that port")
+    }
+
+    /// Wait until `port` counted a drop for `reason`.
+    fn wait_drop(&self, port: PortId, reason: DropReason) {
+        let deadline = Instant::now() + ARRIVES;
+        while self.stats.ports[port.index()].drops(reason) == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "{port}: no {reason} drop counted"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Apply `update` and wait for the loop to take it; return the ports it handed back.
+    fn apply(&self, mut update: Update) -> Vec<Box<dyn Port>> {
+        let (done, applied) = tokio::sync::oneshot::channel();
+        update.done = Some(done);
+        self.updates.send(update).unwrap();
+        applied
+            .blocking_recv()
+            .expect("the loop applied the update")
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        self.stop.stop();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// `frame` (from a1) as sent by a2: its MAC, ARP sender and IPv4 source.
+fn from_a2(frame: &[u8]) -> Vec<u8> {
+    let frame = patched(frame, at::ETH_SRC, &A2_MAC);
+    if frame[at::ETHERTYPE..at::ETHERTYPE + 2] == [0x08, 0x06] {
+        let frame = patched(&frame, at::ARP_SHA, &A2_MAC);
+        patched(&frame, at::ARP_SPA, &[10, 0, 0, 2])
+    } else {
+        frame
+    }
+}
+
+#[test]
+fn frames_reach_their_tenants_ports_only_and_every_drop_is_counted() {
+    let run = Loop::start(&topology(), &[Offload::None; 4], Vec::new());
+    // Unicast within the tenant.
+    run.peer(A1).send(&IPV4_ICMP).unwrap();
+    assert_eq!(run.peer(A2).recv(ARRIVES).as_deref(), Some(&IPV4_ICMP[..]));
+    // Broadcast: the tenant's other port, not the sender, not the other tenant.
+    run.peer(A1).send(&ARP_REQUEST).unwrap();
+    assert_eq!(
+        run.peer(A2).recv(ARRIVES).as_deref(),
+        Some(&ARP_REQUEST[..])
+    );
+    // To another tenant's MAC: nowhere, counted.
+    run.peer(A1)
+        .send(&patched(&IPV4_ICMP, at::ETH_DST, &B2_MAC))
+        .unwrap();
+    run.wait_drop(A1, DropReason::UnknownDestination);
+    // Spoofed by a2 as a1: dropped, counted on a2 and its tenant.
+    run.peer(A2).send(&IPV4_ICMP).unwrap();
+    run.wait_drop(A2, DropReason::SpoofedMac);
+    assert!(run.stats.tenants[ACME.index()].drops(DropReason::SpoofedMac) >= 1);
+    for port in [A1, B1, B2] {
+        assert_eq!(run.peer(port).recv(SILENT), None, "{port} got a frame");
+    }
+    let a1 = run.stats.ports[A1.index()].snapshot();
+    let a2 = run.stats.ports[A2.index()].snapshot();
+    assert_eq!((a1.rx_frames, a2.tx_frames), (3, 2));
+    assert_eq!(run.stats.tenants[BLUE.index()].snapshot().rx_frames, 0);
+}
+
+#[test]
+fn live_updates_add_and_remove_ports_between_batches() {
+    let full = topology();
+    let mut without_a2 = full.clone();
+    without_a2.servers.retain(|s| s.id != A2);
+    let mut run = Loop::start(&without_a2, &[Offload::None; 4], Vec::new());
+    run.peer(A1).send(&IPV4_ICMP).unwrap();
+    run.wait_drop(A1, DropReason::UnknownDestination);
+
+    let (port, peer) = MemoryPort::pair(A2, Offload::None).unwrap();
+    let removed = run.apply(Update {
+        add: vec![Box::new(port)],
+        switch: Some(Switch::new(&full)),
+        shaper: Some(ShaperConfig::from_topology(&full)),
+        ..Update::default()
+    });
+    assert!(removed.is_empty());
+    run.peers[A2.index()] = Some(peer);
+    run.peer(A1).send(&IPV4_ICMP).unwrap();
+    assert_eq!(run.peer(A2).recv(ARRIVES).as_deref(), Some(&IPV4_ICMP[..]));
+
+    let removed = run.apply(Update {
+        remove: vec![A2],
+        switch: Some(Switch::new(&without_a2)),
+        shaper: Some(ShaperConfig::from_topology(&without_a2)),
+        ..Update::default()
+    });
+    assert_eq!(removed.iter().map(|p| p.id()).collect::<Vec<_>>(), [A2]);
+    drop(removed);
+    run.peer(A1).send(&IPV4_ICMP).unwrap();
+    let deadline = Instant::now() + ARRIVES;
+    while run.stats.ports[A1.index()].drops(DropReason::UnknownDestination) < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the removed port still got frames"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // The other ports were never disturbed.
+    run.peer(B1)
+        .send(&patched(
+            &patched(&IPV4_UDP, at::ETH_SRC, &B1_MAC),
+            at::ETH_DST,
+            &B2_MAC,
+        ))
+        .unwrap();
+    assert!(run.peer(B2).recv(ARRIVES).is_some());
+}
+
+/// A virtio-net header asking for the checksum at `csum_start + csum_offset`.
+fn needs_csum(csum_start: u16, csum_offset: u16) -> [u8; VNET_HDR_LEN] {
+    let mut header = [0u8; VNET_HDR_LEN];
+    header[0] = F_NEEDS_CSUM;
+    header[6..8].copy_from_slice(&csum_start.to_le_bytes());
+    header[8..10].copy_from_slice(&csum_offset.to_le_bytes());
+    header
+}
+
+#[test]
+fn frames_are_converted_between_ports_with_and_without_offloads() {
+    // a1 speaks virtio-net headers (a TAP with offloads), a2 plain frames.
+    let offloads = [
+        Offload::VnetHeader,
+        Offload::None,
+        Offload::None,
+        Offload::None,
+    ];
+    let run = Loop::start(&topology(), &offloads, Vec::new());
+    // A UDP frame whose checksum a1's kernel left to the NIC: a2 gets it complete.
+    const UDP_CSUM: usize = 14 + 20 + 6;
+    let checksum = [IPV4_UDP[UDP_CSUM], IPV4_UDP[UDP_CSUM + 1]];
+    assert_ne!(checksum, [0, 0], "the fixture has its checksum");
+    let pseudo = smoltcp::wire::checksum::pseudo_header_v4(
+        &smoltcp::wire::Ipv4Address::new(10, 0, 0, 1),
+        &smoltcp::wire::Ipv4Address::new(10, 0, 0, 2),
+        smoltcp::wire::IpProtocol::Udp,
+        u32::try_from(IPV4_UDP.len() - 34).unwrap(),
+    );
+    let partial = patched(&IPV4_UDP, UDP_CSUM, &pseudo.to_be_bytes());
+    let mut sent = needs_csum(34, 6).to_vec();
+    sent.extend_from_slice(&partial);
+    run.peer(A1).send(&sent).unwrap();
+    assert_eq!(run.peer(A2).recv(ARRIVES).as_deref(), Some(&IPV4_UDP[..]));
+
+    // a2's plain broadcast reaches a1 behind an empty header.
+    let request = from_a2(&ARP_REQUEST);
+    run.peer(A2).send(&request).unwrap();
+    let got = run.peer(A1).recv(ARRIVES).expect("a1 got a2's broadcast");
+    assert_eq!(&got[..VNET_HDR_LEN], &[0u8; VNET_HDR_LEN]);
+    assert_eq!(&got[VNET_HDR_LEN..], &request[..]);
+
+    // A GSO super-frame cannot go to a port without offloads: dropped there, counted.
+    let mut gso = needs_csum(34, 16);
+    gso[1] = GSO_TCPV4;
+    gso[4..6].copy_from_slice(&1448u16.to_le_bytes());
+    let mut big = IPV4_TCP.to_vec();
+    big.resize(3000, 0);
+    let total = u16::try_from(3000 - 14).unwrap().to_be_bytes();
+    big[at::IPV4_TOTAL_LEN..at::IPV4_TOTAL_LEN + 2].copy_from_slice(&total);
+    let mut sent = gso.to_vec();
+    sent.extend_from_slice(&big);
+    run.peer(A1).send(&sent).unwrap();
+    run.wait_drop(A2, DropReason::GsoUnsupported);
+    assert_eq!(run.peer(A2).recv(SILENT), None);
+}
+
+/// A port without an fd that, some time after each frame written to it, answers with
+/// `answer`: it needs the loop to call `poll` first at once (to learn the time), then at
+/// the deadline it sets.
+#[derive(Debug)]
+struct LateAnswer {
+    id: PortId,
+    answer: Vec<u8>,
+    delay: Nanos,
+    /// A frame came in and the answer's time is not set yet.
+    heard: bool,
+    answer_at: Option<Nanos>,
+    outbox: Option<Vec<u8>>,
+    answered_at: Arc<std::sync::Mutex<Vec<Nanos>>>,
+}
+
+impl Port for LateAnswer {
+    fn id(&self) -> PortId {
+        self.id
+    }
+
+    fn offload(&self) -> Offload {
+        Offload::None
+    }
+
+    fn fd(&self) -> Option<std::os::fd::RawFd> {
+        None
+    }
+
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let frame = self.outbox.take().ok_or(io::ErrorKind::WouldBlock)?;
+        buf[..frame.len()].copy_from_slice(&frame);
+        Ok(frame.len())
+    }
+
+    fn write(&mut self, _frame: &[u8]) -> io::Result<()> {
+        self.heard = true;
+        Ok(())
+    }
+
+    fn poll_at(&self) -> Option<Nanos> {
+        if self.heard { Some(0) } else { self.answer_at }
+    }
+
+    fn poll(&mut self, now: Nanos) {
+        if std::mem::take(&mut self.heard) {
+            self.answer_at = Some(now + self.delay);
+        } else if self.answer_at.is_some_and(|at| at <= now) {
+            self.answer_at = None;
+            self.outbox = Some(self.answer.clone());
+            self.answered_at.lock().unwrap().push(now);
+        }
+    }
+}
+
+#[test]
+fn a_port_without_an_fd_is_driven_by_its_deadline() {
+    let answered_at = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let late = LateAnswer {
+        id: A2,
+        answer: from_a2(&ARP_REQUEST),
+        delay: 30_000_000,
+        heard: false,
+        answer_at: None,
+        outbox: None,
+        answered_at: answered_at.clone(),
+    };
+    // a2's I/O is the late answerer; the switch guards its answer as a2's.
+    let run = Loop::start(&topology(), &[Offload::None; 4], vec![Box::new(late)]);
+    let sent = Instant::now();
+    run.peer(A1).send(&IPV4_ICMP).unwrap();
+    let got = run.peer(A1).recv(ARRIVES).expect("the answer came");
+    let waited = sent.elapsed();
+    assert_eq!(got, from_a2(&ARP_REQUEST));
+    assert!(
+        waited >= Duration::from_millis(30),
+        "answered after {waited:?}"
+    );
+    assert_eq!(answered_at.lock().unwrap().len(), 1);
+}

@@ -1,0 +1,82 @@
+//! Ports: the switch's ends of whatever carries a tenant's frames.
+//!
+//! A port is known to two layers. The **switch** knows its [`PortKind`] (from the topology):
+//! which tenant it serves and how far its frames are trusted. The **data path** knows its
+//! I/O, through the [`Port`] trait: how to read and write whole Ethernet frames, whether
+//! they carry a virtio-net header ([`Offload`]), and whether the port is driven by an fd the
+//! loop polls or by a deadline it keeps.
+//!
+//! Contract of every [`Port`]: `read` returns one whole frame or `WouldBlock` (never blocks);
+//! `write` takes one whole frame or fails; neither panics on any bytes. The frame is
+//! prefixed by the port's virtio-net header when its offload says so.
+//!
+//! Implementations:
+//! - [`TapPort`]: a virtual server's TAP (fd), with offloads when opened with `IFF_VNET_HDR`;
+//! - [`MemoryPort`]: an in-process port over a datagram socket pair (fd), whose other end a
+//!   test holds ([`MemoryPeer`]): the event loop and live updates run without root.
+//!
+//! A port without an fd is driven by a deadline: the loop calls [`Port::poll`] when
+//! [`Port::poll_at`] comes, and reads the port after every frame it writes to it.
+
+mod memory;
+mod tap;
+
+use std::fmt::Debug;
+use std::io;
+use std::os::fd::RawFd;
+
+pub use memory::{MemoryPeer, MemoryPort};
+pub use tap::TapPort;
+
+use crate::shaper::Nanos;
+use crate::topology::PortId;
+pub use crate::topology::PortKind;
+use crate::wire::vnet::VNET_HDR_LEN;
+
+/// What a port's frames carry besides the Ethernet frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offload {
+    /// Plain frames of at most the MTU, checksums complete.
+    None,
+    /// A virtio-net header of [`VNET_HDR_LEN`] bytes before each frame: GSO super-frames and
+    /// partial checksums may come and go (a TAP with `IFF_VNET_HDR` and offloads on).
+    VnetHeader,
+}
+
+impl Offload {
+    /// Return the bytes before each frame.
+    pub fn header_len(self) -> usize {
+        match self {
+            Offload::None => 0,
+            Offload::VnetHeader => VNET_HDR_LEN,
+        }
+    }
+}
+
+/// The I/O of one port, as the data path drives it.
+pub trait Port: Debug + Send {
+    /// Return the port's id (its key in the switch, the shaper and the counters).
+    fn id(&self) -> PortId;
+
+    /// Return what the port's frames carry besides the Ethernet frame.
+    fn offload(&self) -> Offload;
+
+    /// Return the fd the loop polls for readability; `None` for a port driven by a deadline.
+    fn fd(&self) -> Option<RawFd>;
+
+    /// Read one frame (with its header, see [`Port::offload`]) into `buf`; `WouldBlock` when
+    /// there is none. A frame longer than `buf` is cut.
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize>;
+
+    /// Write one whole frame (with its header, see [`Port::offload`]).
+    fn write(&mut self, frame: &[u8]) -> io::Result<()>;
+
+    /// For a port without an fd: when its timers next need [`Port::poll`], if ever.
+    fn poll_at(&self) -> Option<Nanos> {
+        None
+    }
+
+    /// Let a port without an fd run its timers at `now`; it may have frames to read after.
+    /// The data path also reads such a port after every frame it writes to it.
+    fn poll(&mut self, _now: Nanos) {}
+}
