@@ -22,6 +22,7 @@ use crate::control::auth::{AuthError, HttpAuth, Token};
 use crate::control::{self, Control, ControlError, rates};
 
 use crate::datapath::{DataPath, Priority};
+use crate::gateway::GatewayPort;
 use crate::kernel::{self, KernelError};
 use crate::port::{Offload, Port, TapPort};
 use crate::shaper::ShaperConfig;
@@ -155,12 +156,21 @@ pub async fn up(
         Offload::None
     };
     let mut plumbing = kernel::bring_up(&topology, offload)?;
-    let ports = plumbing
+    let mut ports: Vec<Box<dyn Port>> = plumbing
         .take_taps()
         .into_iter()
         .map(|tap| Box::new(TapPort::new(tap.port, tap.file, offload)) as Box<dyn Port>)
         .collect();
-    let stats = Arc::new(Stats::new(topology.servers.len(), topology.tenants.len()));
+    for tenant in &topology.tenants {
+        if let Some(gateway) = &tenant.gateway {
+            let servers = topology.servers_of(tenant.id);
+            ports.push(Box::new(GatewayPort::new(gateway, servers, 0)));
+        }
+    }
+    let stats = Arc::new(Stats::new(
+        topology.port_id_bound(),
+        topology.tenant_id_bound(),
+    ));
     let (datapath, stop) = DataPath::new(
         Switch::new(&topology),
         ShaperConfig::from_topology(&topology),

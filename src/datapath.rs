@@ -872,6 +872,8 @@ fn convert(from: Offload, to: Offload, frame: &[u8], out: &mut [u8]) -> Result<u
 }
 
 #[cfg(test)]
+pub(crate) mod harness;
+#[cfg(test)]
 mod loop_tests;
 
 #[cfg(test)]

@@ -27,6 +27,7 @@
 pub mod control;
 pub mod daemon;
 pub mod datapath;
+pub mod gateway;
 pub mod kernel;
 pub mod pool;
 pub mod port;

@@ -121,6 +121,15 @@ enum Command {
         /// Storm control: broadcast/multicast frames/s per port.
         #[arg(long, value_name = "PPS")]
         broadcast_pps: Option<i64>,
+        /// The tenant's subnet and gateway address, e.g. 10.1.0.1/24.
+        #[arg(long, value_name = "ADDR/LEN")]
+        gateway: Option<String>,
+        /// Its private subnet leaves with source NAT.
+        #[arg(long)]
+        nat: bool,
+        /// A DNS server handed out by DHCP (repeat for several).
+        #[arg(long, value_name = "ADDR")]
+        dns: Vec<String>,
     },
     /// Remove a tenant (refused while it has servers).
     RemoveTenant { name: String },
@@ -147,6 +156,9 @@ enum Command {
         guaranteed: Option<String>,
         #[arg(long, value_name = "RATE")]
         ceiling: Option<String>,
+        /// Leave eth0 unconfigured: the server gets its address from the gateway by DHCP.
+        #[arg(long)]
+        dhcp: bool,
     },
     /// Remove a server and tear down its namespace and TAP.
     RemoveServer { name: String },
@@ -341,6 +353,9 @@ fn client_command(
             ceiling,
             weight,
             broadcast_pps,
+            gateway,
+            nat,
+            dns,
         } => Change::AddTenant {
             name,
             tenant: FileTenant {
@@ -348,6 +363,9 @@ fn client_command(
                 ceiling,
                 weight,
                 broadcast_pps,
+                gateway,
+                nat: nat.then_some(true),
+                dns: (!dns.is_empty()).then_some(dns),
             },
         },
         Command::RemoveTenant { name } => Change::RemoveTenant { name },
@@ -362,6 +380,7 @@ fn client_command(
             mtu,
             guaranteed,
             ceiling,
+            dhcp,
         } => {
             let mut server = match file {
                 Some(file) => {
@@ -386,6 +405,9 @@ fn client_command(
             set(&mut server.ceiling, ceiling);
             if mtu.is_some() {
                 server.mtu = mtu;
+            }
+            if dhcp {
+                server.dhcp = Some(true);
             }
             Change::AddServer { name, server }
         }

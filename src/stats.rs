@@ -49,11 +49,14 @@ pub enum DropReason {
     /// A GSO super-frame towards a port that takes only plain frames (it would need
     /// segmenting in software).
     GsoUnsupported,
+    /// A DHCP server's answer (UDP from port 67 to 68) from a server's port: only the
+    /// tenant's gateway answers DHCP.
+    RogueDhcp,
 }
 
 impl DropReason {
     /// Every reason, in display order.
-    pub const ALL: [DropReason; 14] = [
+    pub const ALL: [DropReason; 15] = [
         DropReason::Truncated,
         DropReason::Malformed,
         DropReason::Oversized,
@@ -68,6 +71,7 @@ impl DropReason {
         DropReason::WriteFailed,
         DropReason::StormControl,
         DropReason::GsoUnsupported,
+        DropReason::RogueDhcp,
     ];
 
     /// Return the stable snake_case name used in logs, JSON and metrics.
@@ -87,6 +91,7 @@ impl DropReason {
             DropReason::WriteFailed => "write_failed",
             DropReason::StormControl => "storm_control",
             DropReason::GsoUnsupported => "gso_unsupported",
+            DropReason::RogueDhcp => "rogue_dhcp",
         }
     }
 

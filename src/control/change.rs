@@ -129,7 +129,7 @@ pub fn accept(
 pub struct Diff {
     pub tenants_added: Vec<TenantId>,
     pub tenants_removed: Vec<TenantId>,
-    /// Tenants whose rates, weight or storm limit changed.
+    /// Tenants whose rates, weight, storm limit, gateway or NAT changed.
     pub tenants_changed: Vec<TenantId>,
     pub servers_added: Vec<PortId>,
     pub servers_removed: Vec<PortId>,
@@ -153,9 +153,21 @@ impl Diff {
         diff.tenants_removed = old_t.difference(&new_t).copied().collect();
         for id in old_t.intersection(&new_t) {
             let (a, b) = (old.tenant(*id), new.tenant(*id));
-            if (a.guaranteed, a.ceiling, a.weight, a.broadcast_pps)
-                != (b.guaranteed, b.ceiling, b.weight, b.broadcast_pps)
-            {
+            if (
+                a.guaranteed,
+                a.ceiling,
+                a.weight,
+                a.broadcast_pps,
+                &a.gateway,
+                a.nat,
+            ) != (
+                b.guaranteed,
+                b.ceiling,
+                b.weight,
+                b.broadcast_pps,
+                &b.gateway,
+                b.nat,
+            ) {
                 diff.tenants_changed.push(*id);
             }
         }
@@ -165,7 +177,11 @@ impl Diff {
         diff.servers_removed = old_s.difference(&new_s).copied().collect();
         for id in old_s.intersection(&new_s) {
             let (a, b) = (old.server(*id), new.server(*id));
-            if (a.mac, a.ip, a.ipv6, a.mtu) != (b.mac, b.ip, b.ipv6, b.mtu) {
+            // The default route follows the tenant's gateway: a new one relinks its servers.
+            let (router_a, router_b) = (old.router_of(a), new.router_of(b));
+            if (a.mac, a.ip, a.ipv6, a.mtu, a.dhcp, router_a)
+                != (b.mac, b.ip, b.ipv6, b.mtu, b.dhcp, router_b)
+            {
                 diff.servers_relinked.push(*id);
             } else if (a.tenant, a.guaranteed, a.ceiling) != (b.tenant, b.guaranteed, b.ceiling) {
                 diff.servers_changed.push(*id);

@@ -30,6 +30,7 @@ pub mod rates;
 pub mod report;
 pub mod socket;
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
@@ -46,12 +47,13 @@ use report::{
 };
 
 use crate::datapath::{Update, UpdateHandle};
+use crate::gateway::GatewayPort;
 use crate::kernel::{self, KernelError, Plumbing};
 use crate::port::{Offload, Port, TapPort};
 use crate::shaper::ShaperConfig;
 use crate::stats::Stats;
 use crate::switch::Switch;
-use crate::topology::{self, LoadError, Topology, ValidationError};
+use crate::topology::{self, LoadError, TenantId, Topology, ValidationError};
 
 /// How long a change waits for the data path to take it.
 const APPLY_TIMEOUT: Duration = Duration::from_secs(2);
@@ -474,14 +476,14 @@ impl Control {
         let old = state.topology.clone();
         let relink_back = |done: &[crate::topology::PortId]| {
             for id in done {
-                if let Err(err) = kernel::relink(old.server(*id)) {
+                if let Err(err) = kernel::relink(old.server(*id), old.router_of(old.server(*id))) {
                     warn!(server = %old.server(*id).name, cause = %err, "cannot restore link");
                 }
             }
         };
         let mut relinked = Vec::new();
         for &id in &diff.servers_relinked {
-            if let Err(err) = kernel::relink(new.server(id)) {
+            if let Err(err) = kernel::relink(new.server(id), new.router_of(new.server(id))) {
                 relink_back(&relinked);
                 return Err(ControlError::Kernel(err));
             }
@@ -498,7 +500,8 @@ impl Control {
             }
         };
         for &id in &diff.servers_added {
-            match state.plumbing.add_server(new.server(id), state.offload) {
+            let (server, router) = (new.server(id), new.router_of(new.server(id)));
+            match state.plumbing.add_server(server, router, state.offload) {
                 Ok(tap) => {
                     added.push(Box::new(TapPort::new(tap.port, tap.file, state.offload)));
                     added_netns.push(new.server(id).netns.clone());
@@ -511,6 +514,9 @@ impl Control {
             }
         }
 
+        let (old_gateways, new_gateways) = gateways_touched(&old, new, diff);
+        added.extend(new_gateways);
+
         let current = self.stats();
         let (ports, tenants) = (new.port_id_bound(), new.tenant_id_bound());
         let stats = (ports > current.ports.len() || tenants > current.tenants.len())
@@ -518,8 +524,10 @@ impl Control {
         let shaper = ShaperConfig::from_topology(new);
         let shaper = (shaper != ShaperConfig::from_topology(&old)).then_some(shaper);
         let (done, applied) = tokio::sync::oneshot::channel();
+        let mut remove = diff.servers_removed.clone();
+        remove.extend(old_gateways);
         let update = Update {
-            remove: diff.servers_removed.clone(),
+            remove,
             add: added,
             switch: Some(Switch::new(new)),
             shaper,
@@ -552,6 +560,51 @@ impl Control {
         }
         Ok(us)
     }
+}
+
+/// The gateway ports a change replaces: those of tenants whose gateway or servers changed
+/// (their leases and routes follow), as old ids to remove and new ports to add. Other
+/// tenants' gateways keep running untouched.
+fn gateways_touched(
+    old: &Topology,
+    new: &Topology,
+    diff: &Diff,
+) -> (Vec<crate::topology::PortId>, Vec<Box<dyn Port>>) {
+    let server_tenants = |ids: &[crate::topology::PortId], t: &Topology| -> Vec<TenantId> {
+        ids.iter()
+            .filter_map(|id| t.servers.iter().find(|s| s.id == *id))
+            .map(|s| s.tenant)
+            .collect()
+    };
+    let mut touched: BTreeSet<TenantId> = BTreeSet::new();
+    touched.extend(&diff.tenants_added);
+    touched.extend(&diff.tenants_removed);
+    touched.extend(&diff.tenants_changed);
+    touched.extend(server_tenants(&diff.servers_removed, old));
+    for ids in [
+        &diff.servers_added,
+        &diff.servers_relinked,
+        &diff.servers_changed,
+    ] {
+        touched.extend(server_tenants(ids, new));
+        touched.extend(server_tenants(ids, old));
+    }
+    fn gateway_of(t: &Topology, id: TenantId) -> Option<(TenantId, &crate::topology::Gateway)> {
+        let tenant = t.tenants.iter().find(|x| x.id == id)?;
+        tenant.gateway.as_ref().map(|g| (tenant.id, g))
+    }
+    let removed = touched
+        .iter()
+        .filter_map(|&id| gateway_of(old, id).map(|(_, g)| g.port))
+        .collect();
+    let added = touched
+        .iter()
+        .filter_map(|&id| gateway_of(new, id))
+        .map(|(tenant, g)| {
+            Box::new(GatewayPort::new(g, new.servers_of(tenant), 0)) as Box<dyn Port>
+        })
+        .collect();
+    (removed, added)
 }
 
 fn result(r: Result<Applied, ControlError>) -> Response {

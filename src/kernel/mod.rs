@@ -20,6 +20,7 @@ pub mod sys;
 
 use std::fs::File;
 use std::io::Write;
+use std::net::Ipv4Addr;
 use std::process::{Command, Stdio};
 
 use tracing::{debug, info, warn};
@@ -94,12 +95,13 @@ impl Plumbing {
     pub fn add_server(
         &mut self,
         server: &Server,
+        router: Option<Ipv4Addr>,
         offload: Offload,
     ) -> Result<ServerTap, KernelError> {
         if netns::exists(&server.netns) {
             return Err(KernelError::NamespacesExist(vec![server.netns.clone()]));
         }
-        let file = plumb(server, offload)?;
+        let file = plumb(server, router, offload)?;
         self.namespaces.push(server.netns.clone());
         Ok(ServerTap {
             port: server.id,
@@ -174,7 +176,7 @@ pub fn bring_up(topology: &Topology, offload: Offload) -> Result<Plumbing, Kerne
     // On any error below, `plumbing` drops and removes what was already created.
     let mut plumbing = Plumbing::default();
     for server in &topology.servers {
-        let file = plumb(server, offload)?;
+        let file = plumb(server, topology.router_of(server), offload)?;
         plumbing.namespaces.push(server.netns.clone());
         plumbing.taps.push(ServerTap {
             port: server.id,
@@ -195,7 +197,7 @@ pub fn bring_up(topology: &Topology, offload: Offload) -> Result<Plumbing, Kerne
 }
 
 /// Create one server's namespace, TAP and link; on failure delete the namespace again.
-fn plumb(server: &Server, offload: Offload) -> Result<File, KernelError> {
+fn plumb(server: &Server, router: Option<Ipv4Addr>, offload: Offload) -> Result<File, KernelError> {
     netns::create(&server.netns)?;
     let result = netns::run_in(&server.netns, || open_server_tap(offload))
         .map_err(|source| KernelError::CreateTap {
@@ -203,7 +205,7 @@ fn plumb(server: &Server, offload: Offload) -> Result<File, KernelError> {
             netns: server.netns.clone(),
             source,
         })
-        .and_then(|file| link::configure(server).map(|()| file));
+        .and_then(|file| link::configure(server, router).map(|()| file));
     match result {
         Ok(file) => {
             debug!(server = %server.name, netns = %server.netns, mac = %server.mac, ip = %server.ip, "server plumbed");
@@ -220,8 +222,8 @@ fn plumb(server: &Server, offload: Offload) -> Result<File, KernelError> {
 }
 
 /// Re-apply a server's identity (MAC, MTU, addresses) to its existing `eth0`, in place.
-pub fn relink(server: &Server) -> Result<(), KernelError> {
-    link::reconfigure(server)
+pub fn relink(server: &Server, router: Option<Ipv4Addr>) -> Result<(), KernelError> {
+    link::reconfigure(server, router)
 }
 
 /// Create the server's TAP in the calling thread's namespace and switch off IPv6 duplicate

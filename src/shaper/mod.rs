@@ -272,6 +272,7 @@ mod tests {
             mtu: 1500,
             guaranteed,
             ceiling,
+            dhcp: false,
         }
     }
 
@@ -285,6 +286,8 @@ mod tests {
             ceiling: mbit(c),
             weight,
             broadcast_pps: 1000,
+            gateway: None,
+            nat: false,
         };
         let topology = Topology {
             name: "t".into(),

@@ -39,6 +39,8 @@ pub fn topology() -> Topology {
         ceiling: gbit,
         weight: 1,
         broadcast_pps: 1000,
+        gateway: None,
+        nat: false,
     };
     let server = |id, name: &str, tenant, mac, ip: &str, ipv6: Option<&str>, mtu| Server {
         id: PortId(id),
@@ -51,6 +53,7 @@ pub fn topology() -> Topology {
         mtu,
         guaranteed: None,
         ceiling: None,
+        dhcp: false,
     };
     Topology {
         name: "switch-test".to_string(),
@@ -81,6 +84,22 @@ pub fn topology() -> Topology {
             server(3, "b2", BLUE, B2_MAC, "10.0.0.2/24", None, 9000),
         ],
     }
+}
+
+/// The gateway port [`with_gateway`] gives tenant acme.
+pub const GW: PortId = PortId(4);
+pub const GW_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0xfe];
+
+/// [`topology`] with a gateway for acme: 10.0.0.254/24 on port 4, DNS 192.0.2.53.
+pub fn with_gateway() -> Topology {
+    let mut topology = topology();
+    topology.tenants[0].gateway = Some(crate::topology::Gateway {
+        port: GW,
+        mac: MacAddr(GW_MAC),
+        ip: "10.0.0.254/24".parse().unwrap(),
+        dns: vec![std::net::Ipv4Addr::new(192, 0, 2, 53)],
+    });
+    topology
 }
 
 /// Return a copy of `frame` with `bytes` written at `offset`.

@@ -11,7 +11,8 @@
 //! 3. By EtherType; anything but IPv4, ARP and IPv6 (802.1Q/802.1ad tags, LLDP, 802.3 length
 //!    fields...) is `UnsupportedEtherType`:
 //!    - IPv4: version 4 and consistent header/total lengths (`Malformed`), all present
-//!      (`Truncated`); source the port's IPv4 or `0.0.0.0` for DHCP (`SpoofedIpv4`).
+//!      (`Truncated`); never a DHCP server's answer, UDP 67 → 68 (`RogueDhcp`); source the
+//!      port's IPv4, or `0.0.0.0` only for a DHCP request, UDP 68 → 67 (`SpoofedIpv4`).
 //!    - ARP: Ethernet/IPv4 with lengths 6/4, operation request or reply (`Malformed`), all
 //!      present (`Truncated`); sender MAC the port's, sender IP the port's or `0.0.0.0` for
 //!      RFC 5227 probes (`SpoofedArp`).
@@ -37,8 +38,8 @@
 //!   hop limit, receivers ignore whatever ND it may carry, so it passes unexamined.
 //!
 //! Not checked here: checksums (the receiving kernel verifies them; a bad one hurts only
-//! the sender), destinations (the forward step's job), and IPv4 payloads (a rogue DHCP
-//! server or ICMP redirect on a server can mislead only its own tenant).
+//! the sender), destinations (the forward step's job), and IPv4 payloads beyond the UDP
+//! ports above (an ICMP redirect from a server can mislead only its own tenant).
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -56,6 +57,9 @@ const ARP_FIXED_LEN: usize = 8;
 const MLDV1_REPORT: u8 = 131;
 /// Hop limit that Neighbour Discovery messages must carry to be accepted (RFC 4861).
 const ND_HOP_LIMIT: u8 = 255;
+/// DHCPv4's ports (RFC 2131): servers answer from 67 to 68.
+const DHCP_SERVER_PORT: u16 = 67;
+const DHCP_CLIENT_PORT: u16 = 68;
 
 /// What the guard knows about one port: its kind, the addresses it owns and its frame size
 /// limit.
@@ -83,6 +87,15 @@ impl PortFacts {
     pub(crate) fn new(port: PortSpec<'_>) -> PortFacts {
         match port {
             PortSpec::Server(server) => PortFacts::of_server(server),
+            PortSpec::Gateway(tenant, gateway) => PortFacts {
+                kind: PortKind::Gateway,
+                mac: gateway.mac,
+                ipv4: gateway.ip.ip(),
+                ipv6: None,
+                ipv6_link_local: gateway.mac.ipv6_link_local(),
+                max_frame_len: usize::from(crate::topology::DEFAULT_MTU) + ETHERNET_HEADER_LEN,
+                tenant: tenant.id,
+            },
         }
     }
 
@@ -167,12 +180,30 @@ fn check_ipv4(port: &PortFacts, payload: &[u8]) -> Result<(), DropReason> {
     }
     // With the layout consistent, the only failure left is a frame shorter than total_len.
     ip.check_len().map_err(|_| DropReason::Truncated)?;
+    let ports = udp_ports(&ip);
+    // A server answering DHCP would hand its tenant's servers addresses and routes.
+    if ports == Some((DHCP_SERVER_PORT, DHCP_CLIENT_PORT)) {
+        return Err(DropReason::RogueDhcp);
+    }
     let src = ip.src_addr();
-    if src == port.ipv4 || src.is_unspecified() {
+    // Before it has an address, a server may only ask DHCP for one.
+    let dhcp_request = ports == Some((DHCP_CLIENT_PORT, DHCP_SERVER_PORT));
+    if src == port.ipv4 || (src.is_unspecified() && dhcp_request) {
         Ok(())
     } else {
         Err(DropReason::SpoofedIpv4)
     }
+}
+
+/// Return the UDP source and destination ports of an IPv4 packet whose length was checked,
+/// if it carries the start of a UDP datagram.
+fn udp_ports(ip: &Ipv4Packet<&[u8]>) -> Option<(u16, u16)> {
+    if ip.next_header() != IpProtocol::Udp || ip.frag_offset() != 0 {
+        return None;
+    }
+    let udp = ip.payload();
+    let port = |at: usize| Some(u16::from_be_bytes([*udp.get(at)?, *udp.get(at + 1)?]));
+    Some((port(0)?, port(2)?))
 }
 
 /// Check an ARP packet.

@@ -66,6 +66,15 @@ pub struct FileTenant {
     /// ports; default 1000, at least 1.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub broadcast_pps: Option<i64>,
+    /// The tenant's subnet and gateway address, `"10.1.0.1/24"`; optional.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
+    /// Private subnet that leaves with source NAT; default false (public addresses).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nat: Option<bool>,
+    /// DNS servers handed out by DHCP, `["9.9.9.9"]`; optional.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dns: Option<Vec<String>>,
 }
 
 /// `[servers.<name>]`.
@@ -96,6 +105,9 @@ pub struct FileServer {
     /// Optional per-server ceiling inside the tenant's.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ceiling: Option<String>,
+    /// Leave `eth0` unconfigured: the server gets its address by DHCP from the gateway.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dhcp: Option<bool>,
 }
 
 impl FileTopology {

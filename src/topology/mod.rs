@@ -14,6 +14,7 @@
 //! [`Topology::servers`]: look objects up with [`Topology::tenant`] and [`Topology::server`].
 
 pub mod file;
+pub mod gateway;
 pub mod rate;
 pub mod validate;
 
@@ -23,6 +24,7 @@ use std::path::{Path, PathBuf};
 use ipnetwork::{Ipv4Network, Ipv6Network};
 use serde::Serialize;
 
+pub use gateway::Gateway;
 pub use rate::{MIN_RATE, Rate};
 pub use validate::{ValidationError, validate};
 
@@ -85,6 +87,8 @@ impl PortKind {
 pub enum PortSpec<'a> {
     /// A virtual server's TAP.
     Server(&'a Server),
+    /// A tenant's gateway.
+    Gateway(&'a Tenant, &'a Gateway),
 }
 
 impl PortSpec<'_> {
@@ -92,6 +96,7 @@ impl PortSpec<'_> {
     pub fn id(&self) -> PortId {
         match self {
             PortSpec::Server(server) => server.id,
+            PortSpec::Gateway(_, gateway) => gateway.port,
         }
     }
 
@@ -99,6 +104,7 @@ impl PortSpec<'_> {
     pub fn tenant(&self) -> TenantId {
         match self {
             PortSpec::Server(server) => server.tenant,
+            PortSpec::Gateway(tenant, _) => tenant.id,
         }
     }
 
@@ -106,6 +112,7 @@ impl PortSpec<'_> {
     pub fn kind(&self) -> PortKind {
         match self {
             PortSpec::Server(_) => PortKind::Server,
+            PortSpec::Gateway(..) => PortKind::Gateway,
         }
     }
 
@@ -113,6 +120,7 @@ impl PortSpec<'_> {
     pub fn mac(&self) -> MacAddr {
         match self {
             PortSpec::Server(server) => server.mac,
+            PortSpec::Gateway(_, gateway) => gateway.mac,
         }
     }
 }
@@ -176,6 +184,10 @@ pub struct Tenant {
     pub weight: u32,
     /// Storm control: broadcast/multicast frames per second accepted from each of its ports.
     pub broadcast_pps: u32,
+    /// The tenant's gateway, if it has a subnet with one.
+    pub gateway: Option<Gateway>,
+    /// Its private subnet leaves with source NAT (else its addresses are public).
+    pub nat: bool,
 }
 
 /// A virtual server: one namespace, one TAP, one switch port.
@@ -197,6 +209,8 @@ pub struct Server {
     pub guaranteed: Option<Rate>,
     /// Optional per-server ceiling inside the tenant's entitlement.
     pub ceiling: Option<Rate>,
+    /// `eth0` comes up without an address: the server asks the gateway by DHCP.
+    pub dhcp: bool,
 }
 
 impl Topology {
@@ -231,13 +245,9 @@ impl Topology {
             .unwrap_or(0)
     }
 
-    /// Return one more than the largest port id (the length of per-port tables).
+    /// Return one more than the largest port id, of any kind (the length of per-port tables).
     pub fn port_id_bound(&self) -> usize {
-        self.servers
-            .iter()
-            .map(|s| s.id.index() + 1)
-            .max()
-            .unwrap_or(0)
+        self.ports().map(|p| p.id().index() + 1).max().unwrap_or(0)
     }
 
     /// Renumber a freshly validated topology against `running`: tenants and servers that
@@ -263,6 +273,20 @@ impl Topology {
             };
             tenant_map.insert(t.id, id);
             t.id = id;
+            // A gateway keeps its port while its tenant has one; a new one gets a fresh port.
+            if let Some(gateway) = &mut t.gateway {
+                let kept = running
+                    .tenant_by_name(&t.name)
+                    .and_then(|old| old.gateway.as_ref());
+                gateway.port = match kept {
+                    Some(old) => old.port,
+                    None => {
+                        let id = PortId(*next_port);
+                        *next_port += 1;
+                        id
+                    }
+                };
+            }
         }
         for s in &mut self.servers {
             s.tenant = tenant_map[&s.tenant];
@@ -296,6 +320,13 @@ impl Topology {
                         ceiling: Some(t.ceiling.to_string()),
                         weight: Some(i64::from(t.weight)),
                         broadcast_pps: Some(i64::from(t.broadcast_pps)),
+                        gateway: t.gateway.as_ref().map(|g| g.ip.to_string()),
+                        nat: t.nat.then_some(true),
+                        dns: t
+                            .gateway
+                            .as_ref()
+                            .filter(|g| !g.dns.is_empty())
+                            .map(|g| g.dns.iter().map(ToString::to_string).collect()),
                     };
                     (t.name.clone(), tenant)
                 })
@@ -313,6 +344,7 @@ impl Topology {
                         mtu: Some(i64::from(s.mtu)),
                         guaranteed: s.guaranteed.map(|r| r.to_string()),
                         ceiling: s.ceiling.map(|r| r.to_string()),
+                        dhcp: s.dhcp.then_some(true),
                     };
                     (s.name.clone(), server)
                 })
@@ -331,9 +363,22 @@ impl Topology {
         self.servers.iter().find(|s| s.name == name)
     }
 
-    /// Return every port of the switch: one per server.
+    /// Return every port of the switch: one per server, one per tenant gateway.
     pub fn ports(&self) -> impl Iterator<Item = PortSpec<'_>> {
-        self.servers.iter().map(PortSpec::Server)
+        let gateways = self
+            .tenants
+            .iter()
+            .filter_map(|t| t.gateway.as_ref().map(|g| PortSpec::Gateway(t, g)));
+        self.servers.iter().map(PortSpec::Server).chain(gateways)
+    }
+
+    /// Return the default router of a server: its tenant's gateway address, if any.
+    pub fn router_of(&self, server: &Server) -> Option<std::net::Ipv4Addr> {
+        self.tenants
+            .iter()
+            .find(|t| t.id == server.tenant)
+            .and_then(|t| t.gateway.as_ref())
+            .map(|g| g.ip.ip())
     }
 
     /// Return the servers of one tenant.

@@ -211,6 +211,16 @@ pub enum ErrorKind {
     #[error("MTU must be between {MIN_MTU} and {MAX_MTU}")]
     MtuOutOfRange,
 
+    // Gateways.
+    #[error("needs a gateway: set tenants.<name>.gateway")]
+    NeedsGateway,
+    #[error("gateway address is the address of server {server:?}")]
+    GatewayIsServerAddress { server: String },
+    #[error(
+        "address is outside its tenant's gateway subnet {subnet} (or has another prefix length)"
+    )]
+    OutsideGatewaySubnet { subnet: Ipv4Network },
+
     #[error("malformed duration: expected a number and a unit such as 5ms, 500us or 0.01s")]
     MalformedDuration,
     #[error("duration must be between {min:?} and {max:?}")]
@@ -363,6 +373,8 @@ pub fn validate(path: &Path, file: &FileTopology) -> Result<Topology, Vec<Valida
                 ceiling,
                 weight,
                 broadcast_pps,
+                gateway: None, // filled in by gateway::check once servers are known
+                nat: false,
             });
         }
     }
@@ -545,9 +557,12 @@ pub fn validate(path: &Path, file: &FileTopology) -> Result<Topology, Vec<Valida
                 mtu,
                 guaranteed,
                 ceiling,
+                dhcp: raw.dhcp.unwrap_or(false),
             });
         }
     }
+    let first_gateway_port = u32::try_from(file.servers.len()).unwrap_or(u32::MAX);
+    super::gateway::check(&mut v, file, &mut tenants, &servers, first_gateway_port);
     for ((tenant, raw), (&sum, &(guaranteed, _))) in file
         .tenants
         .iter()
@@ -586,13 +601,13 @@ pub fn validate(path: &Path, file: &FileTopology) -> Result<Topology, Vec<Valida
 }
 
 /// Collects errors for one file.
-struct Validator<'a> {
+pub(super) struct Validator<'a> {
     path: &'a Path,
     errors: Vec<ValidationError>,
 }
 
 impl Validator<'_> {
-    fn push(&mut self, key: &str, value: Option<String>, kind: ErrorKind) {
+    pub(super) fn push(&mut self, key: &str, value: Option<String>, kind: ErrorKind) {
         self.errors.push(ValidationError {
             file: self.path.to_path_buf(),
             location: None,
@@ -734,7 +749,7 @@ impl Validator<'_> {
 }
 
 /// Derive a locally administered unicast MAC from a server name; `attempt` > 0 re-hashes.
-fn derived_mac(name: &str, attempt: u32) -> MacAddr {
+pub(super) fn derived_mac(name: &str, attempt: u32) -> MacAddr {
     // FNV-1a (64 bit) of the name, then of "#<attempt>" on a collision.
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     let mut feed = |bytes: &[u8]| {
@@ -773,7 +788,7 @@ pub(crate) fn key_segment(name: &str) -> String {
 }
 
 /// Quote a string value as TOML would show it.
-fn quoted(value: Option<&str>) -> Option<String> {
+pub(super) fn quoted(value: Option<&str>) -> Option<String> {
     value.map(|s| format!("{s:?}"))
 }
 
@@ -824,7 +839,7 @@ fn split_prefix(text: &str) -> Result<(&str, u8), ErrorKind> {
 }
 
 /// Parse and check a server's IPv4 address with prefix.
-fn check_ipv4(text: &str) -> Result<Ipv4Network, ErrorKind> {
+pub(super) fn check_ipv4(text: &str) -> Result<Ipv4Network, ErrorKind> {
     let (addr, len) = split_prefix(text)?;
     let addr: Ipv4Addr = addr.parse().map_err(|_| ErrorKind::MalformedIp {
         reason: "not an IPv4 address".into(),
