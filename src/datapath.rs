@@ -291,6 +291,9 @@ pub struct Pending {
     ingress: PortId,
     /// What the ingress port's frames carry (so the egress can convert).
     offload: Offload,
+    /// The longest frame it is on a wire (a GSO frame: its first segment), for the
+    /// destination's MTU.
+    largest: usize,
     /// Where it goes; always a forward (the tenant is the one charged).
     decision: Decision,
 }
@@ -716,6 +719,7 @@ impl DataPath {
         egress.stats.tenants[tenant.index()].count_rx(frame.len());
         // Only a frame whose header parsed got a forwarding decision.
         let vnet = vnet.unwrap_or_default();
+        let largest = vnet.largest_segment(frame);
         if let Decision::Flood(_) = decision
             && !self.storm.allow(ingress)
         {
@@ -740,6 +744,7 @@ impl DataPath {
             len,
             ingress,
             offload,
+            largest,
             decision,
         };
         match self
@@ -795,6 +800,15 @@ impl Egress {
             }
             return;
         };
+        if self
+            .switch
+            .max_frame_len(to)
+            .is_some_and(|max| pending.largest > max)
+        {
+            self.stats.ports[to.index()].count_drop(DropReason::TooBig);
+            self.stats.tenants[tenant.index()].count_drop(DropReason::TooBig);
+            return;
+        }
         let port = &mut self.ports[slot];
         let written = if port.offload() == pending.offload {
             port.write(frame).map_err(|_| DropReason::WriteFailed)

@@ -166,6 +166,9 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Up { .. }) {
+        netd::kernel::sys::exit_quietly_on_broken_pipe();
+    }
     init_logging(cli.log_format);
     match cli.command {
         Command::Check { file } => match topology::load(&file) {

@@ -52,11 +52,14 @@ pub enum DropReason {
     /// A DHCP server's answer (UDP from port 67 to 68) from a server's port: only the
     /// tenant's gateway answers DHCP.
     RogueDhcp,
+    /// Longer than the destination port's MTU (a GSO super-frame: its segments), counted on
+    /// the destination.
+    TooBig,
 }
 
 impl DropReason {
     /// Every reason, in display order.
-    pub const ALL: [DropReason; 15] = [
+    pub const ALL: [DropReason; 16] = [
         DropReason::Truncated,
         DropReason::Malformed,
         DropReason::Oversized,
@@ -72,6 +75,7 @@ impl DropReason {
         DropReason::StormControl,
         DropReason::GsoUnsupported,
         DropReason::RogueDhcp,
+        DropReason::TooBig,
     ];
 
     /// Return the stable snake_case name used in logs, JSON and metrics.
@@ -92,6 +96,7 @@ impl DropReason {
             DropReason::StormControl => "storm_control",
             DropReason::GsoUnsupported => "gso_unsupported",
             DropReason::RogueDhcp => "rogue_dhcp",
+            DropReason::TooBig => "too_big",
         }
     }
 

@@ -253,9 +253,22 @@ fn load_error_lists_every_problem() {
 }
 
 #[test]
-fn missing_file_is_a_read_error() {
-    assert!(matches!(
-        load(&path("no-such-file.toml")),
-        Err(LoadError::Read { .. })
-    ));
+fn missing_file_is_a_read_error_with_the_os_reason() {
+    let err = load(&path("no-such-file.toml")).unwrap_err();
+    assert!(matches!(err, LoadError::Read { .. }));
+    assert!(
+        err.to_string().contains("No such file or directory"),
+        "{err}"
+    );
+}
+
+/// Issue 11: `netd check /dev/zero` grew to 1.3 GB; reading stops at the bound.
+#[test]
+fn an_endless_or_huge_file_is_refused_at_the_size_bound() {
+    let err = load(Path::new("/dev/zero")).unwrap_err();
+    assert!(matches!(err, LoadError::TooLarge { .. }), "{err}");
+    assert!(
+        err.to_string().contains("larger than 16777216 bytes"),
+        "{err}"
+    );
 }

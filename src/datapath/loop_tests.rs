@@ -235,3 +235,26 @@ fn a_port_without_an_fd_is_driven_by_its_deadline() {
     );
     assert_eq!(answered_at.lock().unwrap().len(), 1);
 }
+
+/// Issue 11: a 9000-byte frame from a server with MTU 9000 reached one with MTU 1280.
+#[test]
+fn a_frame_longer_than_the_destinations_mtu_is_dropped_there_and_counted() {
+    let run = Loop::start(&topology(), &[Offload::None; 4], Vec::new());
+    // b2 (MTU 9000) → b1 (MTU 1500): 9000 bytes of IPv4/UDP from b2's own addresses.
+    let mut jumbo = patched(&IPV4_UDP, at::ETH_SRC, &B2_MAC);
+    jumbo = patched(&jumbo, at::ETH_DST, &B1_MAC);
+    jumbo = patched(&jumbo, at::IPV4_SRC, &[10, 0, 0, 2]);
+    jumbo.resize(9000 + 14, 0);
+    let total = u16::try_from(9000).unwrap().to_be_bytes();
+    jumbo[at::IPV4_TOTAL_LEN..at::IPV4_TOTAL_LEN + 2].copy_from_slice(&total);
+    run.peer(B2).send(&jumbo).unwrap();
+    run.wait_drop(B1, DropReason::TooBig);
+    assert_eq!(run.peer(B1).recv(SILENT), None);
+    // A frame that fits still goes.
+    let fits = &jumbo[..1500 + 14];
+    let mut fits = fits.to_vec();
+    let total = u16::try_from(1500).unwrap().to_be_bytes();
+    fits[at::IPV4_TOTAL_LEN..at::IPV4_TOTAL_LEN + 2].copy_from_slice(&total);
+    run.peer(B2).send(&fits).unwrap();
+    assert_eq!(run.peer(B1).recv(ARRIVES).map(|f| f.len()), Some(1514));
+}

@@ -169,6 +169,18 @@ pub fn set_current_thread_normal() -> io::Result<()> {
     Ok(())
 }
 
+/// Let a write to a closed pipe end the process quietly, as it does for `cat` or `ls`
+/// (Rust ignores `SIGPIPE`, so `println!` would panic on `netd status | head -1`). Only
+/// for the short-lived CLI commands: the daemon keeps ignoring it, so a control client that
+/// hangs up mid-answer costs an error, not the daemon.
+pub fn exit_quietly_on_broken_pipe() {
+    // SAFETY: `signal` with a valid signal number and `SIG_DFL` changes no memory; it is
+    // called at start-up, before any thread that could be writing exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 /// Return the CPUs the calling thread may run on (its affinity mask), in ascending order.
 pub fn allowed_cpus() -> io::Result<Vec<usize>> {
     // SAFETY: an all-zero cpu_set_t is the empty set, a valid value of this plain C struct.

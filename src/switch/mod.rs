@@ -139,6 +139,11 @@ impl Switch {
         self.ports.len()
     }
 
+    /// Return the longest frame a port takes, Ethernet header included (`None`: no such port).
+    pub fn max_frame_len(&self, port: PortId) -> Option<usize> {
+        self.facts(port).map(|facts| facts.max_frame_len)
+    }
+
     /// Return the storm-control limit of a port: broadcast/multicast frames per second (0 for
     /// an unknown port).
     pub fn broadcast_pps(&self, port: PortId) -> u32 {

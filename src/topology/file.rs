@@ -96,7 +96,7 @@ pub struct FileServer {
     /// Optional IPv6 address with prefix, `"fd00::10/64"`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ipv6: Option<String>,
-    /// Interface MTU; default 1500, allowed 68..=9000.
+    /// Interface MTU; default 1500, allowed 1280..=9000.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mtu: Option<i64>,
     /// Optional per-server guaranteed rate inside the tenant's.

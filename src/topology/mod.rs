@@ -390,12 +390,13 @@ impl Topology {
 /// Why a topology file could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("Cannot read topology file {path}")]
+    #[error("Cannot read topology file {path}: {source}")]
     Read {
         path: PathBuf,
-        #[source]
         source: std::io::Error,
     },
+    #[error("Topology file {path} is larger than {MAX_TOPOLOGY_BYTES} bytes: not a topology")]
+    TooLarge { path: PathBuf },
     #[error("{}", format_errors(.0))]
     Invalid(Vec<ValidationError>),
 }
@@ -413,12 +414,27 @@ fn format_errors(errors: &[ValidationError]) -> String {
     out
 }
 
-/// Read, parse and validate a topology file.
+/// The largest topology file read (16 MiB: a hundred thousand servers fit many times over).
+pub const MAX_TOPOLOGY_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Read, parse and validate a topology file (at most [`MAX_TOPOLOGY_BYTES`]).
 pub fn load(path: &Path) -> Result<Topology, LoadError> {
-    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+    use std::io::Read;
+    let read_err = |source| LoadError::Read {
         path: path.to_path_buf(),
         source,
-    })?;
+    };
+    let file = std::fs::File::open(path).map_err(read_err)?;
+    let mut text = String::new();
+    // One byte past the bound tells a file at the bound from a larger one (or /dev/zero).
+    file.take(MAX_TOPOLOGY_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(read_err)?;
+    if text.len() as u64 > MAX_TOPOLOGY_BYTES {
+        return Err(LoadError::TooLarge {
+            path: path.to_path_buf(),
+        });
+    }
     parse(path, &text).map_err(LoadError::Invalid)
 }
 

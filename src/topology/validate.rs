@@ -12,7 +12,8 @@
 //!   ceiling is not above the capacity; tenant guarantees sum to at most the capacity. Inside a
 //!   tenant, per-server guarantees sum to at most the tenant's guarantee and a per-server ceiling
 //!   is not above the tenant's ceiling.
-//! - Weights are integers ≥ 1; MTUs are in 68..=9000; `broadcast_pps` is an integer ≥ 1.
+//! - Weights are integers ≥ 1; MTUs are in 1280..=9000 (IPv6's minimum: every server has a
+//!   link-local address); `broadcast_pps` is an integer ≥ 1.
 //! - MACs are unicast, non-zero and unique host-wide. An absent MAC is derived from the server
 //!   name (FNV-1a into `02:xx:xx:xx:xx:xx`, re-hashed with a counter on collision, servers taken
 //!   in name order), so it is stable and never collides with a given or derived MAC.
@@ -48,8 +49,10 @@ use crate::wire::MacAddr;
 pub const MAX_IFNAME_LEN: usize = 15;
 /// Longest namespace name we accept.
 pub const MAX_NETNS_LEN: usize = 64;
-/// Smallest MTU allowed (the IPv4 minimum).
-pub const MIN_MTU: u16 = 68;
+/// Smallest MTU allowed: IPv6's minimum. Every server's `eth0` gets an IPv6 link-local
+/// address, and the kernel refuses IPv6 on a link below 1280 bytes (`netd up` failed with
+/// "Address family not supported by protocol" for what `netd check` accepted).
+pub const MIN_MTU: u16 = 1280;
 /// Largest MTU allowed (jumbo frames).
 pub const MAX_MTU: u16 = 9000;
 
@@ -208,7 +211,7 @@ pub enum ErrorKind {
     #[error("namespace already used by server {other:?}")]
     DuplicateNetns { other: String },
 
-    #[error("MTU must be between {MIN_MTU} and {MAX_MTU}")]
+    #[error("MTU must be between {MIN_MTU} (IPv6's minimum) and {MAX_MTU}")]
     MtuOutOfRange,
 
     // Gateways.
@@ -1049,7 +1052,7 @@ ip = "10.1.0.10/24"
     #[case::netns_duplicate(&[("ip = \"10.1.0.11/24\"", "ip = \"10.1.0.11/24\"\nnetns = \"acme-web\"")], "servers.acme-web.netns", ErrorKind::DuplicateNetns { other: "acme-db".into() })]
     #[case::netns_duplicate_of_default(&[("[servers.globex-web]", "[servers.globex-web]\nnetns = \"acme-db\"")], "servers.globex-web.netns", ErrorKind::DuplicateNetns { other: "acme-db".into() })]
     // MTU.
-    #[case::mtu_too_small(&[("mtu = 1500", "mtu = 67")], "servers.acme-web.mtu", ErrorKind::MtuOutOfRange)]
+    #[case::mtu_too_small(&[("mtu = 1500", "mtu = 1279")], "servers.acme-web.mtu", ErrorKind::MtuOutOfRange)]
     #[case::mtu_too_large(&[("mtu = 1500", "mtu = 9001")], "servers.acme-web.mtu", ErrorKind::MtuOutOfRange)]
     #[case::mtu_negative(&[("mtu = 1500", "mtu = -1500")], "servers.acme-web.mtu", ErrorKind::MtuOutOfRange)]
     #[case::mtu_huge(&[("mtu = 1500", "mtu = 70000")], "servers.acme-web.mtu", ErrorKind::MtuOutOfRange)]
@@ -1084,7 +1087,7 @@ ip = "10.1.0.10/24"
     #[rstest]
     #[case::prefix_31(&[("10.1.0.11/24", "10.1.0.0/31")])]
     #[case::prefix_32(&[("10.1.0.11/24", "10.1.0.11/32")])]
-    #[case::mtu_min(&[("mtu = 1500", "mtu = 68")])]
+    #[case::mtu_min(&[("mtu = 1500", "mtu = 1280")])]
     #[case::mtu_max(&[("mtu = 1500", "mtu = 9000")])]
     #[case::queue_delay_and_burst(&[("capacity = \"1gbit\"", "capacity = \"1gbit\"\nqueue_delay = \"2.5ms\"\nburst = \"500us\"")])]
     #[case::name_15_bytes(&[("[servers.globex-web]", "[servers.globex-web-srv1]")])]

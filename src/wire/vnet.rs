@@ -64,6 +64,27 @@ impl VnetHeader {
         self.gso_type != GSO_NONE
     }
 
+    /// Return the longest frame `frame` becomes on a wire: itself, or for a GSO super-frame
+    /// its first segment (headers plus `gso_size` bytes of payload).
+    pub fn largest_segment(&self, frame: &[u8]) -> usize {
+        if !self.is_gso() {
+            return frame.len();
+        }
+        let headers = self.header_bytes(frame).unwrap_or(0);
+        (headers + usize::from(self.gso_size)).min(frame.len())
+    }
+
+    /// Return the bytes of Ethernet, IP and L4 headers each segment of a GSO frame repeats
+    /// (`None` when the frame is too short to tell).
+    fn header_bytes(&self, frame: &[u8]) -> Option<usize> {
+        let l4 = usize::from(self.csum_start);
+        let l4_header = match self.gso_type {
+            GSO_TCPV4 | GSO_TCPV6 => frame.get(l4 + 12).map(|b| usize::from(b >> 4) * 4),
+            _ => Some(8),
+        };
+        l4_header.filter(|&h| h >= 8).map(|h| l4 + h)
+    }
+
     /// Return true when the frame's L4 checksum is left to fill (`F_NEEDS_CSUM`).
     pub fn needs_checksum(&self) -> bool {
         self.flags & F_NEEDS_CSUM != 0
@@ -97,15 +118,10 @@ impl VnetHeader {
         if !self.is_gso() {
             return len;
         }
-        let l4 = usize::from(self.csum_start);
-        let l4_header = match self.gso_type {
-            GSO_TCPV4 | GSO_TCPV6 => frame.get(l4 + 12).map(|b| usize::from(b >> 4) * 4),
-            _ => Some(8),
-        };
-        let Some(l4_header) = l4_header.filter(|&h| h >= 8) else {
+        let Some(headers) = self.header_bytes(frame) else {
             return len;
         };
-        let headers = (l4 + l4_header) as u64;
+        let headers = headers as u64;
         let payload = len.saturating_sub(headers);
         let segments = payload.div_ceil(u64::from(self.gso_size)).max(1);
         len + (segments - 1) * headers
@@ -139,6 +155,16 @@ mod tests {
         let mut frame = vec![0u8; 66 + 44 * 1448];
         frame[34 + 12] = 8 << 4; // data offset: 8 words = 32 bytes
         assert_eq!(h.wire_bytes(&frame), 44 * (66 + 1448));
+    }
+
+    #[test]
+    fn a_gso_frame_is_as_long_as_its_segments() {
+        let h = VnetHeader::parse(&header(GSO_TCPV4, 1448, 34)).unwrap();
+        let mut frame = vec![0u8; 66 + 44 * 1448];
+        frame[34 + 12] = 8 << 4;
+        assert_eq!(h.largest_segment(&frame), 66 + 1448);
+        let plain = VnetHeader::default();
+        assert_eq!(plain.largest_segment(&frame), frame.len());
     }
 
     #[test]
