@@ -182,7 +182,7 @@ pub async fn up(
     let (thread, priority) = datapath
         .spawn(options.datapath_cpu, options.datapath_priority)
         .map_err(DaemonError::StartDataPath)?;
-    info!(%priority, cpu = ?options.datapath_cpu, "data path running");
+    info!(%priority, cpu = options.datapath_cpu, "data path running");
     let mut finished = tokio::task::spawn_blocking(move || thread.join());
     let control = Arc::new(Control::new(
         topology.clone(),

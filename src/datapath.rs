@@ -675,6 +675,9 @@ impl DataPath {
                 Err(err) => {
                     // A TAP whose device vanished keeps failing; stop polling it rather than spin.
                     warn!(port = %port.id(), cause = %err, "read failed; port disabled");
+                    if let Some(counters) = self.egress.stats.ports.get(port.id().index()) {
+                        counters.count_read_error(true);
+                    }
                     if let Some(fd) = port.fd() {
                         let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
                     }
@@ -827,6 +830,9 @@ impl Egress {
                 self.stats.tenants[tenant.index()].count_tx(l2_len);
             }
             Err(reason) => {
+                if reason == DropReason::WriteFailed {
+                    self.stats.ports[to.index()].count_write_error();
+                }
                 self.stats.ports[to.index()].count_drop(reason);
                 self.stats.tenants[tenant.index()].count_drop(reason);
             }

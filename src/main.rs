@@ -501,17 +501,18 @@ fn print_status(s: &Status) {
     }
     println!();
     println!(
-        "{:<16} {:<16} {:<18} {:<19} {:<16} {:>8} {:>8} {:>8} {:>8}",
-        "SERVER", "TENANT", "MAC", "IP", "NETNS", "IN100ms", "IN1s", "OUT100ms", "OUT1s"
+        "{:<16} {:<16} {:<18} {:<19} {:<16} {:<5} {:>8} {:>8} {:>8} {:>8}",
+        "SERVER", "TENANT", "MAC", "IP", "NETNS", "STATE", "IN100ms", "IN1s", "OUT100ms", "OUT1s"
     );
     for v in &s.servers {
         println!(
-            "{:<16} {:<16} {:<18} {:<19} {:<16} {}",
+            "{:<16} {:<16} {:<18} {:<19} {:<16} {:<5} {}",
             v.name,
             v.tenant,
             v.mac,
             v.ip,
             v.netns,
+            v.state.as_str(),
             rates(&v.rates)
         );
     }
@@ -558,13 +559,15 @@ fn print_stats(stats: &netd::control::report::StatsReport) {
     for p in &stats.ports {
         let c = &p.counters;
         println!(
-            "  {:<16} ({}) rx {} frames / {} B, tx {} frames / {} B; drops: {}",
+            "  {:<16} ({}) rx {} frames / {} B, tx {} frames / {} B; read/write errors {}/{}; drops: {}",
             p.server,
             p.tenant,
             c.rx_frames,
             c.rx_bytes,
             c.tx_frames,
             c.tx_bytes,
+            c.read_errors,
+            c.write_errors,
             drops(&c.drops)
         );
     }
@@ -593,8 +596,11 @@ fn run_up(topology: Topology, options: UpOptions) -> anyhow::Result<()> {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("NETD_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colour only for a person at a terminal: a log file or journal gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Human => builder.init(),

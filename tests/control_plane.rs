@@ -555,3 +555,81 @@ fn http_api_bounds_idle_connections() {
     let (code, _) = http(&api, "GET", "/api/status", None);
     assert_eq!(code, 200);
 }
+
+/// Issue 11, item 7: a port whose device vanished was disabled with one log line; status,
+/// the API and metrics now show it, with its read failures.
+#[test]
+fn a_port_whose_device_vanished_shows_down_everywhere() {
+    require_privileges();
+    let topo = TestTopology::new(TOPOLOGY);
+    let mut netd = Daemon::start(&topo, &["--http", "127.0.0.1:0"]);
+    let api = http_api(&mut netd);
+    let a1 = topo.name("a1");
+    assert!(ping(&a1, "10.66.0.2", 1));
+    let (_, metrics) = http(&api, "GET", "/metrics", None);
+    assert!(metrics.contains("\nnetd_up 1\n"), "{metrics}");
+    assert!(metrics.contains("netd_build_info{version=\""), "{metrics}");
+    let up = format!(
+        "netd_port_up{{server=\"{a1}\",tenant=\"{}\"}} 1",
+        topo.name("a")
+    );
+    assert!(metrics.contains(&up), "{metrics}");
+
+    // The server deletes its own eth0: the TAP's device is gone under netd's fd.
+    let out = std::process::Command::new("ip")
+        .args(["-n", &a1, "link", "del", "eth0"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let server = loop {
+        let s = status(&topo);
+        let server = s["servers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == a1.as_str())
+            .unwrap()
+            .clone();
+        if server["state"] == "down" || std::time::Instant::now() > deadline {
+            break server;
+        }
+        // A frame towards it makes the loop touch the dead device.
+        let _ = ping(&topo.name("a2"), "10.66.0.1", 1);
+    };
+    assert_eq!(server["state"], "down", "{server}");
+    let (_, metrics) = http(&api, "GET", "/metrics", None);
+    assert!(metrics.contains(&up.replace("} 1", "} 0")), "{metrics}");
+    let read_errors = metrics
+        .lines()
+        .find(|l| l.starts_with("netd_port_read_errors_total") && l.contains(&a1))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .unwrap();
+    assert!(read_errors >= 1, "{metrics}");
+    let text = netd_ok(&topo, &["status"]);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with(&a1) && l.contains(" down ")),
+        "{text}"
+    );
+    // Tenant b is unharmed.
+    assert_eq!(
+        status(&topo)["servers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|v| v["state"] == "down")
+            .count(),
+        1
+    );
+    // Logs to a pipe carry no colour codes and no Rust debug text for absent options.
+    let log = netd.log();
+    assert!(!log.contains('\u{1b}'), "ANSI codes in a piped log");
+    let running = log
+        .lines()
+        .find(|l| l.contains("data path running"))
+        .unwrap();
+    assert!(!running.contains("None"), "{running}");
+    let up_line = log.lines().find(|l| l.contains("netd is up")).unwrap();
+    assert!(!up_line.contains("Some("), "{up_line}");
+}

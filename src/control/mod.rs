@@ -42,8 +42,8 @@ use tracing::{info, warn};
 pub use change::{Change, Diff};
 use rates::{LONG, Meter, RateMeter, SHORT};
 use report::{
-    Counts, DataPathStats, Demand, PortStats, Rates, ServerStatus, ShaperCounts, StatsReport,
-    Status, TenantStats, TenantStatus,
+    Counts, DataPathStats, Demand, PortState, PortStats, Rates, ServerStatus, ShaperCounts,
+    StatsReport, Status, TenantStats, TenantStatus,
 };
 
 use crate::datapath::{Update, UpdateHandle};
@@ -334,6 +334,10 @@ impl Control {
                     ip: s.ip.to_string(),
                     ipv6: s.ipv6.map(|n| n.to_string()),
                     netns: s.netns.clone(),
+                    state: match stats.ports.get(i).is_none_or(|c| c.is_up()) {
+                        true => PortState::Up,
+                        false => PortState::Down,
+                    },
                     rates: measure(Meter::PortIn(i), Meter::PortOut(i)),
                 }
             })

@@ -69,7 +69,29 @@ pub struct ServerStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ipv6: Option<String>,
     pub netns: String,
+    /// `up` while the data path serves its port, `down` once its device is gone.
+    pub state: PortState,
     pub rates: Rates,
+}
+
+/// Whether the data path serves a port.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PortState {
+    #[default]
+    Up,
+    /// Reading it failed for good (its device vanished, e.g. the server deleted `eth0`).
+    Down,
+}
+
+impl PortState {
+    /// Return the name shown by `netd status`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PortState::Up => "up",
+            PortState::Down => "down",
+        }
+    }
 }
 
 /// Every counter, per tenant and per port.
@@ -97,6 +119,11 @@ pub struct Counts {
     pub rx_bytes: u64,
     pub tx_frames: u64,
     pub tx_bytes: u64,
+    /// Failed reads and writes of a port (zero for tenants).
+    #[serde(default)]
+    pub read_errors: u64,
+    #[serde(default)]
+    pub write_errors: u64,
     pub drops: BTreeMap<String, u64>,
 }
 
@@ -107,6 +134,8 @@ impl From<CounterSnapshot> for Counts {
             rx_bytes: s.rx_bytes,
             tx_frames: s.tx_frames,
             tx_bytes: s.tx_bytes,
+            read_errors: s.read_errors,
+            write_errors: s.write_errors,
             drops: DropReason::ALL
                 .iter()
                 .map(|r| {
@@ -304,6 +333,52 @@ pub fn prometheus(status: &Status, stats: &StatsReport) -> String {
                 })
             })
             .collect(),
+    );
+    let port_labels = |p: &PortStats| format!("server=\"{}\",{}", label(&p.server), t(&p.tenant));
+    family(
+        "netd_port_read_errors_total",
+        "counter",
+        "Failed reads of a port's device, per port (server).",
+        stats
+            .ports
+            .iter()
+            .map(|p| (port_labels(p), p.counters.read_errors))
+            .collect(),
+    );
+    family(
+        "netd_port_write_errors_total",
+        "counter",
+        "Failed writes to a port's device, per port (server).",
+        stats
+            .ports
+            .iter()
+            .map(|p| (port_labels(p), p.counters.write_errors))
+            .collect(),
+    );
+    family(
+        "netd_port_up",
+        "gauge",
+        "1 while the data path serves the port, 0 once its device is gone.",
+        status
+            .servers
+            .iter()
+            .map(|s| {
+                let labels = format!("server=\"{}\",{}", label(&s.name), t(&s.tenant));
+                (labels, u64::from(s.state == PortState::Up))
+            })
+            .collect(),
+    );
+    family(
+        "netd_up",
+        "gauge",
+        "1 while netd runs (a scrape that gets an answer).",
+        vec![(String::new(), 1)],
+    );
+    family(
+        "netd_build_info",
+        "gauge",
+        "Always 1; the version of the running netd as a label.",
+        vec![(format!("version=\"{}\"", env!("CARGO_PKG_VERSION")), 1)],
     );
     type ShaperField = fn(&ShaperCounts) -> u64;
     let shaper: [(&str, &str, &str, ShaperField); 5] = [
