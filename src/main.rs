@@ -23,7 +23,8 @@ struct Cli {
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Human, global = true)]
     log_format: LogFormat,
-    /// Talk to the daemon listening on this control socket.
+    /// The control socket: where `up` listens, and where the other commands find the daemon
+    /// (default: /run/netd/<topology name>.sock, or the only live one there).
     #[arg(long, value_name = "PATH", global = true)]
     socket: Option<PathBuf>,
     /// Talk to the daemon running this topology file (give it before the command).
@@ -56,8 +57,9 @@ enum Command {
         /// Plain TAPs without checksum/segmentation offload (MTU-sized frames; for comparison).
         #[arg(long)]
         no_offload: bool,
-        /// Serve the HTTP API (metrics, JSON, changes) on this address, e.g. 127.0.0.1:9180.
-        #[arg(long, value_name = "ADDR:PORT")]
+        /// Serve the HTTP API (metrics, JSON, changes) on this address, e.g. 127.0.0.1:9180
+        /// or localhost:9180.
+        #[arg(long, value_name = "ADDR:PORT", value_parser = parse_http_addr)]
         http: Option<SocketAddr>,
         /// Allow --http on a non-loopback address.
         #[arg(long)]
@@ -89,7 +91,7 @@ enum Command {
         json: bool,
         /// Print the running state as a topology file (that `netd check` accepts).
         #[arg(long, conflicts_with_all = ["watch", "json"])]
-        topology: bool,
+        toml: bool,
     },
     /// Show every counter: per tenant and port, drops by reason, the shaper's.
     Stats {
@@ -99,11 +101,15 @@ enum Command {
     },
     /// Change a tenant's rates or weight live.
     SetRate {
+        /// The tenant's name.
         tenant: String,
+        /// New guaranteed rate, e.g. 200mbit.
         #[arg(long, value_name = "RATE")]
         guaranteed: Option<String>,
+        /// New ceiling (maximum including borrowed bandwidth), e.g. 1gbit.
         #[arg(long, value_name = "RATE")]
         ceiling: Option<String>,
+        /// New weight: its share of loaned bandwidth (at least 1).
         #[arg(long)]
         weight: Option<i64>,
     },
@@ -111,11 +117,15 @@ enum Command {
     Reload,
     /// Add a tenant.
     AddTenant {
+        /// The tenant's name (an interface-name-like word).
         name: String,
+        /// Guaranteed rate, e.g. 200mbit.
         #[arg(long, value_name = "RATE")]
         guaranteed: String,
+        /// Ceiling (maximum including borrowed bandwidth); default: the host capacity.
         #[arg(long, value_name = "RATE")]
         ceiling: Option<String>,
+        /// Share of loaned bandwidth; default 1.
         #[arg(long)]
         weight: Option<i64>,
         /// Storm control: broadcast/multicast frames/s per port.
@@ -132,28 +142,39 @@ enum Command {
         dns: Vec<String>,
     },
     /// Remove a tenant (refused while it has servers).
-    RemoveTenant { name: String },
+    RemoveTenant {
+        /// The tenant's name.
+        name: String,
+    },
     /// Add a server: its namespace and TAP are created as at start-up.
     AddServer {
+        /// The server's name (also its namespace's, unless --netns says otherwise).
         name: String,
         /// A TOML fragment with the keys of a `[servers.NAME]` table (flags override it).
         #[arg(long, value_name = "FILE")]
         file: Option<PathBuf>,
+        /// The tenant it belongs to.
         #[arg(long)]
         tenant: Option<String>,
         /// IPv4 address with prefix, e.g. 10.1.0.12/24.
-        #[arg(long)]
+        #[arg(long, value_name = "ADDR/LEN")]
         ip: Option<String>,
+        /// MAC of its eth0, e.g. 02:00:00:00:01:0c; default: derived from the name.
         #[arg(long)]
         mac: Option<String>,
+        /// Network namespace name; default: the server's name.
         #[arg(long)]
         netns: Option<String>,
-        #[arg(long)]
+        /// Global IPv6 address with prefix, e.g. fd00::12/64 (link-local always works).
+        #[arg(long, value_name = "ADDR/LEN")]
         ipv6: Option<String>,
+        /// MTU of its eth0, 1280 to 9000; default 1500.
         #[arg(long)]
         mtu: Option<i64>,
+        /// Its guaranteed share inside the tenant's, e.g. 100mbit.
         #[arg(long, value_name = "RATE")]
         guaranteed: Option<String>,
+        /// Its ceiling inside the tenant's, e.g. 500mbit.
         #[arg(long, value_name = "RATE")]
         ceiling: Option<String>,
         /// Leave eth0 unconfigured: the server gets its address from the gateway by DHCP.
@@ -161,7 +182,22 @@ enum Command {
         dhcp: bool,
     },
     /// Remove a server and tear down its namespace and TAP.
-    RemoveServer { name: String },
+    RemoveServer {
+        /// The server's name.
+        name: String,
+    },
+}
+
+/// Parse `--http`: an address and port, or a host name (`localhost:9180`) resolved to its
+/// first address.
+fn parse_http_addr(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = text.parse() {
+        return Ok(addr);
+    }
+    std::net::ToSocketAddrs::to_socket_addrs(text)
+        .map_err(|err| format!("{text:?} is not ADDR:PORT or HOST:PORT ({err})"))?
+        .next()
+        .ok_or_else(|| format!("{text:?} resolves to no address"))
 }
 
 fn main() -> ExitCode {
@@ -294,12 +330,8 @@ fn client_command(
     let path = find_socket(socket, topology)?;
     let change = match command {
         Command::Check { .. } | Command::Up { .. } => unreachable!("handled by main"),
-        Command::Status {
-            watch,
-            json,
-            topology,
-        } => {
-            if topology {
+        Command::Status { watch, json, toml } => {
+            if toml {
                 print!(
                     "{}",
                     call(&path, &Request::Topology)?
@@ -636,5 +668,37 @@ fn print_summary(topology: &Topology) {
             s.ip.to_string(),
             s.netns
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// Issue 11, item 8: `add-server --help` had flags without a word of description.
+    #[test]
+    fn every_argument_of_every_command_says_what_it_does() {
+        let cli = Cli::command();
+        let mut missing = Vec::new();
+        for command in std::iter::once(&cli).chain(cli.get_subcommands()) {
+            for arg in command.get_arguments() {
+                if arg.get_help().is_none() && arg.get_id() != "help" && arg.get_id() != "version" {
+                    missing.push(format!("{} {}", command.get_name(), arg.get_id()));
+                }
+            }
+        }
+        assert!(missing.is_empty(), "undescribed: {missing:?}");
+    }
+
+    #[test]
+    fn http_takes_an_address_or_a_host_name() {
+        assert_eq!(
+            parse_http_addr("127.0.0.1:9180"),
+            Ok("127.0.0.1:9180".parse().unwrap())
+        );
+        assert!(parse_http_addr("localhost:9180").is_ok_and(|a| a.ip().is_loopback()));
+        assert!(parse_http_addr("[::1]:9180").is_ok());
+        assert!(parse_http_addr("no-port").is_err());
     }
 }

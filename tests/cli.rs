@@ -40,3 +40,22 @@ fn check_says_why_it_cannot_read_and_bounds_the_file_size() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr.contains("larger than 16777216 bytes"), "{stderr}");
 }
+
+/// Issue 11, item 8: `--http localhost:9180` was refused.
+#[test]
+fn http_takes_a_host_name_as_well_as_an_address() {
+    for (addr, ok) in [
+        ("localhost:9180", true),
+        ("127.0.0.1:9180", true),
+        ("[::1]:9180", true),
+        ("no-port", false),
+    ] {
+        // `--help` after the options parses them and stops there: nothing starts.
+        let out = netd()
+            .args(["up", "topology/demo.toml", "--http", addr, "--help"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.success(), ok, "{addr}: {stderr}");
+    }
+}

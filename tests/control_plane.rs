@@ -120,7 +120,7 @@ fn servers_and_tenants_are_added_and_removed_live() {
 
     // The running state written back is a topology `netd check` accepts.
     let written = std::env::temp_dir().join(format!("{}-running.toml", topo.prefix));
-    std::fs::write(&written, netd_ok(&topo, &["status", "--topology"])).unwrap();
+    std::fs::write(&written, netd_ok(&topo, &["status", "--toml"])).unwrap();
     let check = std::process::Command::new(netd_bin())
         .arg("check")
         .arg(&written)
@@ -139,7 +139,7 @@ fn rejected_changes_leave_everything_as_it_was() {
     require_privileges();
     let topo = TestTopology::new(TOPOLOGY);
     let _netd = Daemon::start(&topo, &[]);
-    let before = netd_ok(&topo, &["status", "--topology"]);
+    let before = netd_ok(&topo, &["status", "--toml"]);
     let a = topo.name("a");
 
     // Sum of guarantees above capacity: the validator's own error, nothing changed.
@@ -172,7 +172,7 @@ fn rejected_changes_leave_everything_as_it_was() {
     );
     assert!(!netns_exists(&dup), "a rejected server left a namespace");
 
-    assert_eq!(netd_ok(&topo, &["status", "--topology"]), before);
+    assert_eq!(netd_ok(&topo, &["status", "--toml"]), before);
     assert!(ping(&topo.name("a1"), "10.66.0.2", 3));
 }
 
@@ -632,4 +632,36 @@ fn a_port_whose_device_vanished_shows_down_everywhere() {
     assert!(!running.contains("None"), "{running}");
     let up_line = log.lines().find(|l| l.contains("netd is up")).unwrap();
     assert!(!up_line.contains("Some("), "{up_line}");
+}
+
+/// Issue 11, item 8: a non-root `netd status` said no daemon runs when the truth is that
+/// only root may use the control socket.
+#[test]
+fn a_user_who_may_not_use_the_socket_is_told_so() {
+    require_privileges();
+    let topo = TestTopology::new(TOPOLOGY);
+    // A run directory of this test's own, and a copy of netd that `nobody` may execute
+    // wherever the checkout lives.
+    let dir = topo.path.with_extension("run");
+    std::fs::create_dir_all(&dir).unwrap();
+    let _dir = common::TempDir(dir.clone());
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let netd_copy = dir.join("netd");
+    std::fs::copy(netd_bin(), &netd_copy).unwrap();
+    let socket = dir.join("x.sock");
+    let _netd = Daemon::start(&topo, &["--socket", socket.to_str().unwrap()]);
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(&netd_copy)
+        .arg("status")
+        .env("NETD_RUN_DIR", &dir)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("only root may use its control socket"),
+        "{stderr}"
+    );
 }

@@ -15,6 +15,8 @@ use super::{Request, Response};
 pub enum ClientError {
     #[error("No running netd daemon found (no live socket in {0}); is `netd up` running?")]
     NoDaemon(PathBuf),
+    #[error("A netd daemon runs, but only root may use its control socket ({}): run this as root (e.g. with sudo)", list(.0).trim())]
+    PermissionDenied(Vec<PathBuf>),
     #[error("Several netd daemons are running; pick one with --socket PATH or --topology FILE:\n{}", list(.0))]
     Ambiguous(Vec<PathBuf>),
     #[error("Cannot connect to {path}")]
@@ -41,25 +43,33 @@ fn list(paths: &[PathBuf]) -> String {
         .join("\n")
 }
 
-/// Return the live sockets in `dir`, sorted.
-pub fn live_sockets(dir: &Path) -> Vec<PathBuf> {
+/// Return the live sockets in `dir`, sorted, and those a daemon may serve but this user may
+/// not connect to.
+pub fn live_sockets(dir: &Path) -> (Vec<PathBuf>, Vec<PathBuf>) {
     let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
+        return (Vec::new(), Vec::new());
     };
-    let mut found: Vec<PathBuf> = entries
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "sock"))
-        .filter(|p| UnixStream::connect(p).is_ok())
-        .collect();
-    found.sort();
-    found
+    let (mut live, mut denied) = (Vec::new(), Vec::new());
+    for path in entries.filter_map(Result::ok).map(|e| e.path()) {
+        if path.extension().is_none_or(|e| e != "sock") {
+            continue;
+        }
+        match UnixStream::connect(&path) {
+            Ok(_) => live.push(path),
+            Err(err) if err.kind() == std::io::ErrorKind::PermissionDenied => denied.push(path),
+            Err(_) => {} // stale
+        }
+    }
+    live.sort();
+    denied.sort();
+    (live, denied)
 }
 
 /// Return the socket of the only live daemon in `dir`.
 pub fn discover(dir: &Path) -> Result<PathBuf, ClientError> {
-    let mut live = live_sockets(dir);
+    let (mut live, denied) = live_sockets(dir);
     match live.len() {
+        0 if !denied.is_empty() => Err(ClientError::PermissionDenied(denied)),
         0 => Err(ClientError::NoDaemon(dir.to_path_buf())),
         1 => Ok(live.remove(0)),
         _ => Err(ClientError::Ambiguous(live)),

@@ -252,7 +252,7 @@ impl Control {
         let topology = self.topology().await;
         let text = toml::to_string(&topology.to_file()).unwrap_or_default();
         format!(
-            "# Running state of netd topology {:?} (from {}), written by `netd status --topology`.\n{text}",
+            "# Running state of netd topology {:?} (from {}), written by `netd status --toml`.\n{text}",
             topology.name,
             topology.source.display()
         )
