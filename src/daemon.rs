@@ -246,7 +246,7 @@ pub async fn up(
             _ = sighup.recv() => {
                 info!("SIGHUP: reloading the topology file");
                 // The outcome (applied or rejected, and why) is logged by the control plane.
-                let _ = control.reload("sighup").await;
+                let _ = control.reload("sighup", false).await;
             }
         }
     };

@@ -113,8 +113,13 @@ enum Command {
         #[arg(long)]
         weight: Option<i64>,
     },
-    /// Re-read the topology file and apply only the difference (as SIGHUP does).
-    Reload,
+    /// Re-read the topology file and apply only the difference (as SIGHUP does). Servers
+    /// added live that the file no longer lists are removed only with --prune.
+    Reload {
+        /// Also remove servers that were added live and are no longer in the file.
+        #[arg(long)]
+        prune: bool,
+    },
     /// Add a tenant.
     AddTenant {
         /// The tenant's name (an interface-name-like word).
@@ -367,8 +372,9 @@ fn client_command(
             }
             return Ok(());
         }
-        Command::Reload => {
-            print_applied(&serde_json::from_value(call(&path, &Request::Reload)?)?);
+        Command::Reload { prune } => {
+            let applied = call(&path, &Request::Reload { prune })?;
+            print_applied(&serde_json::from_value(applied)?);
             return Ok(());
         }
         Command::SetRate {

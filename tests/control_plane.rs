@@ -665,3 +665,52 @@ fn a_user_who_may_not_use_the_socket_is_told_so() {
         "{stderr}"
     );
 }
+
+/// Issue 11, item 2: `add-tenant; add-server; reload` deleted the new server without a word,
+/// and so did a restart. Live changes are now written back to the file, and a reload that
+/// would remove a server created live needs `--prune`.
+#[test]
+fn live_changes_survive_reload_and_restart_and_pruning_is_explicit() {
+    require_privileges();
+    let topo = TestTopology::new(TOPOLOGY);
+    let mut netd = Daemon::start(&topo, &[]);
+    let (t, s) = (topo.name("t"), topo.name("s"));
+    netd_ok(&topo, &["add-tenant", &t, "--guaranteed", "50mbit"]);
+    netd_ok(
+        &topo,
+        &["add-server", &s, "--tenant", &t, "--ip", "10.9.0.5/24"],
+    );
+    netd_ok(&topo, &["reload"]);
+    assert!(netns_exists(&s), "reload removed a server created live");
+    let file = std::fs::read_to_string(&topo.path).unwrap();
+    assert!(file.contains(&format!("[servers.{s}]")), "{file}");
+    assert!(
+        file.starts_with("\n[host]"),
+        "the file's own layout is kept: {file}"
+    );
+
+    // A restart reads the file: the server is still there.
+    netd.stop();
+    assert!(!netns_exists(&s));
+    let _netd = Daemon::start(&topo, &[]);
+    assert!(netns_exists(&s), "a restart lost a server created live");
+
+    // The operator takes it out of the file: reload shows it and refuses without --prune.
+    let edited = file.replace(&format!("[servers.{s}]"), "[servers.gone]");
+    let edited = edited.replace("[servers.gone]\ntenant", "[removed.gone]\ntenant");
+    let start = edited.find("[removed.gone]").unwrap();
+    let end = edited[start..]
+        .find("\n\n")
+        .map_or(edited.len(), |e| start + e + 1);
+    std::fs::write(
+        &topo.path,
+        format!("{}{}", &edited[..start], &edited[end..]),
+    )
+    .unwrap();
+    let (ok, _, err) = netd_cli(&topo, &["reload"]);
+    assert!(!ok && err.contains("--prune") && err.contains(&s), "{err}");
+    assert!(netns_exists(&s));
+    // Gone once the operator says so; and a restart since keeps it gone.
+    netd_ok(&topo, &["reload", "--prune"]);
+    assert!(!netns_exists(&s));
+}

@@ -22,7 +22,7 @@
 //! | `GET /api/status` | | [`super::report::Status`] |
 //! | `GET /api/stats` | | [`super::report::StatsReport`] |
 //! | `GET /api/topology` | | the running state as topology TOML (text) |
-//! | `POST /api/reload` | | what changed |
+//! | `POST /api/reload` | optional `{"prune":true}` | what changed |
 //! | `POST /api/set-rate` | `{"tenant":"acme","guaranteed":"200mbit"}` | what changed |
 //! | `POST /api/add-tenant` | `{"name":"x","tenant":{"guaranteed":"10mbit"}}` | what changed |
 //! | `POST /api/remove-tenant` | `{"name":"x"}` | what changed |
@@ -261,12 +261,27 @@ async fn read(State(control): State<Arc<Control>>, request: Request) -> HttpResp
 async fn reload(
     State(control): State<Arc<Control>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    body: axum::body::Bytes,
 ) -> HttpResponse {
-    answer(
-        control
-            .handle(Request::Reload, &format!("http {peer}"))
-            .await,
-    )
+    /// The optional body of `POST /api/reload`.
+    #[derive(serde::Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    struct Options {
+        #[serde(default)]
+        prune: bool,
+    }
+    let options = if body.iter().all(u8::is_ascii_whitespace) {
+        Options::default()
+    } else {
+        match serde_json::from_slice::<Options>(&body) {
+            Ok(options) => options,
+            Err(err) => return malformed(&format!("reload: {err}")),
+        }
+    };
+    let request = Request::Reload {
+        prune: options.prune,
+    };
+    answer(control.handle(request, &format!("http {peer}")).await)
 }
 
 async fn change(

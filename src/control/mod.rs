@@ -26,6 +26,7 @@ pub mod auth;
 pub mod change;
 pub mod client;
 pub mod http;
+pub mod persist;
 pub mod rates;
 pub mod report;
 pub mod socket;
@@ -37,7 +38,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 pub use change::{Change, Diff};
 use rates::{LONG, Meter, RateMeter, SHORT};
@@ -96,6 +97,13 @@ pub enum ControlError {
         "Refusing to serve HTTP on the non-loopback address {0}; pass --http-allow-public to really do it"
     )]
     PublicAddress(std::net::SocketAddr),
+    #[error(
+        "The topology file no longer has servers created live: {}; reload would remove them: pass --prune to do so",
+        .0.join(", ")
+    )]
+    WouldRemoveLiveServers(Vec<String>),
+    #[error(transparent)]
+    Persist(#[from] persist::PersistError),
 }
 
 fn format_invalid(errors: &[ValidationError]) -> String {
@@ -114,8 +122,12 @@ pub enum Request {
     Topology,
     /// Prometheus text.
     Metrics,
-    /// Re-read the topology file and apply the difference.
-    Reload,
+    /// Re-read the topology file and apply the difference; servers created live that the
+    /// file no longer has are removed only with `prune`.
+    Reload {
+        #[serde(default)]
+        prune: bool,
+    },
     /// Apply one change.
     Apply { change: Box<Change> },
 }
@@ -175,6 +187,8 @@ pub struct Running {
     datapath: UpdateHandle,
     /// What new servers' TAPs carry (as the ones made at start-up).
     offload: Offload,
+    /// Servers added by `add-server` since start: a reload removes them only when told to.
+    live_servers: BTreeSet<String>,
 }
 
 /// The control plane of one daemon, shared by the socket, HTTP and signal handlers.
@@ -196,6 +210,7 @@ impl Control {
     ) -> Control {
         let next_tenant = u32::try_from(topology.tenant_id_bound()).unwrap_or(u32::MAX);
         let next_port = u32::try_from(topology.port_id_bound()).unwrap_or(u32::MAX);
+        let live_servers = persist::live_servers(&topology.source);
         Control {
             state: tokio::sync::Mutex::new(Running {
                 topology,
@@ -204,6 +219,7 @@ impl Control {
                 plumbing,
                 datapath,
                 offload,
+                live_servers,
             }),
             stats: RwLock::new(stats),
             rates: Mutex::new(RateMeter::default()),
@@ -242,7 +258,7 @@ impl Control {
             Request::Stats => Response::ok(self.stats_report().await),
             Request::Topology => Response::ok(self.topology_toml().await),
             Request::Metrics => Response::ok(self.metrics().await),
-            Request::Reload => result(self.reload(origin).await),
+            Request::Reload { prune } => result(self.reload(origin, prune).await),
             Request::Apply { change } => result(self.apply(*change, origin).await),
         }
     }
@@ -392,7 +408,7 @@ impl Control {
     }
 
     /// Re-read the topology file and apply the difference.
-    pub async fn reload(&self, origin: &str) -> Result<Applied, ControlError> {
+    pub async fn reload(&self, origin: &str, prune: bool) -> Result<Applied, ControlError> {
         let mut state = self.state.lock().await;
         let path = state.topology.source.clone();
         let result = (|| {
@@ -404,9 +420,19 @@ impl Control {
                 .map_err(|e| ControlError::Invalid(vec![e]))?;
             let (mut nt, mut np) = (state.next_tenant, state.next_port);
             let new = change::accept(&state.topology, &path, &file, &mut nt, &mut np)?;
+            let lost: Vec<String> = state
+                .live_servers
+                .iter()
+                .filter(|name| new.server_by_name(name).is_none())
+                .cloned()
+                .collect();
+            if !lost.is_empty() && !prune {
+                return Err(ControlError::WouldRemoveLiveServers(lost));
+            }
             Ok((new, nt, np))
         })();
-        self.commit(&mut state, result, origin, "reload").await
+        self.commit(&mut state, result, origin, "reload", None)
+            .await
     }
 
     /// Validate and apply one change.
@@ -422,16 +448,19 @@ impl Control {
             Change::AddServer { .. } => "add-server",
             Change::RemoveServer { .. } => "remove-server",
         };
-        self.commit(&mut state, result, origin, action).await
+        self.commit(&mut state, result, origin, action, Some(&change))
+            .await
     }
 
-    /// Apply a validated new topology (or log the rejection).
+    /// Apply a validated new topology (or log the rejection). A `change` is written back to
+    /// the topology file first, and the file restored if applying it fails.
     async fn commit(
         &self,
         state: &mut Running,
         proposed: Result<(Topology, u32, u32), ControlError>,
         origin: &str,
         action: &str,
+        change: Option<&Change>,
     ) -> Result<Applied, ControlError> {
         let (new, next_tenant, next_port) = match proposed {
             Ok(p) => p,
@@ -449,8 +478,30 @@ impl Control {
                 datapath_us: None,
             });
         }
+        let source = state.topology.source.clone();
+        let previous = match change.filter(|_| !source.as_os_str().is_empty()) {
+            Some(change) => match persist::write_back(&source, change, &new) {
+                Ok(text) => Some(text),
+                Err(err) => {
+                    warn!(origin, action, cause = %err, "control change rejected; nothing changed");
+                    return Err(ControlError::Persist(err));
+                }
+            },
+            None => None,
+        };
         match self.apply_diff(state, &new, &diff).await {
             Ok(us) => {
+                match change {
+                    Some(Change::AddServer { name, .. }) => {
+                        state.live_servers.insert(name.clone());
+                    }
+                    Some(Change::RemoveServer { name }) => {
+                        state.live_servers.remove(name);
+                    }
+                    _ => state
+                        .live_servers
+                        .retain(|n| new.server_by_name(n).is_some()),
+                }
                 for change in &changes {
                     info!(origin, action, change = %change, datapath_us = us, "control change applied");
                 }
@@ -463,6 +514,11 @@ impl Control {
                 })
             }
             Err(err) => {
+                if let Some(text) = previous
+                    && let Err(restore) = persist::restore(&source, &text)
+                {
+                    error!(cause = %restore, "the topology file keeps a change that was not applied");
+                }
                 warn!(origin, action, cause = %err, "control change failed; nothing changed");
                 Err(err)
             }
