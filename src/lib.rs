@@ -27,6 +27,8 @@
 pub mod control;
 pub mod daemon;
 pub mod datapath;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gateway;
 pub mod kernel;
 pub mod pool;

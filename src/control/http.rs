@@ -290,17 +290,9 @@ async fn change(
     Path(kind): Path<String>,
     body: axum::body::Bytes,
 ) -> HttpResponse {
-    let mut value: serde_json::Value = match serde_json::from_slice(&body) {
-        Ok(v) => v,
-        Err(err) => return malformed(&err.to_string()),
-    };
-    let Some(object) = value.as_object_mut() else {
-        return malformed("expected a JSON object");
-    };
-    object.insert("change".into(), serde_json::Value::String(kind.clone()));
-    let change: Change = match serde_json::from_value(value) {
-        Ok(c) => c,
-        Err(err) => return malformed(&format!("{kind}: {err}")),
+    let change = match parse_change(&kind, &body) {
+        Ok(change) => change,
+        Err(message) => return malformed(&message),
     };
     answer(
         control
@@ -312,6 +304,17 @@ async fn change(
             )
             .await,
     )
+}
+
+/// Parse the body of `POST /api/{kind}` into a [`Change`]: the JSON object of the change's
+/// fields, its kind taken from the path.
+pub fn parse_change(kind: &str, body: &[u8]) -> Result<Change, String> {
+    let mut value: serde_json::Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    let Some(object) = value.as_object_mut() else {
+        return Err("expected a JSON object".into());
+    };
+    object.insert("change".into(), serde_json::Value::String(kind.to_string()));
+    serde_json::from_value(value).map_err(|err| format!("{kind}: {err}"))
 }
 
 fn malformed(message: &str) -> HttpResponse {
