@@ -49,14 +49,7 @@ fn tenant<'a>(status: &'a serde_json::Value, name: &str) -> &'a serde_json::Valu
 }
 
 fn port_rx_frames(topo: &TestTopology, server: &str) -> u64 {
-    let stats: serde_json::Value =
-        serde_json::from_str(&netd_ok(topo, &["stats", "--json"])).unwrap();
-    stats["ports"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["server"] == server)
-        .unwrap_or_else(|| panic!("no port {server} in {stats}"))["counters"]["rx_frames"]
+    common::port_counters(topo, server)["rx_frames"]
         .as_u64()
         .unwrap()
 }

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{Daemon, TempFile, TestTopology, netd_ok, ping, require_privileges, sh};
+use common::{Daemon, TempFile, TestTopology, ping, require_privileges, sh};
 
 const TOPOLOGY: &str = r#"
 [host]
@@ -34,15 +34,7 @@ ip = "10.78.0.20/24"
 
 /// The drops by reason netd counted on one server's port.
 fn port_drops(topo: &TestTopology, server: &str) -> serde_json::Value {
-    let stats: serde_json::Value =
-        serde_json::from_str(&netd_ok(topo, &["stats", "--json"])).unwrap();
-    stats["ports"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["server"] == server)
-        .unwrap_or_else(|| panic!("no port {server} in {stats}"))["counters"]["drops"]
-        .clone()
+    common::port_counters(topo, server)["drops"].clone()
 }
 
 #[test]

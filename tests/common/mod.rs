@@ -156,6 +156,8 @@ pub struct Daemon {
     child: Option<Child>,
     lines: Arc<Mutex<Vec<String>>>,
     rx: Receiver<String>,
+    /// The reader thread, done once the daemon's stderr closed.
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Daemon {
@@ -203,7 +205,7 @@ impl Daemon {
         let lines = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = channel();
         let sink = lines.clone();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 sink.lock().unwrap().push(line.clone());
                 let _ = tx.send(line);
@@ -211,6 +213,7 @@ impl Daemon {
         });
         Daemon {
             child: Some(child),
+            reader: Some(reader),
             lines,
             rx,
         }
@@ -265,8 +268,11 @@ impl Daemon {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Ok(Some(status)) = child.try_wait() {
-                // Let the reader thread collect the last lines.
-                std::thread::sleep(Duration::from_millis(50));
+                // The last lines are in once the reader saw stderr close (netd holds no
+                // children that could keep it open).
+                if let Some(reader) = self.reader.take() {
+                    let _ = reader.join();
+                }
                 return status.code();
             }
             if Instant::now() > deadline {
@@ -451,4 +457,17 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// The counters of one server's port, from `netd stats --json`.
+pub fn port_counters(topology: &TestTopology, server: &str) -> serde_json::Value {
+    let stats: serde_json::Value =
+        serde_json::from_str(&netd_ok(topology, &["stats", "--json"])).unwrap();
+    stats["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["server"] == server)
+        .unwrap_or_else(|| panic!("no port {server} in {stats}"))["counters"]
+        .clone()
 }
