@@ -307,6 +307,9 @@ struct Egress {
     /// Ports known to have frames to read, by slot: an fd's edge seen and not yet drained to
     /// `WouldBlock`, or a deadline port written to or due.
     ready: Vec<bool>,
+    /// Slots of the ports without an fd (driven by deadlines): the few the loop asks for
+    /// their next deadline every turn, instead of asking every port.
+    deadline_slots: Vec<usize>,
     switch: Switch,
     stats: Arc<Stats>,
     pool: BufferPool,
@@ -374,6 +377,7 @@ impl DataPath {
         let mut pool = BufferPool::default();
         let rx = pool.take_large();
         let scratch = pool.take_large();
+        let deadline_slots = deadline_slots(&ports);
         Ok((
             DataPath {
                 poll,
@@ -381,6 +385,7 @@ impl DataPath {
                     ports,
                     slot_of,
                     ready,
+                    deadline_slots,
                     switch,
                     stats,
                     pool,
@@ -578,6 +583,7 @@ impl DataPath {
             }
             self.timer_target = None;
         }
+        egress.deadline_slots = deadline_slots(&egress.ports);
         self.publish_shaper_counters();
         if let Some(done) = update.done {
             let _ = done.send(removed);
@@ -641,7 +647,8 @@ impl DataPath {
     /// Run the timers of deadline ports that are due; mark them to be read.
     fn poll_deadline_ports(&mut self, now: Nanos) {
         let egress = &mut self.egress;
-        for (slot, port) in egress.ports.iter_mut().enumerate() {
+        for &slot in &egress.deadline_slots {
+            let port = &mut egress.ports[slot];
             if port.poll_at().is_some_and(|at| at <= now) {
                 port.poll(now);
                 egress.ready[slot] = true;
@@ -652,7 +659,11 @@ impl DataPath {
     /// Arm the timer for the shaper's next release or the earliest port deadline, unless it
     /// is already armed for it.
     fn arm_timer(&mut self, now: Nanos) -> io::Result<()> {
-        let ports = self.egress.ports.iter().filter_map(|p| p.poll_at());
+        let egress = &self.egress;
+        let ports = egress
+            .deadline_slots
+            .iter()
+            .filter_map(|&slot| egress.ports[slot].poll_at());
         let next = ports.chain(self.shaper.next_release()).min();
         if let Some(at) = next
             && self.timer_target != Some(at)
@@ -847,6 +858,13 @@ impl Egress {
             self.stats.tenants[tenant.index()].count_drop(reason);
         }
     }
+}
+
+/// Return the slots of the ports driven by deadlines (those without an fd).
+fn deadline_slots(ports: &[Box<dyn Port>]) -> Vec<usize> {
+    (0..ports.len())
+        .filter(|&slot| ports[slot].fd().is_none())
+        .collect()
 }
 
 /// Register a port's fd, if it has one, under `slot`.
