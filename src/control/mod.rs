@@ -491,17 +491,7 @@ impl Control {
         };
         match self.apply_diff(state, &new, &diff).await {
             Ok(us) => {
-                match change {
-                    Some(Change::AddServer { name, .. }) => {
-                        state.live_servers.insert(name.clone());
-                    }
-                    Some(Change::RemoveServer { name }) => {
-                        state.live_servers.remove(name);
-                    }
-                    _ => state
-                        .live_servers
-                        .retain(|n| new.server_by_name(n).is_some()),
-                }
+                track_live_servers(&mut state.live_servers, change, &new);
                 for change in &changes {
                     info!(origin, action, change = %change, datapath_us = us, "control change applied");
                 }
@@ -619,6 +609,19 @@ impl Control {
             }
         }
         Ok(us)
+    }
+}
+
+/// Keep the set of servers added live up to date after an applied change.
+fn track_live_servers(live: &mut BTreeSet<String>, change: Option<&Change>, new: &Topology) {
+    match change {
+        Some(Change::AddServer { name, .. }) => {
+            live.insert(name.clone());
+        }
+        Some(Change::RemoveServer { name }) => {
+            live.remove(name);
+        }
+        _ => live.retain(|n| new.server_by_name(n).is_some()),
     }
 }
 
