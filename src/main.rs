@@ -47,6 +47,12 @@ enum Command {
         /// Topology file (TOML).
         file: PathBuf,
     },
+    /// Remove what a netd that was killed left of a topology (its servers' namespaces, its
+    /// control socket and token files); refused while a netd serves it.
+    Down {
+        /// Topology file (TOML).
+        file: PathBuf,
+    },
     /// Create the topology's namespaces and TAPs and run the switch until SIGINT/SIGTERM.
     Up {
         /// Topology file (TOML).
@@ -292,6 +298,13 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Down { file } => match down(&file, cli.socket) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("error: {err:#}");
+                ExitCode::FAILURE
+            }
+        },
         command => match client_command(cli.socket, cli.topology, command) {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => {
@@ -334,7 +347,9 @@ fn client_command(
 ) -> anyhow::Result<()> {
     let path = find_socket(socket, topology)?;
     let change = match command {
-        Command::Check { .. } | Command::Up { .. } => unreachable!("handled by main"),
+        Command::Check { .. } | Command::Up { .. } | Command::Down { .. } => {
+            unreachable!("handled by main")
+        }
         Command::Status { watch, json, toml } => {
             if toml {
                 print!(
@@ -609,6 +624,39 @@ fn print_stats(stats: &netd::control::report::StatsReport) {
             drops(&c.drops)
         );
     }
+}
+
+/// `netd down FILE`: remove what a killed netd left of the topology in `file`.
+fn down(file: &std::path::Path, socket: Option<PathBuf>) -> anyhow::Result<()> {
+    let topology = topology::load(file)?;
+    netd::kernel::check_privileges()?;
+    let socket = socket.unwrap_or_else(|| socket::socket_path(&topology.name));
+    if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+        anyhow::bail!(
+            "netd is running {} (its socket {} answers): stop it with Ctrl-C or SIGTERM, which removes everything",
+            topology.name,
+            socket.display()
+        );
+    }
+    let removed = netd::kernel::remove_leftovers(&topology)?;
+    let token = netd::control::auth::token_path(
+        socket.parent().unwrap_or(std::path::Path::new(".")),
+        &topology.name,
+    );
+    for path in [&socket, &token] {
+        let _ = std::fs::remove_file(path);
+    }
+    println!(
+        "removed {} namespace(s) left by netd for {}{}",
+        removed.len(),
+        topology.name,
+        if removed.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", removed.join(", "))
+        }
+    );
+    Ok(())
 }
 
 fn run_up(topology: Topology, options: UpOptions) -> anyhow::Result<()> {

@@ -707,3 +707,49 @@ fn live_changes_survive_reload_and_restart_and_pruning_is_explicit() {
     netd_ok(&topo, &["reload", "--prune"]);
     assert!(!netns_exists(&s));
 }
+
+/// Issue 11, item 3 (in part): after `kill -9` the namespaces stay as empty shells and
+/// `netd up` refused with no hint. It now names `netd down FILE`, which removes them.
+#[test]
+fn netd_down_removes_what_a_killed_netd_left() {
+    require_privileges();
+    let topo = TestTopology::new(TOPOLOGY);
+    let mut netd = Daemon::start(&topo, &[]);
+    let file = topo.path.to_str().unwrap();
+    let down = |args: &[&str]| {
+        std::process::Command::new(netd_bin())
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    // Never under a running daemon.
+    let out = down(&["down", file]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("netd is running"));
+    assert!(netns_exists(&topo.name("a1")));
+
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", &netd.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    netd.wait_exit();
+    assert!(
+        netns_exists(&topo.name("a1")),
+        "SIGKILL tore down (nothing to test)"
+    );
+    let mut again = Daemon::spawn(&topo, &[]);
+    assert_eq!(again.wait_exit(), Some(1));
+    assert!(again.log().contains("netd down FILE"), "{}", again.log());
+
+    let out = down(&["down", file]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(stdout.contains("removed 3 namespace(s)"), "{stdout}");
+    for server in ["a1", "a2", "b1"] {
+        assert!(!netns_exists(&topo.name(server)));
+    }
+    // And it comes up again.
+    let _netd = Daemon::start(&topo, &[]);
+    assert!(ping(&topo.name("a1"), "10.66.0.2", 2));
+}

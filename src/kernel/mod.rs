@@ -40,7 +40,10 @@ pub enum KernelError {
     NoTunDevice(#[source] std::io::Error),
     #[error("Cannot run `ip` (install iproute2)")]
     NoIpTool(#[source] std::io::Error),
-    #[error("Network namespace(s) already exist, refusing to touch them: {}", .0.join(", "))]
+    #[error(
+        "Network namespace(s) already exist, refusing to touch them: {}. If a netd that was killed left them, `netd down FILE` removes them",
+        .0.join(", ")
+    )]
     NamespacesExist(Vec<String>),
     #[error("Cannot create network namespace {netns:?}: {detail}")]
     CreateNamespace { netns: String, detail: String },
@@ -165,6 +168,19 @@ pub fn preflight(topology: &Topology) -> Result<(), KernelError> {
         return Err(KernelError::NamespacesExist(clashes));
     }
     Ok(())
+}
+
+/// Remove what a netd that died (SIGKILL, a crash) left of `topology`: the namespaces of its
+/// servers that still exist. Return the ones removed; stop at the first that cannot go.
+pub fn remove_leftovers(topology: &Topology) -> Result<Vec<String>, KernelError> {
+    let mut removed = Vec::new();
+    for server in &topology.servers {
+        if netns::exists(&server.netns) {
+            netns::delete(&server.netns)?;
+            removed.push(server.netns.clone());
+        }
+    }
+    Ok(removed)
 }
 
 /// Create every server's namespace and TAP and configure its link; all or nothing.
