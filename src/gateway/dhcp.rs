@@ -5,26 +5,20 @@
 //! gateway as router, the tenant's DNS servers and [`LEASE_SECS`]; a REQUEST for anything
 //! else, or naming this server but the wrong address, gets a NAK; everything else (a client
 //! without a lease, RELEASE, DECLINE, INFORM, a REQUEST for another server) gets nothing.
-//! Leases are looked up by the Ethernet source of the frame, which the switch's guard has
-//! verified to be the asking port's own MAC; a request whose `chaddr` differs from it is
-//! refused before it gets here ([`chaddr_is_source`]), so no server gets another's lease.
+//! Leases are looked up by the request's client hardware address, which the switch's guard
+//! has verified to be the asking port's own MAC (a request naming another is dropped as
+//! `spoofed_mac` before it gets here), so no server gets another's lease.
 
 use std::collections::BTreeMap;
 
 use ipnetwork::Ipv4Network;
-use smoltcp::wire::{
-    DhcpMessageType, DhcpOption, DhcpPacket, DhcpRepr, EthernetFrame, EthernetProtocol, IpProtocol,
-    Ipv4Address, Ipv4Packet, UdpPacket,
-};
+use smoltcp::wire::{DhcpMessageType, DhcpOption, DhcpRepr, Ipv4Address};
 
 use crate::topology::{Gateway, Server};
 use crate::wire::MacAddr;
 
 /// Lease time handed out; the leases are static, so this only sets how often clients renew.
 pub const LEASE_SECS: u32 = 3600;
-/// DHCP's ports (RFC 2131).
-pub const SERVER_PORT: u16 = 67;
-pub const CLIENT_PORT: u16 = 68;
 /// DHCP option 6: domain name servers.
 const OPTION_DNS: u8 = 6;
 
@@ -36,9 +30,6 @@ pub struct Leases {
     /// The DNS option's payload: the servers' addresses back to back.
     dns: Vec<u8>,
 }
-
-/// What to send back: the DHCP message (its `additional_options` borrow from [`Leases`]).
-pub type Reply<'a> = DhcpRepr<'a>;
 
 impl Leases {
     /// Collect the leases of `servers` (those of the gateway's tenant) behind `gateway`.
@@ -57,7 +48,7 @@ impl Leases {
         source: MacAddr,
         request: &DhcpRepr<'_>,
         options: &'a mut [DhcpOption<'a>; 1],
-    ) -> Option<Reply<'a>> {
+    ) -> Option<DhcpRepr<'a>> {
         let lease = self.by_mac.get(&source).copied();
         let me = self.gateway.ip();
         let kind = match request.message_type {
@@ -116,28 +107,4 @@ impl Leases {
         }
         Some(reply)
     }
-}
-
-/// Return false for a DHCP request (UDP to port 67) whose client hardware address is not
-/// the frame's Ethernet source; true for any other frame.
-pub fn chaddr_is_source(frame: &[u8]) -> bool {
-    let Some(dhcp) = dhcp_request(frame) else {
-        return true;
-    };
-    let source = EthernetFrame::new_unchecked(frame).src_addr();
-    DhcpPacket::new_checked(dhcp).is_ok_and(|p| p.client_hardware_address() == source)
-}
-
-/// Return the DHCP payload of a frame carrying UDP to port 67 over IPv4, if it is one.
-fn dhcp_request(frame: &[u8]) -> Option<&[u8]> {
-    let eth = EthernetFrame::new_checked(frame).ok()?;
-    if eth.ethertype() != EthernetProtocol::Ipv4 {
-        return None;
-    }
-    let ip = Ipv4Packet::new_checked(eth.payload()).ok()?;
-    if ip.next_header() != IpProtocol::Udp {
-        return None;
-    }
-    let udp = UdpPacket::new_checked(ip.payload()).ok()?;
-    (udp.dst_port() == SERVER_PORT).then(|| udp.payload())
 }

@@ -319,11 +319,10 @@ fn dhcp_hands_each_server_its_own_lease_from_the_topology() {
 #[test]
 fn a_dhcp_request_for_another_servers_mac_gets_nothing_and_is_counted() {
     let run = start();
-    // a1 asks in a2's name: the switch lets it through (its source MAC is its own), the
-    // gateway refuses it.
+    // a1 asks in a2's name (its frame's source MAC is its own): the switch's guard drops it.
     let stolen = dhcp(A1_MAC, A2_MAC, DhcpMessageType::Discover, None, None);
     run.peer(A1).send(&stolen).unwrap();
-    run.wait_drop(GW, DropReason::WriteFailed);
+    run.wait_drop(A1, DropReason::SpoofedMac);
     assert_eq!(run.peer(A1).recv(SILENT), None);
     // a2 itself still gets its lease.
     run.peer(A2)

@@ -119,6 +119,10 @@ pub mod at {
     pub const ARP_SPA: usize = 28;
     pub const IPV4_TOTAL_LEN: usize = 16;
     pub const IPV4_SRC: usize = 26;
+    /// UDP destination port over IPv4 without options.
+    pub const UDP_DST: usize = 14 + 20 + 2;
+    /// Client hardware address of a DHCP message over IPv4 without options.
+    pub const DHCP_CHADDR: usize = 14 + 20 + 8 + 28;
     pub const IPV6_PAYLOAD_LEN: usize = 18;
     pub const IPV6_NEXT_HEADER: usize = 20;
     pub const IPV6_HOP_LIMIT: usize = 21;

@@ -11,8 +11,10 @@
 //! 3. By EtherType; anything but IPv4, ARP and IPv6 (802.1Q/802.1ad tags, LLDP, 802.3 length
 //!    fields...) is `UnsupportedEtherType`:
 //!    - IPv4: version 4 and consistent header/total lengths (`Malformed`), all present
-//!      (`Truncated`); never a DHCP server's answer, UDP 67 → 68 (`RogueDhcp`); source the
-//!      port's IPv4, or `0.0.0.0` only for a DHCP request, UDP 68 → 67 (`SpoofedIpv4`).
+//!      (`Truncated`); never a DHCP server's answer, UDP 67 → 68 (`RogueDhcp`); a DHCP
+//!      request, UDP 68 → 67, names the port's MAC as its client (`SpoofedMac`; too short
+//!      to hold one: `Malformed`); source the port's IPv4, or `0.0.0.0` only for a DHCP
+//!      request (`SpoofedIpv4`).
 //!    - ARP: Ethernet/IPv4 with lengths 6/4, operation request or reply (`Malformed`), all
 //!      present (`Truncated`); sender MAC the port's, sender IP the port's or `0.0.0.0` for
 //!      RFC 5227 probes (`SpoofedArp`).
@@ -46,9 +48,10 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use crate::stats::DropReason;
 use crate::topology::{PortKind, PortSpec, Server, TenantId};
 use crate::wire::{
-    ArpHardware, ArpOperation, ArpPacket, ETHERNET_HEADER_LEN, EthernetFrame, EthernetProtocol,
-    IPV4_HEADER_LEN, IPV6_HEADER_LEN, Icmpv6Message, Icmpv6Packet, IpProtocol, Ipv4Packet,
-    Ipv6ExtHeader, Ipv6Packet, MacAddr, NdiscOptionType, NdiscOptions,
+    ArpHardware, ArpOperation, ArpPacket, DHCP_CLIENT_PORT, DHCP_SERVER_PORT, DhcpPacket,
+    ETHERNET_HEADER_LEN, EthernetFrame, EthernetProtocol, IPV4_HEADER_LEN, IPV6_HEADER_LEN,
+    Icmpv6Message, Icmpv6Packet, IpProtocol, Ipv4Packet, Ipv6ExtHeader, Ipv6Packet, MacAddr,
+    NdiscOptionType, NdiscOptions,
 };
 
 /// Bytes of an ARP packet before its addresses: hardware/protocol type and length, operation.
@@ -57,9 +60,8 @@ const ARP_FIXED_LEN: usize = 8;
 const MLDV1_REPORT: u8 = 131;
 /// Hop limit that Neighbour Discovery messages must carry to be accepted (RFC 4861).
 const ND_HOP_LIMIT: u8 = 255;
-/// DHCPv4's ports (RFC 2131): servers answer from 67 to 68.
-const DHCP_SERVER_PORT: u16 = 67;
-const DHCP_CLIENT_PORT: u16 = 68;
+/// Bytes of a UDP header.
+const UDP_HEADER_LEN: usize = 8;
 
 /// What the guard knows about one port: its kind, the addresses it owns and its frame size
 /// limit.
@@ -185,9 +187,13 @@ fn check_ipv4(port: &PortFacts, payload: &[u8]) -> Result<(), DropReason> {
     if ports == Some((DHCP_SERVER_PORT, DHCP_CLIENT_PORT)) {
         return Err(DropReason::RogueDhcp);
     }
+    let dhcp_request = ports == Some((DHCP_CLIENT_PORT, DHCP_SERVER_PORT));
+    // The gateway hands a lease to the MAC a request names: it must be the port's own.
+    if dhcp_request {
+        check_dhcp_client(port, ip.payload())?;
+    }
     let src = ip.src_addr();
     // Before it has an address, a server may only ask DHCP for one.
-    let dhcp_request = ports == Some((DHCP_CLIENT_PORT, DHCP_SERVER_PORT));
     if src == port.ipv4 || (src.is_unspecified() && dhcp_request) {
         Ok(())
     } else {
@@ -204,6 +210,18 @@ fn udp_ports(ip: &Ipv4Packet<&[u8]>) -> Option<(u16, u16)> {
     let udp = ip.payload();
     let port = |at: usize| Some(u16::from_be_bytes([*udp.get(at)?, *udp.get(at + 1)?]));
     Some((port(0)?, port(2)?))
+}
+
+/// Check the client hardware address of a DHCP request (the UDP datagram in `udp`): the
+/// port's MAC (`SpoofedMac`), present (`Malformed`).
+fn check_dhcp_client(port: &PortFacts, udp: &[u8]) -> Result<(), DropReason> {
+    let dhcp = udp.get(UDP_HEADER_LEN..).unwrap_or_default();
+    let packet = DhcpPacket::new_checked(dhcp).map_err(|_| DropReason::Malformed)?;
+    if MacAddr::from(packet.client_hardware_address()) == port.mac {
+        Ok(())
+    } else {
+        Err(DropReason::SpoofedMac)
+    }
 }
 
 /// Check an ARP packet.
@@ -425,6 +443,8 @@ mod tests {
     #[case::ipv4_src_unassigned(&IPV4_TCP, at::IPV4_SRC, &[10, 0, 0, 3], SpoofedIpv4)]
     #[case::ipv4_src_broadcast(&IPV4_UDP, at::IPV4_SRC, &[255; 4], SpoofedIpv4)]
     #[case::dhcp_from_other_address(&DHCP_DISCOVER, at::IPV4_SRC, &[10, 0, 0, 3], SpoofedIpv4)]
+    #[case::dhcp_for_a_neighbours_mac(&DHCP_DISCOVER, at::DHCP_CHADDR, &A2_MAC, SpoofedMac)]
+    #[case::dhcp_for_another_tenants_mac(&DHCP_DISCOVER, at::DHCP_CHADDR, &B1_MAC, SpoofedMac)]
     #[case::arp_sender_mac(&ARP_REQUEST, at::ARP_SHA, &A2_MAC, SpoofedArp)]
     #[case::arp_sender_mac_other_tenant(&ARP_REPLY, at::ARP_SHA, &B1_MAC, SpoofedArp)]
     #[case::arp_sender_ip_poisoning(&ARP_REPLY, at::ARP_SPA, &[10, 0, 0, 2], SpoofedArp)]
@@ -495,6 +515,14 @@ mod tests {
         #[case] reason: DropReason,
     ) {
         assert_eq!(check_from(A1, &patched(frame, offset, bytes)), Err(reason));
+    }
+
+    #[test]
+    fn a_dhcp_request_too_short_to_name_its_client_is_malformed() {
+        // UDP 68 → 67 with 100 bytes of DHCP: less than the fixed part holding `chaddr`.
+        let mut short = DHCP_DISCOVER[..14 + 20 + 8 + 100].to_vec();
+        short[at::IPV4_TOTAL_LEN..at::IPV4_TOTAL_LEN + 2].copy_from_slice(&128u16.to_be_bytes());
+        assert_eq!(check_from(A1, &short), Err(Malformed));
     }
 
     #[test]

@@ -172,6 +172,9 @@ mod tests {
         let frame = patched(&frame, at::ETH_DST, &dst);
         if frame[at::ETHERTYPE..at::ETHERTYPE + 2] == [0x08, 0x06] {
             patched(&frame, at::ARP_SHA, &src)
+        } else if frame.get(at::UDP_DST..at::UDP_DST + 2) == Some(&[0, 67]) {
+            // A DHCP request names its sender as the client.
+            patched(&frame, at::DHCP_CHADDR, &src)
         } else {
             frame
         }

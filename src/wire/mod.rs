@@ -13,9 +13,10 @@ pub mod vnet;
 pub use mac::MacAddr;
 pub use ndisc::NdiscOptions;
 pub use smoltcp::wire::{
-    ArpHardware, ArpOperation, ArpPacket, ETHERNET_HEADER_LEN, EthernetAddress, EthernetFrame,
-    EthernetProtocol, IPV4_HEADER_LEN, IPV6_HEADER_LEN, Icmpv6Message, Icmpv6Packet, IpProtocol,
-    Ipv4Packet, Ipv6ExtHeader, Ipv6Packet, NdiscOption, NdiscOptionType,
+    ArpHardware, ArpOperation, ArpPacket, DHCP_CLIENT_PORT, DHCP_SERVER_PORT, DhcpPacket,
+    ETHERNET_HEADER_LEN, EthernetAddress, EthernetFrame, EthernetProtocol, IPV4_HEADER_LEN,
+    IPV6_HEADER_LEN, Icmpv6Message, Icmpv6Packet, IpProtocol, Ipv4Packet, Ipv6ExtHeader,
+    Ipv6Packet, NdiscOption, NdiscOptionType,
 };
 
 /// The unit error of every checked view: the bytes do not hold what they claim.
