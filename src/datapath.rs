@@ -289,11 +289,10 @@ pub struct Pending {
     buf: Vec<u8>,
     len: usize,
     ingress: PortId,
-    /// What the ingress port's frames carry (so the egress can convert).
+    /// What the ingress port's frames carry, and the header read with it (so the egress can
+    /// judge its size by segment and convert it without parsing again).
     offload: Offload,
-    /// The longest frame it is on a wire (a GSO frame: its first segment), for the
-    /// destination's MTU.
-    largest: usize,
+    vnet: VnetHeader,
     /// Where it goes; always a forward (the tenant is the one charged).
     decision: Decision,
 }
@@ -500,7 +499,9 @@ impl DataPath {
                     self.apply(update);
                 }
             }
-            self.poll_deadline_ports(self.now());
+            if !self.egress.deadline_slots.is_empty() {
+                self.poll_deadline_ports(self.now());
+            }
             for slot in 0..self.egress.ready.len() {
                 if self.egress.ready[slot] {
                     self.egress.ready[slot] = self.drain(slot);
@@ -715,25 +716,24 @@ impl DataPath {
         } else {
             VnetHeader::parse(&self.rx[..len])
         };
-        let decision = match vnet {
-            None => Decision::Drop(DropReason::Malformed),
-            Some(vnet) if vnet.is_gso() => egress.switch.decide_gso(ingress, frame),
-            Some(_) => egress.switch.decide(ingress, frame),
-        };
-        // Counted and charged to the tenant the decision names; a drop, to the port's own.
-        let Some(tenant) = decision.tenant() else {
-            if let Some(tenant) = egress.switch.tenant_of(ingress) {
-                egress.stats.tenants[tenant.index()].count_rx(frame.len());
-            }
-            if let Decision::Drop(reason) = decision {
-                egress.count_drop(ingress, reason);
-            }
+        let Some(vnet) = vnet else {
+            egress.drop_received(ingress, frame.len(), DropReason::Malformed);
             return;
         };
+        let decision = if vnet.is_gso() {
+            egress.switch.decide_gso(ingress, frame)
+        } else {
+            egress.switch.decide(ingress, frame)
+        };
+        // Counted and charged to the tenant the decision names.
+        let tenant = match decision {
+            Decision::Unicast(tenant, _) | Decision::Flood(tenant) => tenant,
+            Decision::Drop(reason) => {
+                egress.drop_received(ingress, frame.len(), reason);
+                return;
+            }
+        };
         egress.stats.tenants[tenant.index()].count_rx(frame.len());
-        // Only a frame whose header parsed got a forwarding decision.
-        let vnet = vnet.unwrap_or_default();
-        let largest = vnet.largest_segment(frame);
         if let Decision::Flood(_) = decision
             && !self.storm.allow(ingress)
         {
@@ -758,7 +758,7 @@ impl DataPath {
             len,
             ingress,
             offload,
-            largest,
+            vnet,
             decision,
         };
         match self
@@ -806,7 +806,9 @@ impl Egress {
     /// counting it as sent or as dropped on that port.
     fn deliver(&mut self, to: PortId, tenant: TenantId, pending: &Pending) {
         let frame = &pending.buf[..pending.len];
-        let l2_len = frame.len().saturating_sub(pending.offload.header_len());
+        let l2 = frame
+            .get(pending.offload.header_len()..)
+            .unwrap_or_default();
         // A port removed while frames to it were queued has no slot (and maybe no tenant).
         let Some(slot) = self.slot_of.get(to.index()).copied().flatten() else {
             if let Some(counters) = self.stats.ports.get(to.index()) {
@@ -817,28 +819,23 @@ impl Egress {
         if self
             .switch
             .max_frame_len(to)
-            .is_some_and(|max| pending.largest > max)
+            .is_some_and(|max| pending.vnet.largest_segment(l2) > max)
         {
             self.stats.ports[to.index()].count_drop(DropReason::TooBig);
             self.stats.tenants[tenant.index()].count_drop(DropReason::TooBig);
             return;
         }
         let port = &mut self.ports[slot];
-        let written = if port.offload() == pending.offload {
-            port.write(frame).map_err(|_| DropReason::WriteFailed)
-        } else {
-            convert(pending.offload, port.offload(), frame, &mut self.scratch).and_then(|n| {
-                port.write(&self.scratch[..n])
-                    .map_err(|_| DropReason::WriteFailed)
-            })
-        };
+        let converted = convert(pending, port.offload(), &mut self.scratch);
+        let written =
+            converted.and_then(|bytes| port.write(bytes).map_err(|_| DropReason::WriteFailed));
         if port.fd().is_none() {
             self.ready[slot] = true; // a deadline port may answer at once
         }
         match written {
             Ok(()) => {
-                self.stats.ports[to.index()].count_tx(l2_len);
-                self.stats.tenants[tenant.index()].count_tx(l2_len);
+                self.stats.ports[to.index()].count_tx(l2.len());
+                self.stats.tenants[tenant.index()].count_tx(l2.len());
             }
             Err(reason) => {
                 if reason == DropReason::WriteFailed {
@@ -848,6 +845,14 @@ impl Egress {
                 self.stats.tenants[tenant.index()].count_drop(reason);
             }
         }
+    }
+
+    /// Count a received frame that is dropped: on the ingress port's tenant too.
+    fn drop_received(&self, ingress: PortId, bytes: usize, reason: DropReason) {
+        if let Some(tenant) = self.switch.tenant_of(ingress) {
+            self.stats.tenants[tenant.index()].count_rx(bytes);
+        }
+        self.count_drop(ingress, reason);
     }
 
     /// Count a drop on the ingress port and its tenant.
@@ -875,37 +880,38 @@ fn register(registry: &Registry, port: &dyn Port, slot: usize) -> io::Result<()>
     }
 }
 
-/// Convert `frame`, as read from a port with offload `from`, for a port with offload `to`,
-/// into `out`; return its length. A plain frame gets an empty virtio-net header (checksums
-/// complete, no GSO); a frame losing its header has its partial checksum completed first,
-/// and a GSO super-frame cannot lose it (`GsoUnsupported`: it would need segmenting).
-fn convert(from: Offload, to: Offload, frame: &[u8], out: &mut [u8]) -> Result<usize, DropReason> {
-    match (from, to) {
+/// Return `pending`'s frame as a port with offload `to` takes it: as it is when the two
+/// ports agree, else converted into `out`. A plain frame gets an empty virtio-net header
+/// (checksums complete, no GSO); a frame losing its header has its partial checksum
+/// completed first, and a GSO super-frame cannot lose it (`GsoUnsupported`: it would need
+/// segmenting).
+fn convert<'a>(
+    pending: &'a Pending,
+    to: Offload,
+    out: &'a mut [u8],
+) -> Result<&'a [u8], DropReason> {
+    let frame = &pending.buf[..pending.len];
+    match (pending.offload, to) {
         (Offload::None, Offload::VnetHeader) => {
             let len = VNET_HDR_LEN + frame.len();
             let out = out.get_mut(..len).ok_or(DropReason::Oversized)?;
             out[..VNET_HDR_LEN].fill(0);
             out[VNET_HDR_LEN..].copy_from_slice(frame);
-            Ok(len)
+            Ok(out)
         }
         (Offload::VnetHeader, Offload::None) => {
-            let header = VnetHeader::parse(frame).ok_or(DropReason::Malformed)?;
-            if header.is_gso() {
+            if pending.vnet.is_gso() {
                 return Err(DropReason::GsoUnsupported);
             }
             let l2 = &frame[VNET_HDR_LEN..];
             let out = out.get_mut(..l2.len()).ok_or(DropReason::Oversized)?;
             out.copy_from_slice(l2);
-            if header.needs_checksum() && !header.complete_checksum(out) {
+            if pending.vnet.needs_checksum() && !pending.vnet.complete_checksum(out) {
                 return Err(DropReason::Malformed);
             }
-            Ok(l2.len())
+            Ok(out)
         }
-        _ => {
-            let out = out.get_mut(..frame.len()).ok_or(DropReason::Oversized)?;
-            out.copy_from_slice(frame);
-            Ok(frame.len())
-        }
+        (Offload::None, Offload::None) | (Offload::VnetHeader, Offload::VnetHeader) => Ok(frame),
     }
 }
 

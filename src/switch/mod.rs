@@ -40,16 +40,6 @@ pub enum Decision {
     Drop(DropReason),
 }
 
-impl Decision {
-    /// Return the tenant a forwarded frame belongs to (`None` for a drop).
-    pub fn tenant(&self) -> Option<TenantId> {
-        match *self {
-            Decision::Unicast(tenant, _) | Decision::Flood(tenant) => Some(tenant),
-            Decision::Drop(_) => None,
-        }
-    }
-}
-
 /// An immutable switch: per-port facts for the guard and per-tenant tables for forwarding.
 #[derive(Clone, Debug)]
 pub struct Switch {
@@ -63,11 +53,7 @@ pub struct Switch {
 impl Switch {
     /// Build the switch for every port of `topology`, of whatever kind.
     pub fn new(topology: &Topology) -> Switch {
-        let bound = topology
-            .ports()
-            .map(|p| p.id().index() + 1)
-            .max()
-            .unwrap_or(0);
+        let bound = topology.port_id_bound();
         let mut ports = vec![None; bound];
         let mut broadcast_pps = vec![0; bound];
         for port in topology.ports() {
