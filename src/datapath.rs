@@ -688,7 +688,7 @@ impl DataPath {
                     // A TAP whose device vanished keeps failing; stop polling it rather than spin.
                     warn!(port = %port.id(), cause = %err, "read failed; port disabled");
                     if let Some(counters) = self.egress.stats.ports.get(port.id().index()) {
-                        counters.count_read_error(true);
+                        counters.count_read_error();
                     }
                     if let Some(fd) = port.fd() {
                         let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
@@ -838,9 +838,6 @@ impl Egress {
                 self.stats.tenants[tenant.index()].count_tx(l2.len());
             }
             Err(reason) => {
-                if reason == DropReason::WriteFailed {
-                    self.stats.ports[to.index()].count_write_error();
-                }
                 self.stats.ports[to.index()].count_drop(reason);
                 self.stats.tenants[tenant.index()].count_drop(reason);
             }

@@ -612,7 +612,7 @@ fn print_stats(stats: &netd::control::report::StatsReport) {
     for p in &stats.ports {
         let c = &p.counters;
         println!(
-            "  {:<16} ({}) rx {} frames / {} B, tx {} frames / {} B; read/write errors {}/{}; drops: {}",
+            "  {:<16} ({}) rx {} frames / {} B, tx {} frames / {} B; read errors {}; drops: {}",
             p.server,
             p.tenant,
             c.rx_frames,
@@ -620,7 +620,6 @@ fn print_stats(stats: &netd::control::report::StatsReport) {
             c.tx_frames,
             c.tx_bytes,
             c.read_errors,
-            c.write_errors,
             drops(&c.drops)
         );
     }

@@ -10,7 +10,7 @@
 //! in the swap. Counters of removed ids stay (retired) and are no longer reported.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Serialize;
 
@@ -115,7 +115,7 @@ impl std::fmt::Display for DropReason {
 const REASONS: usize = DropReason::ALL.len();
 
 /// Frames and bytes in each direction plus drops by reason, as relaxed atomics; for a port
-/// also its I/O failures and whether the data path still serves it.
+/// also its failed reads (failed writes are the `write_failed` drops).
 #[derive(Debug, Default)]
 pub struct Counters {
     pub rx_frames: AtomicU64,
@@ -123,12 +123,9 @@ pub struct Counters {
     pub tx_frames: AtomicU64,
     pub tx_bytes: AtomicU64,
     drops: [AtomicU64; REASONS],
-    /// Reads from the port that failed (other than "nothing to read").
+    /// Reads from the port that failed (other than "nothing to read"). The data path gives a
+    /// port up at its first, so a port is down exactly when this is not zero.
     pub read_errors: AtomicU64,
-    /// Writes to the port that failed.
-    pub write_errors: AtomicU64,
-    /// The data path stopped serving the port (its device is gone).
-    down: AtomicBool,
 }
 
 /// A point-in-time copy of [`Counters`], for printing and serialising.
@@ -139,8 +136,6 @@ pub struct CounterSnapshot {
     pub tx_frames: u64,
     pub tx_bytes: u64,
     pub read_errors: u64,
-    pub write_errors: u64,
-    pub down: bool,
     /// Non-zero drop counts by reason name.
     pub drops: std::collections::BTreeMap<&'static str, u64>,
 }
@@ -166,22 +161,14 @@ impl Counters {
         self.drops[reason.index()].fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Count a failed read; `fatal` when the port is given up for it.
-    pub fn count_read_error(&self, fatal: bool) {
+    /// Count a failed read (the data path then stops serving the port).
+    pub fn count_read_error(&self) {
         self.read_errors.fetch_add(1, Ordering::Relaxed);
-        if fatal {
-            self.down.store(true, Ordering::Relaxed);
-        }
     }
 
-    /// Count a failed write.
-    pub fn count_write_error(&self) {
-        self.write_errors.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Return true while the data path serves the port.
+    /// Return true while the data path serves the port: no read of it has failed.
     pub fn is_up(&self) -> bool {
-        !self.down.load(Ordering::Relaxed)
+        self.read_errors.load(Ordering::Relaxed) == 0
     }
 
     /// Return how many frames were dropped for `reason`.
@@ -197,8 +184,6 @@ impl Counters {
             tx_frames: self.tx_frames.load(Ordering::Relaxed),
             tx_bytes: self.tx_bytes.load(Ordering::Relaxed),
             read_errors: self.read_errors.load(Ordering::Relaxed),
-            write_errors: self.write_errors.load(Ordering::Relaxed),
-            down: !self.is_up(),
             drops: DropReason::ALL
                 .iter()
                 .map(|&r| (r.as_str(), self.drops(r)))

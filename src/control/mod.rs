@@ -350,9 +350,10 @@ impl Control {
                     ip: s.ip.to_string(),
                     ipv6: s.ipv6.map(|n| n.to_string()),
                     netns: s.netns.clone(),
-                    state: match stats.ports.get(i).is_none_or(|c| c.is_up()) {
-                        true => PortState::Up,
-                        false => PortState::Down,
+                    state: if stats.ports.get(i).is_none_or(|c| c.is_up()) {
+                        PortState::Up
+                    } else {
+                        PortState::Down
                     },
                     rates: measure(Meter::PortIn(i), Meter::PortOut(i)),
                 }

@@ -119,11 +119,9 @@ pub struct Counts {
     pub rx_bytes: u64,
     pub tx_frames: u64,
     pub tx_bytes: u64,
-    /// Failed reads and writes of a port (zero for tenants).
+    /// Failed reads of a port (zero for tenants; failed writes are `drops.write_failed`).
     #[serde(default)]
     pub read_errors: u64,
-    #[serde(default)]
-    pub write_errors: u64,
     pub drops: BTreeMap<String, u64>,
 }
 
@@ -135,7 +133,6 @@ impl From<CounterSnapshot> for Counts {
             tx_frames: s.tx_frames,
             tx_bytes: s.tx_bytes,
             read_errors: s.read_errors,
-            write_errors: s.write_errors,
             drops: DropReason::ALL
                 .iter()
                 .map(|r| {
@@ -266,6 +263,7 @@ pub fn prometheus(status: &Status, stats: &StatsReport) -> String {
         }
     };
     let t = |name: &str| format!("tenant=\"{}\"", label(name));
+    let port = |server: &str, tenant: &str| format!("server=\"{}\",{}", label(server), t(tenant));
     type Field = fn(&Counts) -> u64;
     let fields: [(&str, &str, Field); 4] = [
         ("rx_bytes", "Bytes received by the switch", |c| c.rx_bytes),
@@ -293,10 +291,7 @@ pub fn prometheus(status: &Status, stats: &StatsReport) -> String {
             stats
                 .ports
                 .iter()
-                .map(|p| {
-                    let labels = format!("server=\"{}\",{}", label(&p.server), t(&p.tenant));
-                    (labels, get(&p.counters))
-                })
+                .map(|p| (port(&p.server, &p.tenant), get(&p.counters)))
                 .collect(),
         );
     }
@@ -324,9 +319,8 @@ pub fn prometheus(status: &Status, stats: &StatsReport) -> String {
             .flat_map(|p| {
                 p.counters.drops.iter().map(|(reason, n)| {
                     let labels = format!(
-                        "server=\"{}\",{},reason=\"{}\"",
-                        label(&p.server),
-                        t(&p.tenant),
+                        "{},reason=\"{}\"",
+                        port(&p.server, &p.tenant),
                         label(reason)
                     );
                     (labels, *n)
@@ -334,25 +328,15 @@ pub fn prometheus(status: &Status, stats: &StatsReport) -> String {
             })
             .collect(),
     );
-    let port_labels = |p: &PortStats| format!("server=\"{}\",{}", label(&p.server), t(&p.tenant));
     family(
         "netd_port_read_errors_total",
         "counter",
-        "Failed reads of a port's device, per port (server).",
+        "Failed reads of a port's device, per port (server); failed writes are the \
+         write_failed drops.",
         stats
             .ports
             .iter()
-            .map(|p| (port_labels(p), p.counters.read_errors))
-            .collect(),
-    );
-    family(
-        "netd_port_write_errors_total",
-        "counter",
-        "Failed writes to a port's device, per port (server).",
-        stats
-            .ports
-            .iter()
-            .map(|p| (port_labels(p), p.counters.write_errors))
+            .map(|p| (port(&p.server, &p.tenant), p.counters.read_errors))
             .collect(),
     );
     family(
@@ -363,8 +347,10 @@ pub fn prometheus(status: &Status, stats: &StatsReport) -> String {
             .servers
             .iter()
             .map(|s| {
-                let labels = format!("server=\"{}\",{}", label(&s.name), t(&s.tenant));
-                (labels, u64::from(s.state == PortState::Up))
+                (
+                    port(&s.name, &s.tenant),
+                    u64::from(s.state == PortState::Up),
+                )
             })
             .collect(),
     );
