@@ -94,9 +94,9 @@ pub enum DaemonError {
 }
 
 /// Removes a file netd created (control socket, token) when dropped.
-struct SocketFile(PathBuf);
+struct RemoveOnDrop(PathBuf);
 
-impl Drop for SocketFile {
+impl Drop for RemoveOnDrop {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
     }
@@ -134,7 +134,7 @@ pub async fn up(
     let mut sighup = signal(SignalKind::hangup()).map_err(DaemonError::Signal)?;
     // Claim the socket before creating anything: a second daemon for the same topology stops here.
     let listener = control::socket::bind(&socket_path)?;
-    let _socket_file = SocketFile(socket_path.clone());
+    let _socket_file = RemoveOnDrop(socket_path.clone());
     let http = match options.http {
         Some(addr) => Some(
             tokio::net::TcpListener::bind(addr)
@@ -162,9 +162,8 @@ pub async fn up(
         .map(|tap| Box::new(TapPort::new(tap.port, tap.file, offload)) as Box<dyn Port>)
         .collect();
     for tenant in &topology.tenants {
-        if let Some(gateway) = &tenant.gateway {
-            let servers = topology.servers_of(tenant.id);
-            ports.push(Box::new(GatewayPort::new(gateway, servers, 0)));
+        if let Some(gateway) = GatewayPort::of(&topology, tenant.id) {
+            ports.push(Box::new(gateway));
         }
     }
     let stats = Arc::new(Stats::new(
@@ -285,15 +284,14 @@ fn http_auth(
     tokens: OperatorTokens,
     socket_path: &std::path::Path,
     name: &str,
-) -> Result<(HttpAuth, PathBuf, Option<SocketFile>), AuthError> {
+) -> Result<(HttpAuth, PathBuf, Option<RemoveOnDrop>), AuthError> {
     let (admin, path, generated) = match tokens.admin {
         Some((token, path)) => (token, path, None),
         None => {
-            let dir = socket_path.parent().unwrap_or(std::path::Path::new("."));
-            let path = control::auth::token_path(dir, name);
+            let path = control::auth::token_path(socket_path, name);
             let token = Token::generate()?;
             token.write_file(&path)?;
-            (token, path.clone(), Some(SocketFile(path)))
+            (token, path.clone(), Some(RemoveOnDrop(path)))
         }
     };
     Ok((HttpAuth::new(admin, tokens.metrics), path, generated))

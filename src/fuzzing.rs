@@ -66,7 +66,7 @@ pub fn frame(data: &[u8]) {
     let Some((&selector, rest)) = data.split_first() else {
         return;
     };
-    let (topology, switch) = fixture();
+    let (_, switch) = fixture();
     let ingress = PortId(u32::from(selector & 0x07));
     let (header, frame) = if selector & 0x08 != 0 {
         match (VnetHeader::parse(rest), rest.get(VNET_HDR_LEN..)) {
@@ -97,7 +97,6 @@ pub fn frame(data: &[u8]) {
     let _ = crate::wire::flow::flow_hash(frame);
     let mut copy = frame.to_vec();
     let _ = header.complete_checksum(&mut copy);
-    let _ = topology;
 }
 
 /// Fuzz a topology file.
@@ -227,6 +226,7 @@ mod tests {
             frame(&[&[0x09u8][..], &[0u8; VNET_HDR_LEN], f].concat());
         }
         topology(TOPOLOGY.as_bytes());
-        request(br#"\x00{"tenant":"acme","guaranteed":"200mbit"}"#);
+        // Kind 0 (set-rate) and a change that validates.
+        request(b"\x00{\"tenant\":\"acme\",\"guaranteed\":\"200mbit\"}");
     }
 }

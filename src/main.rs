@@ -638,10 +638,7 @@ fn down(file: &std::path::Path, socket: Option<PathBuf>) -> anyhow::Result<()> {
         );
     }
     let removed = netd::kernel::remove_leftovers(&topology)?;
-    let token = netd::control::auth::token_path(
-        socket.parent().unwrap_or(std::path::Path::new(".")),
-        &topology.name,
-    );
+    let token = netd::control::auth::token_path(&socket, &topology.name);
     for path in [&socket, &token] {
         let _ = std::fs::remove_file(path);
     }

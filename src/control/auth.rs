@@ -174,9 +174,10 @@ impl HttpAuth {
     }
 }
 
-/// Return where netd writes the admin token of topology `name` by default.
-pub fn token_path(run_dir: &Path, name: &str) -> PathBuf {
-    run_dir.join(format!("{name}.http-token"))
+/// Return where netd writes the admin token of topology `name` by default: beside its
+/// control socket.
+pub fn token_path(socket: &Path, name: &str) -> PathBuf {
+    socket.with_file_name(format!("{name}.http-token"))
 }
 
 #[cfg(test)]

@@ -218,12 +218,7 @@ async fn gate(State(gate): State<Arc<Gate>>, request: HttpRequest, next: Next) -
 
 /// An error of the HTTP layer, in the API's JSON shape.
 fn error(code: StatusCode, message: &str) -> HttpResponse {
-    let body = Response {
-        ok: false,
-        result: None,
-        error: Some(message.to_string()),
-    };
-    (code, axum::Json(body)).into_response()
+    (code, axum::Json(Response::failure(message))).into_response()
 }
 
 fn answer(response: Response) -> HttpResponse {

@@ -161,10 +161,15 @@ impl Response {
             message.push_str(&cause.to_string());
             source = cause.source();
         }
+        Response::failure(message)
+    }
+
+    /// A failure with this message.
+    pub fn failure(message: impl Into<String>) -> Response {
         Response {
             ok: false,
             result: None,
-            error: Some(message),
+            error: Some(message.into()),
         }
     }
 }
@@ -413,10 +418,7 @@ impl Control {
         let mut state = self.state.lock().await;
         let path = state.topology.source.clone();
         let result = (|| {
-            let text = std::fs::read_to_string(&path).map_err(|source| LoadError::Read {
-                path: path.clone(),
-                source,
-            })?;
+            let text = topology::read_text(&path)?;
             let file = topology::file::FileTopology::from_toml(&path, &text)
                 .map_err(|e| ControlError::Invalid(vec![e]))?;
             let (mut nt, mut np) = (state.next_tenant, state.next_port);
@@ -653,20 +655,15 @@ fn gateways_touched(
         touched.extend(server_tenants(ids, new));
         touched.extend(server_tenants(ids, old));
     }
-    fn gateway_of(t: &Topology, id: TenantId) -> Option<(TenantId, &crate::topology::Gateway)> {
-        let tenant = t.tenants.iter().find(|x| x.id == id)?;
-        tenant.gateway.as_ref().map(|g| (tenant.id, g))
-    }
     let removed = touched
         .iter()
-        .filter_map(|&id| gateway_of(old, id).map(|(_, g)| g.port))
+        .filter_map(|&id| old.tenant_by_id(id)?.gateway.as_ref())
+        .map(|g| g.port)
         .collect();
     let added = touched
         .iter()
-        .filter_map(|&id| gateway_of(new, id))
-        .map(|(tenant, g)| {
-            Box::new(GatewayPort::new(g, new.servers_of(tenant), 0)) as Box<dyn Port>
-        })
+        .filter_map(|&id| GatewayPort::of(new, id))
+        .map(|port| Box::new(port) as Box<dyn Port>)
         .collect();
     (removed, added)
 }

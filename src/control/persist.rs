@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use toml_edit::{DocumentMut, Item, Table};
 
 use super::Change;
-use crate::topology::{self, MAX_TOPOLOGY_BYTES, Topology};
+use crate::topology::{self, LoadError, Topology};
 
 /// The comment netd puts above a server it added live, so a later daemon (after a restart)
 /// still knows the server was not the operator's own line and asks before pruning it.
@@ -26,11 +26,8 @@ pub const LIVE_MARK: &str = "# added live by netd";
 /// Why a change could not be written back.
 #[derive(Debug, thiserror::Error)]
 pub enum PersistError {
-    #[error("Cannot read the topology file {path} to write the change back: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Read(#[from] LoadError),
     #[error("Cannot edit the topology file {path}: {reason}")]
     Edit { path: PathBuf, reason: String },
     #[error("Cannot write the topology file {path}: {source}")]
@@ -51,7 +48,7 @@ pub fn write_back(
         path: path.to_path_buf(),
         reason,
     };
-    let old = read(path)?;
+    let old = topology::read_text(path)?;
     let mut doc: DocumentMut = old.parse().map_err(|e| edit_err(format!("{e}")))?;
     edit(&mut doc, change).map_err(edit_err)?;
     let new = doc.to_string();
@@ -73,7 +70,7 @@ pub fn write_back(
 
 /// Return the servers of the file at `path` that netd added live (marked [`LIVE_MARK`]).
 pub fn live_servers(path: &Path) -> std::collections::BTreeSet<String> {
-    let Ok(Ok(doc)) = read(path).map(|text| text.parse::<DocumentMut>()) else {
+    let Ok(Ok(doc)) = topology::read_text(path).map(|text| text.parse::<DocumentMut>()) else {
         return Default::default();
     };
     let Some(servers) = doc.get("servers").and_then(Item::as_table) else {
@@ -94,18 +91,6 @@ pub fn live_servers(path: &Path) -> std::collections::BTreeSet<String> {
 /// Put `text` back as the file at `path` (after a change that could not be applied).
 pub fn restore(path: &Path, text: &str) -> Result<(), PersistError> {
     replace(path, text)
-}
-
-fn read(path: &Path) -> Result<String, PersistError> {
-    let read_err = |source| PersistError::Read {
-        path: path.to_path_buf(),
-        source,
-    };
-    let meta = std::fs::metadata(path).map_err(read_err)?;
-    if meta.len() > MAX_TOPOLOGY_BYTES {
-        return Err(read_err(std::io::Error::other("larger than 16 MiB")));
-    }
-    std::fs::read_to_string(path).map_err(read_err)
 }
 
 /// Apply `change` to the document.

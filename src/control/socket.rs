@@ -101,14 +101,10 @@ pub async fn serve(listener: UnixListener, control: Arc<Control>, limits: Limits
             }
             Err(_) => {
                 tokio::spawn(async move {
-                    let busy = Response {
-                        ok: false,
-                        result: None,
-                        error: Some(format!(
-                            "Busy: {} control connections are open already; try again",
-                            limits.max_clients
-                        )),
-                    };
+                    let busy = Response::failure(format!(
+                        "Busy: {} control connections are open already; try again",
+                        limits.max_clients
+                    ));
                     let mut stream = stream;
                     let _ =
                         tokio::time::timeout(limits.read_timeout, write_line(&mut stream, &busy))
@@ -158,12 +154,9 @@ async fn connection(stream: UnixStream, control: &Control, limits: Limits) {
         let reply = match read {
             Err(_) => {
                 debug!(origin, "control client timed out");
-                let timeout = Response::error(&std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!(
-                        "Timed out: no complete request within {:?}",
-                        limits.read_timeout
-                    ),
+                let timeout = Response::failure(format!(
+                    "Timed out: no complete request within {:?}",
+                    limits.read_timeout
                 ));
                 let _ = tokio::time::timeout(limits.read_timeout, write_line(&mut write, &timeout))
                     .await;
@@ -180,14 +173,10 @@ async fn connection(stream: UnixStream, control: &Control, limits: Limits) {
                     limit = limits.max_request,
                     "oversized control request refused"
                 );
-                let err = Response {
-                    ok: false,
-                    result: None,
-                    error: Some(format!(
-                        "Request too large: more than {} bytes without a newline",
-                        limits.max_request
-                    )),
-                };
+                let err = Response::failure(format!(
+                    "Request too large: more than {} bytes without a newline",
+                    limits.max_request
+                ));
                 let _ =
                     tokio::time::timeout(limits.read_timeout, write_line(&mut write, &err)).await;
                 return;
@@ -196,11 +185,7 @@ async fn connection(stream: UnixStream, control: &Control, limits: Limits) {
                 Ok(request) => control.handle(request, &origin).await,
                 Err(err) => {
                     info!(origin, cause = %err, "malformed control request refused");
-                    Response {
-                        ok: false,
-                        result: None,
-                        error: Some(format!("Malformed request: {err}")),
-                    }
+                    Response::failure(format!("Malformed request: {err}"))
                 }
             },
         };

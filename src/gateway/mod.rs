@@ -35,7 +35,7 @@ use tracing::debug;
 
 use crate::port::{Offload, Port};
 use crate::shaper::Nanos;
-use crate::topology::{DEFAULT_MTU, Gateway, PortId, Server};
+use crate::topology::{DEFAULT_MTU, Gateway, PortId, Server, TenantId, Topology};
 use crate::wire::{ETHERNET_HEADER_LEN, MacAddr};
 
 use dhcp::Leases;
@@ -104,8 +104,6 @@ pub struct GatewayPort {
     sockets: SocketSet<'static>,
     dhcp_socket: SocketHandle,
     leases: Leases,
-    /// The latest time the data path gave, in smoltcp's units.
-    now: Instant,
     /// When smoltcp next needs polling (a neighbour to resolve, a socket to flush).
     next_poll: Option<Nanos>,
 }
@@ -120,18 +118,21 @@ impl std::fmt::Debug for GatewayPort {
 }
 
 impl GatewayPort {
-    /// Build the gateway `gateway` of a tenant whose servers are `servers`, at time `now`.
-    pub fn new<'s>(
-        gateway: &Gateway,
-        servers: impl Iterator<Item = &'s Server>,
-        now: Nanos,
-    ) -> GatewayPort {
+    /// Build the gateway port of tenant `tenant` of `topology`, if it has one.
+    pub fn of(topology: &Topology, tenant: TenantId) -> Option<GatewayPort> {
+        let gateway = topology.tenant_by_id(tenant)?.gateway.as_ref()?;
+        Some(GatewayPort::new(gateway, topology.servers_of(tenant)))
+    }
+
+    /// Build the gateway `gateway` of a tenant whose servers are `servers`.
+    fn new<'s>(gateway: &Gateway, servers: impl Iterator<Item = &'s Server>) -> GatewayPort {
         let mut device = SwitchDevice::default();
         let mac = EthernetAddress(gateway.mac.octets());
-        let mut config = Config::new(HardwareAddress::Ethernet(mac));
-        config.random_seed = u64::from_le_bytes([2, 0, 0, 0, 0, 0, 0, 0]) ^ now;
-        let now = instant(now);
-        let mut iface = Interface::new(config, &mut device, now);
+        // The seed only varies smoltcp's TCP sequence numbers and ports; the gateway has
+        // no TCP socket, so a fixed one will do.
+        let config = Config::new(HardwareAddress::Ethernet(mac));
+        // Smoltcp's clock starts with the data path's (both count from 0) and only moves on.
+        let mut iface = Interface::new(config, &mut device, Instant::ZERO);
         let address = gateway.ip.ip();
         iface.update_ip_addrs(|addrs| {
             // One address into an empty list: never over capacity.
@@ -152,7 +153,6 @@ impl GatewayPort {
             sockets,
             dhcp_socket,
             leases: Leases::new(gateway, servers),
-            now,
             next_poll: None,
         }
     }
@@ -234,15 +234,13 @@ impl Port for GatewayPort {
     }
 
     fn poll(&mut self, now: Nanos) {
-        self.now = instant(now);
+        let now = instant(now);
         // Process what came in (smoltcp answers ARP and ping itself), answer DHCP, then
         // poll again to send those answers.
-        self.iface
-            .poll(self.now, &mut self.device, &mut self.sockets);
+        self.iface.poll(now, &mut self.device, &mut self.sockets);
         self.serve_dhcp();
-        self.iface
-            .poll(self.now, &mut self.device, &mut self.sockets);
-        self.next_poll = self.iface.poll_at(self.now, &self.sockets).map(|at| {
+        self.iface.poll(now, &mut self.device, &mut self.sockets);
+        self.next_poll = self.iface.poll_at(now, &self.sockets).map(|at| {
             u64::try_from(at.total_micros())
                 .unwrap_or(0)
                 .saturating_mul(1000)

@@ -19,9 +19,7 @@ const A1_IP: Ipv4Address = Ipv4Address::new(10, 0, 0, 1);
 /// Run the fixture topology with acme's gateway as a real [`GatewayPort`].
 fn start() -> Loop {
     let topology = with_gateway();
-    let tenant = &topology.tenants[0];
-    let gateway = tenant.gateway.as_ref().unwrap();
-    let port = GatewayPort::new(gateway, topology.servers_of(tenant.id), 0);
+    let port = GatewayPort::of(&topology, ACME).expect("acme has a gateway");
     Loop::start(&topology, &[Offload::None; 8], vec![Box::new(port)])
 }
 

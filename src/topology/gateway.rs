@@ -42,9 +42,14 @@ pub struct Gateway {
 impl Gateway {
     /// Return the tenant's subnet.
     pub fn subnet(&self) -> Ipv4Network {
-        // Same address space and prefix: never fails.
-        Ipv4Network::new(self.ip.network(), self.ip.prefix()).unwrap_or(self.ip)
+        subnet_of(self.ip)
     }
+}
+
+/// Return the subnet `net` lies in: its network address with its prefix.
+fn subnet_of(net: Ipv4Network) -> Ipv4Network {
+    // The network address with the same prefix is always a valid network: never fails.
+    Ipv4Network::new(net.network(), net.prefix()).unwrap_or(net)
 }
 
 /// Check every tenant's gateway keys against its servers; fill in `tenants[i].gateway` and
@@ -124,7 +129,7 @@ fn check_servers_in_subnet(
     gateway: Ipv4Network,
     mine: &[&Server],
 ) {
-    let subnet = Ipv4Network::new(gateway.network(), gateway.prefix()).unwrap_or(gateway);
+    let subnet = subnet_of(gateway);
     for server in mine {
         if server.ip.ip() == gateway.ip() {
             v.push(
@@ -134,7 +139,7 @@ fn check_servers_in_subnet(
                     server: server.name.clone(),
                 },
             );
-        } else if !subnet.contains(server.ip.ip()) || server.ip.prefix() != gateway.prefix() {
+        } else if subnet_of(server.ip) != subnet {
             v.push(
                 &format!("servers.{}.ip", key_segment(&server.name)),
                 Some(server.ip.to_string()),

@@ -219,9 +219,7 @@ impl Topology {
     /// # Panics
     /// If no tenant has this id.
     pub fn tenant(&self, id: TenantId) -> &Tenant {
-        self.tenants
-            .iter()
-            .find(|t| t.id == id)
+        self.tenant_by_id(id)
             .unwrap_or_else(|| panic!("no tenant with id {}", id.0))
     }
 
@@ -353,6 +351,11 @@ impl Topology {
         }
     }
 
+    /// Return the tenant with this id, if any.
+    pub fn tenant_by_id(&self, id: TenantId) -> Option<&Tenant> {
+        self.tenants.iter().find(|t| t.id == id)
+    }
+
     /// Return the tenant with this name, if any.
     pub fn tenant_by_name(&self, name: &str) -> Option<&Tenant> {
         self.tenants.iter().find(|t| t.name == name)
@@ -374,11 +377,8 @@ impl Topology {
 
     /// Return the default router of a server: its tenant's gateway address, if any.
     pub fn router_of(&self, server: &Server) -> Option<std::net::Ipv4Addr> {
-        self.tenants
-            .iter()
-            .find(|t| t.id == server.tenant)
-            .and_then(|t| t.gateway.as_ref())
-            .map(|g| g.ip.ip())
+        let gateway = self.tenant_by_id(server.tenant)?.gateway.as_ref()?;
+        Some(gateway.ip.ip())
     }
 
     /// Return the servers of one tenant.
@@ -419,6 +419,12 @@ pub const MAX_TOPOLOGY_BYTES: u64 = 16 * 1024 * 1024;
 
 /// Read, parse and validate a topology file (at most [`MAX_TOPOLOGY_BYTES`]).
 pub fn load(path: &Path) -> Result<Topology, LoadError> {
+    let text = read_text(path)?;
+    parse(path, &text).map_err(LoadError::Invalid)
+}
+
+/// Read a topology file's text, refusing one larger than [`MAX_TOPOLOGY_BYTES`].
+pub fn read_text(path: &Path) -> Result<String, LoadError> {
     use std::io::Read;
     let read_err = |source| LoadError::Read {
         path: path.to_path_buf(),
@@ -435,7 +441,7 @@ pub fn load(path: &Path) -> Result<Topology, LoadError> {
             path: path.to_path_buf(),
         });
     }
-    parse(path, &text).map_err(LoadError::Invalid)
+    Ok(text)
 }
 
 /// Parse and validate topology text; `path` names the source in errors and gives the name.
