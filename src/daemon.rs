@@ -127,10 +127,10 @@ pub async fn up(
     // Root, /dev/net/tun and iproute2 first: the clearest refusal (and the socket needs root).
     kernel::check_privileges()?;
     // The operator's token files are read before anything exists, so a bad one creates nothing.
-    let operator_tokens = match options.http {
-        Some(_) => Some(read_operator_tokens(&options)?),
-        None => None,
-    };
+    let operator_tokens = options
+        .http
+        .map(|_| read_operator_tokens(&options))
+        .transpose()?;
     let mut sighup = signal(SignalKind::hangup()).map_err(DaemonError::Signal)?;
     // Claim the socket before creating anything: a second daemon for the same topology stops here.
     let listener = control::socket::bind(&socket_path)?;
@@ -143,13 +143,9 @@ pub async fn up(
         ),
         None => None,
     };
-    let (auth, token_file, _generated_token) = match operator_tokens {
-        Some(tokens) => {
-            let (auth, path, generated) = http_auth(tokens, &socket_path, &topology.name)?;
-            (Some(auth), Some(path), generated)
-        }
-        None => (None, None, None),
-    };
+    let http_auth = operator_tokens
+        .map(|tokens| http_auth(tokens, &socket_path, &topology.name))
+        .transpose()?;
     let offload = if options.offload {
         Offload::VnetHeader
     } else {
@@ -196,9 +192,9 @@ pub async fn up(
         control::socket::Limits::default(),
     )));
     let http_addr = http.as_ref().and_then(|l| l.local_addr().ok());
-    let _http_task = http.zip(auth).map(|(listener, auth)| {
+    let _http_task = http.zip(http_auth.as_ref()).map(|(listener, setup)| {
         let limits = control::http::HttpLimits::default();
-        let router = control::http::router(control.clone(), auth, limits);
+        let router = control::http::router(control.clone(), setup.auth.clone(), limits);
         Task(tokio::spawn(control::http::serve(listener, router, limits)))
     });
     let _sampler = {
@@ -218,7 +214,7 @@ pub async fn up(
         servers = topology.servers.len(),
         socket = %socket_path.display(),
         http = http_addr.map(|a| a.to_string()),
-        http_token = token_file.as_ref().map(|p| p.display().to_string()),
+        http_token = http_auth.as_ref().map(|s| s.token_file.display().to_string()),
         "netd is up"
     );
 
@@ -277,15 +273,23 @@ fn read_operator_tokens(options: &UpOptions) -> Result<OperatorTokens, AuthError
     Ok(OperatorTokens { admin, metrics })
 }
 
+/// The HTTP API's authentication as `up` set it up.
+struct HttpAuthSetup {
+    auth: HttpAuth,
+    /// Where the admin token is (logged, for the operator).
+    token_file: PathBuf,
+    /// Removes the token file on exit when netd wrote it.
+    _generated: Option<RemoveOnDrop>,
+}
+
 /// Build the HTTP API's authentication: the operator's admin token, or a fresh one written
-/// beside the control socket. Return it with the admin token's file, and a guard that
-/// removes that file on exit when netd wrote it.
+/// beside the control socket.
 fn http_auth(
     tokens: OperatorTokens,
     socket_path: &std::path::Path,
     name: &str,
-) -> Result<(HttpAuth, PathBuf, Option<RemoveOnDrop>), AuthError> {
-    let (admin, path, generated) = match tokens.admin {
+) -> Result<HttpAuthSetup, AuthError> {
+    let (admin, token_file, generated) = match tokens.admin {
         Some((token, path)) => (token, path, None),
         None => {
             let path = control::auth::token_path(socket_path, name);
@@ -294,7 +298,11 @@ fn http_auth(
             (token, path.clone(), Some(RemoveOnDrop(path)))
         }
     };
-    Ok((HttpAuth::new(admin, tokens.metrics), path, generated))
+    Ok(HttpAuthSetup {
+        auth: HttpAuth::new(admin, tokens.metrics),
+        token_file,
+        _generated: generated,
+    })
 }
 
 /// Log every tenant's and port's counters, one line each.

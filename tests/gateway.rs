@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{Daemon, TempFile, TestTopology, ping, require_privileges, sh};
+use common::{Daemon, TempFile, TestTopology, netd_ok, ping, require_privileges, sh};
 
 const TOPOLOGY: &str = r#"
 [host]
@@ -58,30 +58,17 @@ fn a_server_pings_its_gateway_through_its_default_route() {
     assert!(routes.trim().is_empty(), "b1 got a default route: {routes}");
 }
 
-#[test]
-fn a_dhcp_server_gets_its_lease_with_udhcpc_then_pings_the_gateway() {
-    require_privileges();
+/// Run Debian's `udhcpc` in namespace `ns` until it has a lease (5 tries, 1 s apart);
+/// return (success, its output). Its own script would rewrite the host's
+/// `/etc/resolv.conf`: this one only configures `eth0` and writes the DNS servers it was
+/// given to `dns_file`.
+fn udhcpc(topo: &TestTopology, ns: &str, dns_file: &std::path::Path) -> (bool, String) {
     assert!(
         std::path::Path::new("/sbin/udhcpc").exists()
             || std::path::Path::new("/usr/sbin/udhcpc").exists(),
         "this test needs udhcpc: run .ci/run or apt-get install udhcpc"
     );
-    let topo = TestTopology::new(TOPOLOGY);
-    let _netd = Daemon::start(&topo, &[]);
-    let a2 = topo.name("a2");
-    let (_, before) = sh(&a2, "ip -4 -o addr show dev eth0");
-    assert!(
-        before.trim().is_empty(),
-        "a dhcp server came up with an address: {before}"
-    );
-    let (_, link) = sh(&a2, "ip -o link show dev eth0");
-    assert!(link.contains("UP"), "{link}");
-
-    // udhcpc's own script would rewrite the host's /etc/resolv.conf: use one that only
-    // configures eth0 and notes the DNS servers it was given.
-    let dns_file = topo.path.with_extension("dns");
-    let _dns_file = TempFile::create(&dns_file, "", 0o600);
-    let script_path = topo.path.with_extension("udhcpc.sh");
+    let script_path = topo.path.with_extension(format!("{ns}.udhcpc.sh"));
     let script = format!(
         "#!/bin/sh\n\
          case \"$1\" in\n\
@@ -93,13 +80,30 @@ fn a_dhcp_server_gets_its_lease_with_udhcpc_then_pings_the_gateway() {
         dns_file.display()
     );
     let _script = TempFile::create(&script_path, &script, 0o700);
-    let (ok, out) = sh(
-        &a2,
-        &format!(
-            "udhcpc -i eth0 -n -q -f -t 5 -T 1 -s {}",
-            script_path.display()
-        ),
+    let command = format!(
+        "udhcpc -i eth0 -n -q -f -t 5 -T 1 -s {}",
+        script_path.display()
     );
+    sh(ns, &command)
+}
+
+#[test]
+fn a_dhcp_server_gets_its_lease_with_udhcpc_then_pings_the_gateway() {
+    require_privileges();
+    let topo = TestTopology::new(TOPOLOGY);
+    let _netd = Daemon::start(&topo, &[]);
+    let a2 = topo.name("a2");
+    let (_, before) = sh(&a2, "ip -4 -o addr show dev eth0");
+    assert!(
+        before.trim().is_empty(),
+        "a dhcp server came up with an address: {before}"
+    );
+    let (_, link) = sh(&a2, "ip -o link show dev eth0");
+    assert!(link.contains("UP"), "{link}");
+
+    let dns_file = topo.path.with_extension("dns");
+    let _dns_file = TempFile::create(&dns_file, "", 0o600);
+    let (ok, out) = udhcpc(&topo, &a2, &dns_file);
     assert!(ok, "udhcpc got no lease:\n{out}");
     let (_, addr) = sh(&a2, "ip -4 -o addr show dev eth0");
     assert!(addr.contains("10.78.0.11/24"), "{addr}");
@@ -133,4 +137,35 @@ fn a_spoofed_frame_towards_the_gateway_is_dropped_and_counted() {
     );
     // a1's own address still works.
     assert!(ping(&a1, "10.78.0.1", 2));
+}
+
+/// A server added live to a tenant with a gateway gets its lease: the tenant's gateway is
+/// rebuilt with it, and the other tenant's is not touched.
+#[test]
+fn a_server_added_live_gets_its_lease_from_the_rebuilt_gateway() {
+    require_privileges();
+    let topo = TestTopology::new(TOPOLOGY);
+    let _netd = Daemon::start(&topo, &[]);
+    let (a, a3) = (topo.name("a"), topo.name("a3"));
+    netd_ok(
+        &topo,
+        &[
+            "add-server",
+            &a3,
+            "--tenant",
+            &a,
+            "--ip",
+            "10.78.0.12/24",
+            "--dhcp",
+        ],
+    );
+    let dns_file = topo.path.with_extension("dns3");
+    let _dns_file = TempFile::create(&dns_file, "", 0o600);
+    let (ok, out) = udhcpc(&topo, &a3, &dns_file);
+    assert!(ok, "udhcpc got no lease for a server added live:\n{out}");
+    let (_, addr) = sh(&a3, "ip -4 -o addr show dev eth0");
+    assert!(addr.contains("10.78.0.12/24"), "{addr}");
+    assert!(ping(&a3, "10.78.0.1", 3), "a3 cannot ping its gateway");
+    // The servers that were there keep reaching the gateway.
+    assert!(ping(&topo.name("a1"), "10.78.0.1", 2));
 }

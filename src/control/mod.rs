@@ -636,24 +636,25 @@ fn gateways_touched(
     new: &Topology,
     diff: &Diff,
 ) -> (Vec<crate::topology::PortId>, Vec<Box<dyn Port>>) {
-    let server_tenants = |ids: &[crate::topology::PortId], t: &Topology| -> Vec<TenantId> {
-        ids.iter()
-            .filter_map(|id| t.servers.iter().find(|s| s.id == *id))
-            .map(|s| s.tenant)
-            .collect()
-    };
     let mut touched: BTreeSet<TenantId> = BTreeSet::new();
     touched.extend(&diff.tenants_added);
     touched.extend(&diff.tenants_removed);
     touched.extend(&diff.tenants_changed);
-    touched.extend(server_tenants(&diff.servers_removed, old));
-    for ids in [
-        &diff.servers_added,
-        &diff.servers_relinked,
-        &diff.servers_changed,
-    ] {
-        touched.extend(server_tenants(ids, new));
-        touched.extend(server_tenants(ids, old));
+    let servers = diff.servers_added.iter().chain(&diff.servers_removed);
+    let servers = servers
+        .chain(&diff.servers_relinked)
+        .chain(&diff.servers_changed);
+    for id in servers {
+        // A server's tenant before and after (it may have moved).
+        for topology in [old, new] {
+            touched.extend(
+                topology
+                    .servers
+                    .iter()
+                    .filter(|s| s.id == *id)
+                    .map(|s| s.tenant),
+            );
+        }
     }
     let removed = touched
         .iter()
