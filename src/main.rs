@@ -422,6 +422,7 @@ fn client_command(
                 gateway,
                 nat: nat.then_some(true),
                 dns: (!dns.is_empty()).then_some(dns),
+                uplink: None,
             },
         },
         Command::RemoveTenant { name } => Change::RemoveTenant { name },

@@ -288,12 +288,14 @@ mod tests {
             broadcast_pps: 1000,
             gateway: None,
             nat: false,
+            uplink: None,
         };
         let topology = Topology {
             name: "t".into(),
             source: Default::default(),
             capacity: mbit(1000),
             shaping: Default::default(),
+            uplink: None,
             tenants: vec![tenant(0, "a", 300, 1000, 2), tenant(1, "b", 200, 500, 1)],
             servers: vec![
                 server(0, 0, Some(mbit(100)), None),

@@ -41,6 +41,7 @@ pub fn topology() -> Topology {
         broadcast_pps: 1000,
         gateway: None,
         nat: false,
+        uplink: None,
     };
     let server = |id, name: &str, tenant, mac, ip: &str, ipv6: Option<&str>, mtu| Server {
         id: PortId(id),
@@ -60,6 +61,7 @@ pub fn topology() -> Topology {
         source: PathBuf::new(),
         capacity: gbit,
         shaping: Default::default(),
+        uplink: None,
         tenants: vec![tenant(0, "acme"), tenant(1, "blue"), tenant(2, "idle")],
         servers: vec![
             server(

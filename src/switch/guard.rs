@@ -98,6 +98,18 @@ impl PortFacts {
                 max_frame_len: usize::from(crate::topology::DEFAULT_MTU) + ETHERNET_HEADER_LEN,
                 tenant: tenant.id,
             },
+            // Routed packets the kernel hands back, sent on from the gateway's MAC; any
+            // server MTU of the tenant, so the largest allowed.
+            PortSpec::Uplink(tenant, _) => PortFacts {
+                kind: PortKind::Uplink,
+                mac: port.mac(),
+                ipv4: Ipv4Addr::UNSPECIFIED,
+                ipv6: None,
+                ipv6_link_local: Ipv6Addr::UNSPECIFIED,
+                max_frame_len: usize::from(crate::topology::validate::MAX_MTU)
+                    + ETHERNET_HEADER_LEN,
+                tenant: tenant.id,
+            },
         }
     }
 

@@ -31,6 +31,9 @@ pub struct FileTopology {
     /// `[servers.<name>]`, by name.
     #[serde(default)]
     pub servers: BTreeMap<String, FileServer>,
+    /// `[uplink]`: optional.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uplink: Option<FileUplink>,
     /// Unknown keys and mistyped values found while reading; the keys were dropped.
     #[serde(skip)]
     pub problems: Vec<ValidationError>,
@@ -75,6 +78,36 @@ pub struct FileTenant {
     /// DNS servers handed out by DHCP, `["9.9.9.9"]`; optional.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dns: Option<Vec<String>>,
+    /// `[tenants.<name>.uplink]`: the tenant's rates on the uplink, per direction; optional.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uplink: Option<FileRates>,
+}
+
+/// `[uplink]`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileUplink {
+    /// The host's interface towards the provider's network: required.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interface: Option<String>,
+    /// The namespace standing in for the host's own stack; default: netd's own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub netns: Option<String>,
+    /// What the shaper shares out in each direction: required.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<String>,
+}
+
+/// Rates overriding a tenant's own on the uplink (`[tenants.<name>.uplink]`).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRates {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub guaranteed: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ceiling: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub weight: Option<i64>,
 }
 
 /// `[servers.<name>]`.

@@ -16,6 +16,7 @@
 pub mod file;
 pub mod gateway;
 pub mod rate;
+pub mod uplink;
 pub mod validate;
 
 use std::fmt;
@@ -26,6 +27,7 @@ use serde::Serialize;
 
 pub use gateway::Gateway;
 pub use rate::{MIN_RATE, Rate};
+pub use uplink::{TenantUplink, Uplink};
 pub use validate::{ValidationError, validate};
 
 use crate::wire::MacAddr;
@@ -89,6 +91,8 @@ pub enum PortSpec<'a> {
     Server(&'a Server),
     /// A tenant's gateway.
     Gateway(&'a Tenant, &'a Gateway),
+    /// A routed tenant's side of the uplink.
+    Uplink(&'a Tenant, &'a TenantUplink),
 }
 
 impl PortSpec<'_> {
@@ -97,6 +101,7 @@ impl PortSpec<'_> {
         match self {
             PortSpec::Server(server) => server.id,
             PortSpec::Gateway(_, gateway) => gateway.port,
+            PortSpec::Uplink(_, uplink) => uplink.port,
         }
     }
 
@@ -104,7 +109,7 @@ impl PortSpec<'_> {
     pub fn tenant(&self) -> TenantId {
         match self {
             PortSpec::Server(server) => server.tenant,
-            PortSpec::Gateway(tenant, _) => tenant.id,
+            PortSpec::Gateway(tenant, _) | PortSpec::Uplink(tenant, _) => tenant.id,
         }
     }
 
@@ -113,14 +118,20 @@ impl PortSpec<'_> {
         match self {
             PortSpec::Server(_) => PortKind::Server,
             PortSpec::Gateway(..) => PortKind::Gateway,
+            PortSpec::Uplink(..) => PortKind::Uplink,
         }
     }
 
-    /// Return the MAC the port sends from and answers to.
+    /// Return the MAC the port's frames come from: the server's, or the gateway's for the
+    /// gateway and for the uplink (whose frames are routed packets the gateway sends on).
+    /// The switch reaches an uplink port by routing, never by this MAC.
     pub fn mac(&self) -> MacAddr {
         match self {
             PortSpec::Server(server) => server.mac,
             PortSpec::Gateway(_, gateway) => gateway.mac,
+            PortSpec::Uplink(tenant, _) => {
+                tenant.gateway.as_ref().map_or(MacAddr([0; 6]), |g| g.mac)
+            }
         }
     }
 }
@@ -147,6 +158,8 @@ pub struct Topology {
     pub tenants: Vec<Tenant>,
     /// Servers, sorted by name.
     pub servers: Vec<Server>,
+    /// Where routed tenants leave the host, if anywhere.
+    pub uplink: Option<Uplink>,
 }
 
 /// The shaper's time constants, from `[host] queue_delay` and `[host] burst`.
@@ -188,6 +201,8 @@ pub struct Tenant {
     pub gateway: Option<Gateway>,
     /// Its private subnet leaves with source NAT (else its addresses are public).
     pub nat: bool,
+    /// Its uplink port and rates: a tenant with a gateway, on a host with an uplink.
+    pub uplink: Option<TenantUplink>,
 }
 
 /// A virtual server: one namespace, one TAP, one switch port.
@@ -276,25 +291,21 @@ impl Topology {
                 let kept = running
                     .tenant_by_name(&t.name)
                     .and_then(|old| old.gateway.as_ref());
-                gateway.port = match kept {
-                    Some(old) => old.port,
-                    None => {
-                        let id = PortId(*next_port);
-                        *next_port += 1;
-                        id
-                    }
-                };
+                gateway.port = kept.map_or_else(|| fresh_port(next_port), |old| old.port);
+            }
+            // Likewise the uplink port.
+            if let Some(uplink) = &mut t.uplink {
+                let kept = running
+                    .tenant_by_name(&t.name)
+                    .and_then(|old| old.uplink.as_ref());
+                uplink.port = kept.map_or_else(|| fresh_port(next_port), |old| old.port);
             }
         }
         for s in &mut self.servers {
             s.tenant = tenant_map[&s.tenant];
             s.id = match running.server_by_name(&s.name) {
                 Some(old) if old.netns == s.netns => old.id,
-                _ => {
-                    let id = PortId(*next_port);
-                    *next_port += 1;
-                    id
-                }
+                _ => fresh_port(next_port),
             };
         }
         self
@@ -325,6 +336,11 @@ impl Topology {
                             .as_ref()
                             .filter(|g| !g.dns.is_empty())
                             .map(|g| g.dns.iter().map(ToString::to_string).collect()),
+                        uplink: t.uplink.as_ref().map(|u| file::FileRates {
+                            guaranteed: Some(u.guaranteed.to_string()),
+                            ceiling: Some(u.ceiling.to_string()),
+                            weight: Some(i64::from(u.weight)),
+                        }),
                     };
                     (t.name.clone(), tenant)
                 })
@@ -347,6 +363,11 @@ impl Topology {
                     (s.name.clone(), server)
                 })
                 .collect(),
+            uplink: self.uplink.as_ref().map(|u| file::FileUplink {
+                interface: Some(u.interface.clone()),
+                netns: u.netns.clone(),
+                capacity: Some(u.capacity.to_string()),
+            }),
             problems: Vec::new(),
         }
     }
@@ -366,13 +387,22 @@ impl Topology {
         self.servers.iter().find(|s| s.name == name)
     }
 
-    /// Return every port of the switch: one per server, one per tenant gateway.
+    /// Return every port of the switch: one per server, then one per tenant gateway, then
+    /// one per tenant uplink.
     pub fn ports(&self) -> impl Iterator<Item = PortSpec<'_>> {
         let gateways = self
             .tenants
             .iter()
             .filter_map(|t| t.gateway.as_ref().map(|g| PortSpec::Gateway(t, g)));
-        self.servers.iter().map(PortSpec::Server).chain(gateways)
+        let uplinks = self
+            .tenants
+            .iter()
+            .filter_map(|t| t.uplink.as_ref().map(|u| PortSpec::Uplink(t, u)));
+        self.servers
+            .iter()
+            .map(PortSpec::Server)
+            .chain(gateways)
+            .chain(uplinks)
     }
 
     /// Return the default router of a server: its tenant's gateway address, if any.
@@ -385,6 +415,13 @@ impl Topology {
     pub fn servers_of(&self, tenant: TenantId) -> impl Iterator<Item = &Server> {
         self.servers.iter().filter(move |s| s.tenant == tenant)
     }
+}
+
+/// Take the next fresh port id.
+fn fresh_port(next_port: &mut u32) -> PortId {
+    let id = PortId(*next_port);
+    *next_port += 1;
+    id
 }
 
 /// Why a topology file could not be loaded.

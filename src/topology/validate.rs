@@ -224,6 +224,14 @@ pub enum ErrorKind {
     )]
     OutsideGatewaySubnet { subnet: Ipv4Network },
 
+    // The uplink.
+    #[error("needs an uplink: add an [uplink] section")]
+    NeedsUplink,
+    #[error("ceiling is above the uplink capacity {capacity}")]
+    CeilingAboveUplink { capacity: Rate },
+    #[error("the tenants' uplink guarantees sum to {sum}, above the uplink capacity")]
+    UplinkGuaranteesExceedCapacity { sum: Rate },
+
     #[error("malformed duration: expected a number and a unit such as 5ms, 500us or 0.01s")]
     MalformedDuration,
     #[error("duration must be between {min:?} and {max:?}")]
@@ -378,6 +386,7 @@ pub fn validate(path: &Path, file: &FileTopology) -> Result<Topology, Vec<Valida
                 broadcast_pps,
                 gateway: None, // filled in by gateway::check once servers are known
                 nat: false,
+                uplink: None, // filled in by uplink::check once gateways are known
             });
         }
     }
@@ -566,6 +575,9 @@ pub fn validate(path: &Path, file: &FileTopology) -> Result<Topology, Vec<Valida
     }
     let first_gateway_port = u32::try_from(file.servers.len()).unwrap_or(u32::MAX);
     super::gateway::check(&mut v, file, &mut tenants, &servers, first_gateway_port);
+    let gateways = tenants.iter().filter(|t| t.gateway.is_some()).count();
+    let first_uplink_port = first_gateway_port.saturating_add(u32::try_from(gateways).unwrap_or(0));
+    let uplink = super::uplink::check(&mut v, file, &mut tenants, first_uplink_port);
     for ((tenant, raw), (&sum, &(guaranteed, _))) in file
         .tenants
         .iter()
@@ -597,6 +609,7 @@ pub fn validate(path: &Path, file: &FileTopology) -> Result<Topology, Vec<Valida
             shaping,
             tenants,
             servers,
+            uplink,
         }),
         // No capacity always comes with an error; the guard only avoids an unwrap.
         _ => Err(v.errors),
@@ -621,19 +634,19 @@ impl Validator<'_> {
     }
 
     /// Return true if reading the TOML already reported (and dropped) this key.
-    fn reported(&self, key: &str) -> bool {
+    pub(super) fn reported(&self, key: &str) -> bool {
         self.errors.iter().any(|e| e.key == key)
     }
 
     /// Report a missing required key, unless it was dropped for having the wrong type.
-    fn missing(&mut self, key: &str) {
+    pub(super) fn missing(&mut self, key: &str) {
         if !self.reported(key) {
             self.push(key, None, ErrorKind::MissingKey);
         }
     }
 
     /// Parse an optional or required rate, reporting why it is unusable.
-    fn rate(&mut self, key: &str, raw: Option<&str>, required: bool) -> Option<Rate> {
+    pub(super) fn rate(&mut self, key: &str, raw: Option<&str>, required: bool) -> Option<Rate> {
         let Some(text) = raw else {
             if required {
                 self.missing(key);
@@ -681,7 +694,7 @@ impl Validator<'_> {
     }
 
     /// Check a name against the interface/namespace rules; return true if it is usable.
-    fn name(
+    pub(super) fn name(
         &mut self,
         key: &str,
         name: &str,
@@ -796,7 +809,7 @@ pub(super) fn quoted(value: Option<&str>) -> Option<String> {
 }
 
 /// Clamp a sum of rates into a `Rate` for display.
-fn saturating_rate(bits: u128) -> Rate {
+pub(super) fn saturating_rate(bits: u128) -> Rate {
     Rate::from_bits_per_sec(u64::try_from(bits).unwrap_or(u64::MAX))
 }
 

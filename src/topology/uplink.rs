@@ -1,0 +1,354 @@
+//! The uplink: the host's interface towards the provider's network, and what each routed
+//! tenant gets on it in each direction.
+//!
+//! Rules ([`check`], run after gateways were checked, errors collected with the rest):
+//! - `[uplink] interface` (an interface name) and `capacity` (a rate) are required; `netns`
+//!   is an optional namespace name. Whether the interface exists is the host's business:
+//!   `netd check` and `netd up` ask the kernel (see `crate::kernel::uplink`).
+//! - With an uplink, every tenant with a gateway gets an uplink port and rates on the uplink:
+//!   its own `guaranteed`, `ceiling` (at most the uplink's capacity) and `weight`, unless
+//!   `[tenants.NAME.uplink]` overrides them. They hold in each direction separately.
+//! - `[tenants.NAME.uplink]` needs `[uplink]` and a gateway; its ceiling is neither below its
+//!   guarantee nor above the uplink's capacity; the uplink guarantees of all tenants sum to
+//!   at most the uplink's capacity.
+//!
+//! Uplink ports are numbered after the gateways' ports, in tenant name order.
+
+use serde::Serialize;
+
+use super::file::{FileRates, FileTopology};
+use super::validate::{
+    ErrorKind, MAX_IFNAME_LEN, MAX_NETNS_LEN, Validator, key_segment, quoted, saturating_rate,
+};
+use super::{PortId, Rate, Tenant};
+
+/// `[uplink]`: where routed tenants leave the host.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Uplink {
+    /// The host's interface towards the provider's network (netd never configures it).
+    pub interface: String,
+    /// The namespace holding the host's own stack; `None`: netd's own namespace.
+    pub netns: Option<String>,
+    /// What the shaper shares out, in each direction.
+    pub capacity: Rate,
+}
+
+/// A routed tenant's side of the uplink: its port and its rates, per direction.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TenantUplink {
+    /// The switch port that hands the tenant's routed packets to the host's kernel.
+    pub port: PortId,
+    pub guaranteed: Rate,
+    pub ceiling: Rate,
+    pub weight: u32,
+}
+
+/// Check `[uplink]` and every `[tenants.NAME.uplink]`; give each tenant with a gateway its
+/// uplink port (numbered from `first_port`) and rates. Return the uplink, if valid.
+pub(super) fn check(
+    v: &mut Validator<'_>,
+    file: &FileTopology,
+    tenants: &mut [Tenant],
+    first_port: u32,
+) -> Option<Uplink> {
+    let uplink = file.uplink.as_ref().and_then(|raw| {
+        let interface = match raw.interface.as_deref() {
+            None => {
+                v.missing("uplink.interface");
+                None
+            }
+            Some(name) => v
+                .name(
+                    "uplink.interface",
+                    name,
+                    MAX_IFNAME_LEN,
+                    ErrorKind::InvalidName,
+                )
+                .then(|| name.to_string()),
+        };
+        let netns_ok = raw.netns.as_deref().is_none_or(|name| {
+            v.name("uplink.netns", name, MAX_NETNS_LEN, ErrorKind::InvalidNetns)
+        });
+        let capacity = v.rate("uplink.capacity", raw.capacity.as_deref(), true);
+        Some(Uplink {
+            interface: interface?,
+            netns: raw.netns.clone().filter(|_| netns_ok),
+            capacity: capacity?,
+        })
+        .filter(|_| netns_ok)
+    });
+    let mut next_port = first_port;
+    let mut guarantee_sum: u128 = 0;
+    for tenant in tenants.iter_mut() {
+        let key = format!("tenants.{}.uplink", key_segment(&tenant.name));
+        let raw = file
+            .tenants
+            .get(&tenant.name)
+            .and_then(|t| t.uplink.as_ref());
+        if raw.is_some() && file.uplink.is_none() {
+            v.push(&key, None, ErrorKind::NeedsUplink);
+        }
+        if raw.is_some() && tenant.gateway.is_none() {
+            v.push(&key, None, ErrorKind::NeedsGateway);
+        }
+        if file.uplink.is_none() || tenant.gateway.is_none() {
+            continue;
+        }
+        // Checked even when [uplink] itself is not valid: every error at once.
+        let capacity = uplink.as_ref().map(|u| u.capacity);
+        let (Some(rates), Some(_)) = (rates(v, &key, raw, tenant, capacity), &uplink) else {
+            continue;
+        };
+        guarantee_sum += u128::from(rates.0.bits_per_sec());
+        tenant.uplink = Some(TenantUplink {
+            port: PortId(next_port),
+            guaranteed: rates.0,
+            ceiling: rates.1,
+            weight: rates.2,
+        });
+        next_port += 1;
+    }
+    if let Some(uplink) = &uplink
+        && guarantee_sum > u128::from(uplink.capacity.bits_per_sec())
+    {
+        let sum = saturating_rate(guarantee_sum);
+        v.push(
+            "uplink.capacity",
+            Some(uplink.capacity.to_string()),
+            ErrorKind::UplinkGuaranteesExceedCapacity { sum },
+        );
+    }
+    uplink
+}
+
+/// A tenant's (guaranteed, ceiling, weight) on the uplink: its overrides, else its own rates
+/// with the ceiling capped at the uplink's `capacity` (`None`: the uplink's is not valid).
+fn rates(
+    v: &mut Validator<'_>,
+    key: &str,
+    raw: Option<&FileRates>,
+    tenant: &Tenant,
+    capacity: Option<Rate>,
+) -> Option<(Rate, Rate, u32)> {
+    let raw = raw.cloned().unwrap_or_default();
+    let guaranteed = match raw.guaranteed.as_deref() {
+        None => Some(tenant.guaranteed),
+        Some(text) => v.rate(&format!("{key}.guaranteed"), Some(text), true),
+    };
+    let ceiling_key = format!("{key}.ceiling");
+    let ceiling = match raw.ceiling.as_deref() {
+        None => Some(capacity.map_or(tenant.ceiling, |c| tenant.ceiling.min(c))),
+        Some(text) => v.rate(&ceiling_key, Some(text), true),
+    };
+    let weight = match raw.weight {
+        None => Some(tenant.weight),
+        Some(w) => u32::try_from(w).ok().filter(|&w| w >= 1).or_else(|| {
+            let weight_key = format!("{key}.weight");
+            v.push(&weight_key, Some(w.to_string()), ErrorKind::InvalidWeight);
+            None
+        }),
+    };
+    let (guaranteed, ceiling, weight) = (guaranteed?, ceiling?, weight?);
+    if let Some(capacity) = capacity
+        && raw.ceiling.is_some()
+        && ceiling > capacity
+    {
+        let value = quoted(raw.ceiling.as_deref());
+        v.push(
+            &ceiling_key,
+            value,
+            ErrorKind::CeilingAboveUplink { capacity },
+        );
+        return None;
+    }
+    if ceiling < guaranteed {
+        let value = Some(ceiling.to_string());
+        v.push(
+            &ceiling_key,
+            value,
+            ErrorKind::CeilingBelowGuarantee { guaranteed },
+        );
+        return None;
+    }
+    Some((guaranteed, ceiling, weight))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::topology::{PortKind, parse};
+
+    const BASE: &str = r#"
+[host]
+capacity = "1gbit"
+
+[uplink]
+interface = "eth1"
+netns = "edge"
+capacity = "100mbit"
+
+[tenants.acme]
+guaranteed = "30mbit"
+gateway = "10.1.0.1/24"
+nat = true
+
+[tenants.blue]
+guaranteed = "50mbit"
+ceiling = "80mbit"
+weight = 3
+gateway = "203.0.113.1/28"
+
+[tenants.plain]
+guaranteed = "10mbit"
+
+[servers.a1]
+tenant = "acme"
+ip = "10.1.0.10/24"
+
+[servers.b1]
+tenant = "blue"
+ip = "203.0.113.2/28"
+
+[servers.p1]
+tenant = "plain"
+ip = "10.1.0.10/24"
+"#;
+
+    fn problems(text: &str) -> Vec<String> {
+        parse(Path::new("t.toml"), text)
+            .expect_err("expected errors")
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn routed_tenants_get_an_uplink_port_and_their_own_rates_capped_at_the_uplink() {
+        let topology = parse(Path::new("t.toml"), BASE).unwrap();
+        let uplink = topology.uplink.as_ref().unwrap();
+        assert_eq!(uplink.interface, "eth1");
+        assert_eq!(uplink.netns.as_deref(), Some("edge"));
+        assert_eq!(uplink.capacity, "100mbit".parse().unwrap());
+        let acme = topology
+            .tenant_by_name("acme")
+            .unwrap()
+            .uplink
+            .clone()
+            .unwrap();
+        assert_eq!(acme.guaranteed, "30mbit".parse().unwrap());
+        assert_eq!(
+            acme.ceiling,
+            "100mbit".parse().unwrap(),
+            "capped at the uplink"
+        );
+        let blue = topology
+            .tenant_by_name("blue")
+            .unwrap()
+            .uplink
+            .clone()
+            .unwrap();
+        assert_eq!((blue.ceiling, blue.weight), ("80mbit".parse().unwrap(), 3));
+        assert!(topology.tenant_by_name("plain").unwrap().uplink.is_none());
+        // Three servers, two gateways, then two uplink ports.
+        let kinds: Vec<_> = topology.ports().map(|p| (p.id(), p.kind())).collect();
+        assert_eq!(
+            kinds[5..],
+            [(acme.port, PortKind::Uplink), (blue.port, PortKind::Uplink)]
+        );
+        assert_eq!((acme.port, blue.port), (PortId(5), PortId(6)));
+        assert_eq!(topology.port_id_bound(), 7);
+    }
+
+    #[test]
+    fn overrides_apply_per_tenant() {
+        let text = BASE.replace(
+            "nat = true\n",
+            "nat = true\n[tenants.acme.uplink]\nguaranteed = \"20mbit\"\nceiling = \"40mbit\"\nweight = 2\n",
+        );
+        let topology = parse(Path::new("t.toml"), &text).unwrap();
+        let acme = topology
+            .tenant_by_name("acme")
+            .unwrap()
+            .uplink
+            .clone()
+            .unwrap();
+        let want = ("20mbit".parse().unwrap(), "40mbit".parse().unwrap(), 2);
+        assert_eq!((acme.guaranteed, acme.ceiling, acme.weight), want);
+    }
+
+    #[test]
+    fn every_bad_uplink_key_is_named_at_once() {
+        let text = BASE
+            .replace(
+                "interface = \"eth1\"",
+                "interface = \"an-interface-name-too-long\"",
+            )
+            .replace("capacity = \"100mbit\"", "capacity = \"fast\"")
+            .replace(
+                "gateway = \"203.0.113.1/28\"\n",
+                "gateway = \"203.0.113.1/28\"\n[tenants.blue.uplink]\nweight = 0\n",
+            )
+            .replace(
+                "guaranteed = \"10mbit\"\n",
+                "guaranteed = \"10mbit\"\n[tenants.plain.uplink]\nguaranteed = \"5mbit\"\n",
+            );
+        let errors = problems(&text);
+        let want = [
+            "uplink.interface = \"an-interface-name-too-long\": not a usable interface name",
+            "uplink.capacity = \"fast\": malformed rate",
+            "tenants.blue.uplink.weight = 0: weight must be",
+            "tenants.plain.uplink: needs a gateway",
+        ];
+        for want in want {
+            assert!(
+                errors.iter().any(|e| e.contains(want)),
+                "{want} not in {errors:#?}"
+            );
+        }
+    }
+
+    #[test]
+    fn uplink_guarantees_above_its_capacity_are_refused() {
+        let text = BASE.replace("guaranteed = \"50mbit\"", "guaranteed = \"80mbit\"");
+        let errors = problems(&text);
+        assert!(
+            errors.iter().any(|e| e.contains(
+                "uplink.capacity = 100mbit: the tenants' uplink guarantees sum to 110mbit"
+            )),
+            "{errors:#?}"
+        );
+        let text = BASE.replace(
+            "nat = true\n",
+            "nat = true\n[tenants.acme.uplink]\nceiling = \"200mbit\"\n",
+        );
+        let errors = problems(&text);
+        assert!(
+            errors.iter().any(|e| e.contains(
+                "tenants.acme.uplink.ceiling = \"200mbit\": ceiling is above the uplink capacity"
+            )),
+            "{errors:#?}"
+        );
+    }
+
+    #[test]
+    fn a_tenant_uplink_needs_the_uplink() {
+        let text = BASE
+            .replace(
+                "[uplink]\ninterface = \"eth1\"\nnetns = \"edge\"\ncapacity = \"100mbit\"\n",
+                "",
+            )
+            .replace(
+                "nat = true\n",
+                "nat = true\n[tenants.acme.uplink]\nweight = 2\n",
+            );
+        let errors = problems(&text);
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("tenants.acme.uplink: needs an uplink")),
+            "{errors:#?}"
+        );
+    }
+}
