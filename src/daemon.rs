@@ -25,7 +25,7 @@ use crate::datapath::{DataPath, Priority};
 use crate::gateway::GatewayPort;
 use crate::kernel::{self, KernelError};
 use crate::port::{Offload, Port, TapPort};
-use crate::shaper::ShaperConfig;
+use crate::shaper::Shaping;
 use crate::stats::Stats;
 use crate::switch::Switch;
 use crate::topology::Topology;
@@ -168,7 +168,7 @@ pub async fn up(
     ));
     let (datapath, stop) = DataPath::new(
         Switch::new(&topology),
-        ShaperConfig::from_topology(&topology),
+        Shaping::from_topology(&topology),
         ports,
         stats.clone(),
     )

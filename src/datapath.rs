@@ -54,11 +54,12 @@ use tracing::{info, warn};
 use crate::kernel::sys::TimerFd;
 use crate::pool::{self, BufferPool};
 use crate::port::{Offload, Port};
-use crate::shaper::{Admit, Nanos, Shaper, ShaperConfig};
+use crate::shaper::{Admit, Nanos, Shaper, Shaping};
 use crate::stats::{DropReason, Stats};
 use crate::storm::StormControl;
 use crate::switch::{Decision, Switch};
 use crate::topology::{PortId, TenantId};
+use crate::wire::MacAddr;
 use crate::wire::vnet::{VNET_HDR_LEN, VnetHeader};
 
 /// Frames read from one port before moving on to the next ready port.
@@ -256,8 +257,8 @@ pub struct Update {
     pub add: Vec<Box<dyn Port>>,
     /// The new switch (always given: ports, tenants and storm limits follow it).
     pub switch: Option<Switch>,
-    /// The new shaper parameters, applied with [`Shaper::reconfigure`].
-    pub shaper: Option<ShaperConfig>,
+    /// The new shapers' parameters, applied with [`Shaper::reconfigure`].
+    pub shaper: Option<Shaping>,
     /// Counters grown for new ids ([`Stats::grown`]); existing counters are shared.
     pub stats: Option<Arc<Stats>>,
     /// Told when the update is applied, with the removed ports.
@@ -320,7 +321,7 @@ struct Egress {
 pub struct DataPath {
     poll: Poll,
     egress: Egress,
-    shaper: Shaper<Pending>,
+    shapers: Shapers,
     timer: TimerFd,
     /// When the timer was last armed for, to avoid re-arming it for the same instant.
     timer_target: Option<Nanos>,
@@ -344,7 +345,7 @@ impl DataPath {
     /// Register `ports` with a new poller; return the loop and a handle to stop it.
     pub fn new(
         switch: Switch,
-        shaper: ShaperConfig,
+        shaping: Shaping,
         ports: Vec<Box<dyn Port>>,
         stats: Arc<Stats>,
     ) -> io::Result<(DataPath, StopHandle)> {
@@ -390,7 +391,7 @@ impl DataPath {
                     pool,
                     scratch,
                 },
-                shaper: Shaper::new(shaper, 0),
+                shapers: Shapers::new(shaping),
                 timer,
                 timer_target: None,
                 clock: Instant::now(),
@@ -510,9 +511,8 @@ impl DataPath {
             let now = self.now();
             self.check_overload(now, self.egress.ready.iter().any(|&r| r));
             // Frames released from the queues change the shaper's counters too.
-            self.unpublished |= self.shaper.next_release().is_some();
-            let egress = &mut self.egress;
-            self.shaper.release(now, |pending| egress.send(pending));
+            self.unpublished |= self.shapers.next_release().is_some();
+            self.shapers.release(now, &mut self.egress);
             self.arm_timer(now)?;
             if now.saturating_sub(self.last_publish) >= PUBLISH_EVERY {
                 self.publish_shaper_counters();
@@ -578,7 +578,7 @@ impl DataPath {
         }
         if let Some(config) = update.shaper {
             // Frames of removed tenants come back: recycle their buffers.
-            for pending in self.shaper.reconfigure(config, now) {
+            for pending in self.shapers.reconfigure(config, now) {
                 egress.count_drop(pending.ingress, DropReason::QueueFull);
                 egress.pool.give(pending.buf);
             }
@@ -665,7 +665,7 @@ impl DataPath {
             .deadline_slots
             .iter()
             .filter_map(|&slot| egress.ports[slot].poll_at());
-        let next = ports.chain(self.shaper.next_release()).min();
+        let next = ports.chain(self.shapers.next_release()).min();
         if let Some(at) = next
             && self.timer_target != Some(at)
         {
@@ -734,6 +734,15 @@ impl DataPath {
             }
         };
         egress.stats.tenants[tenant.index()].count_rx(frame.len());
+        let path = egress.path(ingress, decision);
+        if path == Path::Download
+            && let Decision::Unicast(_, to) = decision
+        {
+            // A routed packet takes the MAC of the server it goes to.
+            let mac = egress.switch.mac_of(to).unwrap_or(MacAddr([0; 6]));
+            self.rx[hdr..hdr + 6].copy_from_slice(&mac.octets());
+        }
+        let frame = &self.rx[hdr..len];
         if let Decision::Flood(_) = decision
             && !self.storm.allow(ingress)
         {
@@ -761,9 +770,16 @@ impl DataPath {
             vnet,
             decision,
         };
+        // Each shaper keeps a lane per port of the tenant: the sender's, or on the way down
+        // the receiving server's.
+        let lane = match (path, decision) {
+            (Path::Download, Decision::Unicast(_, to)) => to,
+            _ => ingress,
+        };
         match self
-            .shaper
-            .offer_flow(now, tenant, ingress, charge, pending, flow)
+            .shapers
+            .of(path)
+            .offer_flow(now, tenant, lane, charge, pending, flow)
         {
             Admit::Send(pending) => egress.send(pending),
             Admit::Queued => {}
@@ -774,16 +790,93 @@ impl DataPath {
         }
     }
 
-    /// Copy the shaper's per-tenant counters to the shared stats.
+    /// Copy the shapers' per-tenant counters to the shared stats.
     fn publish_shaper_counters(&self) {
-        for (i, gauges) in self.egress.stats.shaper.iter().enumerate() {
-            let id = crate::topology::TenantId(u32::try_from(i).unwrap_or(u32::MAX));
-            gauges.publish(&self.shaper.counters(id));
+        let stats = &self.egress.stats;
+        let shapers = &self.shapers;
+        for (gauges, shaper) in [
+            (&stats.shaper, &shapers.host),
+            (&stats.upload, &shapers.upload),
+            (&stats.download, &shapers.download),
+        ] {
+            for (i, gauges) in gauges.iter().enumerate() {
+                let id = TenantId(u32::try_from(i).unwrap_or(u32::MAX));
+                gauges.publish(&shaper.counters(id));
+            }
         }
     }
 }
 
+/// Which shaper a frame passes: the host's, or the uplink's for its direction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Path {
+    /// Between ports of a tenant (servers, its gateway): `[host] capacity`.
+    Host,
+    /// From a server to the tenant's uplink port: charged to the sending tenant.
+    Upload,
+    /// From the uplink port to a server: charged to the receiving tenant.
+    Download,
+}
+
+/// The data path's shapers: the host's and the uplink's two directions.
+struct Shapers {
+    host: Shaper<Pending>,
+    upload: Shaper<Pending>,
+    download: Shaper<Pending>,
+}
+
+impl Shapers {
+    fn new(shaping: Shaping) -> Shapers {
+        Shapers {
+            host: Shaper::new(shaping.host, 0),
+            upload: Shaper::new(shaping.uplink.clone(), 0),
+            download: Shaper::new(shaping.uplink, 0),
+        }
+    }
+
+    fn of(&mut self, path: Path) -> &mut Shaper<Pending> {
+        match path {
+            Path::Host => &mut self.host,
+            Path::Upload => &mut self.upload,
+            Path::Download => &mut self.download,
+        }
+    }
+
+    /// The earliest release of any shaper.
+    fn next_release(&self) -> Option<Nanos> {
+        [&self.host, &self.upload, &self.download]
+            .into_iter()
+            .filter_map(Shaper::next_release)
+            .min()
+    }
+
+    /// Send what every shaper releases at `now`.
+    fn release(&mut self, now: Nanos, egress: &mut Egress) {
+        for shaper in [&mut self.host, &mut self.upload, &mut self.download] {
+            shaper.release(now, |pending| egress.send(pending));
+        }
+    }
+
+    /// Apply new parameters to every shaper; hand back the frames of removed tenants.
+    fn reconfigure(&mut self, shaping: Shaping, now: Nanos) -> Vec<Pending> {
+        let mut returned = self.host.reconfigure(shaping.host, now);
+        returned.extend(self.upload.reconfigure(shaping.uplink.clone(), now));
+        returned.extend(self.download.reconfigure(shaping.uplink, now));
+        returned
+    }
+}
+
 impl Egress {
+    /// Return the shaper a frame from `ingress` with this decision passes.
+    fn path(&self, ingress: PortId, decision: Decision) -> Path {
+        let uplink = Some(crate::port::PortKind::Uplink);
+        match decision {
+            _ if self.switch.kind_of(ingress) == uplink => Path::Download,
+            Decision::Unicast(_, to) if self.switch.kind_of(to) == uplink => Path::Upload,
+            _ => Path::Host,
+        }
+    }
+
     /// Deliver a frame the shaper let go, then recycle its buffer.
     fn send(&mut self, pending: Pending) {
         match pending.decision {

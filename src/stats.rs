@@ -262,6 +262,9 @@ pub struct Stats {
     pub tenants: Vec<Arc<Counters>>,
     /// The shaper's per-tenant counters (index = `TenantId`).
     pub shaper: Vec<Arc<ShaperGauges>>,
+    /// The uplink shapers' per-tenant counters, per direction (index = `TenantId`).
+    pub upload: Vec<Arc<ShaperGauges>>,
+    pub download: Vec<Arc<ShaperGauges>>,
     /// The data-path thread's scheduling.
     pub datapath: Arc<DataPathGauges>,
 }
@@ -273,6 +276,8 @@ impl Stats {
             ports: (0..ports).map(|_| Arc::default()).collect(),
             tenants: (0..tenants).map(|_| Arc::default()).collect(),
             shaper: (0..tenants).map(|_| Arc::default()).collect(),
+            upload: (0..tenants).map(|_| Arc::default()).collect(),
+            download: (0..tenants).map(|_| Arc::default()).collect(),
             datapath: Arc::default(),
         }
     }
@@ -291,6 +296,8 @@ impl Stats {
             ports: grow(&self.ports, ports),
             tenants: grow(&self.tenants, tenants),
             shaper: grow(&self.shaper, tenants),
+            upload: grow(&self.upload, tenants),
+            download: grow(&self.download, tenants),
             datapath: self.datapath.clone(),
         }
     }

@@ -51,7 +51,7 @@ use crate::datapath::{Update, UpdateHandle};
 use crate::gateway::GatewayPort;
 use crate::kernel::{self, KernelError, Plumbing};
 use crate::port::{Offload, Port, TapPort};
-use crate::shaper::ShaperConfig;
+use crate::shaper::Shaping;
 use crate::stats::Stats;
 use crate::switch::Switch;
 use crate::topology::{self, LoadError, TenantId, Topology, ValidationError};
@@ -574,8 +574,8 @@ impl Control {
         let (ports, tenants) = (new.port_id_bound(), new.tenant_id_bound());
         let stats = (ports > current.ports.len() || tenants > current.tenants.len())
             .then(|| Arc::new(current.grown(ports, tenants)));
-        let shaper = ShaperConfig::from_topology(new);
-        let shaper = (shaper != ShaperConfig::from_topology(&old)).then_some(shaper);
+        let shaper = Shaping::from_topology(new);
+        let shaper = (shaper != Shaping::from_topology(&old)).then_some(shaper);
         let (done, applied) = tokio::sync::oneshot::channel();
         let mut remove = diff.servers_removed.clone();
         remove.extend(old_gateways);

@@ -41,7 +41,7 @@ impl Loop {
         let stats = Arc::new(Stats::new(8, 4));
         let (datapath, stop) = DataPath::new(
             Switch::new(topology),
-            ShaperConfig::from_topology(topology),
+            crate::shaper::Shaping::from_topology(topology),
             ports,
             stats.clone(),
         )

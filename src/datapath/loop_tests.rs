@@ -63,7 +63,7 @@ fn live_updates_add_and_remove_ports_between_batches() {
     let removed = run.apply(Update {
         add: vec![Box::new(port)],
         switch: Some(Switch::new(&full)),
-        shaper: Some(ShaperConfig::from_topology(&full)),
+        shaper: Some(crate::shaper::Shaping::from_topology(&full)),
         ..Update::default()
     });
     assert!(removed.is_empty());
@@ -74,7 +74,7 @@ fn live_updates_add_and_remove_ports_between_batches() {
     let removed = run.apply(Update {
         remove: vec![A2],
         switch: Some(Switch::new(&without_a2)),
-        shaper: Some(ShaperConfig::from_topology(&without_a2)),
+        shaper: Some(crate::shaper::Shaping::from_topology(&without_a2)),
         ..Update::default()
     });
     assert_eq!(removed.iter().map(|p| p.id()).collect::<Vec<_>>(), [A2]);
@@ -257,4 +257,66 @@ fn a_frame_longer_than_the_destinations_mtu_is_dropped_there_and_counted() {
     fits[at::IPV4_TOTAL_LEN..at::IPV4_TOTAL_LEN + 2].copy_from_slice(&total);
     run.peer(B2).send(&fits).unwrap();
     assert_eq!(run.peer(B1).recv(ARRIVES).map(|f| f.len()), Some(1514));
+}
+
+/// A memory port for `id` handed to the loop, and its peer.
+fn memory_port(id: PortId) -> (Box<dyn Port>, crate::port::MemoryPeer) {
+    let (port, peer) = MemoryPort::pair(id, Offload::None).unwrap();
+    (Box::new(port), peer)
+}
+
+#[test]
+fn routed_packets_go_up_through_the_uplink_and_come_down_to_the_server_owning_the_address() {
+    let topology = with_uplink();
+    let (gateway, gateway_peer) = memory_port(GW);
+    let (uplink, uplink_peer) = memory_port(UP);
+    let run = Loop::start(&topology, &[Offload::None; 4], vec![gateway, uplink]);
+    // a1 → the internet, through its gateway's MAC: the uplink takes it as it is.
+    let to_internet = patched(&IPV4_ICMP, at::ETH_DST, &GW_MAC);
+    let to_internet = patched(&to_internet, at::IPV4_DST, &[192, 0, 2, 1]);
+    run.peer(A1).send(&to_internet).unwrap();
+    assert_eq!(uplink_peer.recv(ARRIVES).as_deref(), Some(&to_internet[..]));
+    // a1 → the gateway's own address: the gateway answers it, the uplink never sees it.
+    let to_gateway = patched(&IPV4_ICMP, at::ETH_DST, &GW_MAC);
+    let to_gateway = patched(&to_gateway, at::IPV4_DST, &[10, 0, 0, 254]);
+    run.peer(A1).send(&to_gateway).unwrap();
+    assert_eq!(gateway_peer.recv(ARRIVES), Some(to_gateway));
+    // A broadcast reaches the gateway, never the uplink.
+    run.peer(A1).send(&ARP_REQUEST).unwrap();
+    assert!(gateway_peer.recv(ARRIVES).is_some());
+    assert!(run.peer(A2).recv(ARRIVES).is_some());
+    assert_eq!(uplink_peer.recv(SILENT), None, "a flood reached the uplink");
+    // The internet → a2: the uplink's frame (destination MAC left zero) reaches a2 with a2's MAC.
+    let from_internet = patched(&IPV4_ICMP, at::ETH_DST, &[0; 6]);
+    let from_internet = patched(&from_internet, at::ETH_SRC, &GW_MAC);
+    let from_internet = patched(&from_internet, at::IPV4_SRC, &[192, 0, 2, 1]);
+    uplink_peer.send(&from_internet).unwrap();
+    let got = run
+        .peer(A2)
+        .recv(ARRIVES)
+        .expect("a2 gets the routed packet");
+    assert_eq!(got, patched(&from_internet, at::ETH_DST, &A2_MAC));
+    // To an address no server of the tenant owns: dropped and counted on the uplink port.
+    let nobody = patched(&from_internet, at::IPV4_DST, &[10, 0, 0, 99]);
+    uplink_peer.send(&nobody).unwrap();
+    run.wait_drop(UP, DropReason::UnknownDestination);
+    // b1 has the same address as a1 but no route: blue's frames to acme's gateway go nowhere.
+    let from_b1 = patched(&to_internet, at::ETH_SRC, &B1_MAC);
+    run.peer(B1).send(&from_b1).unwrap();
+    run.wait_drop(B1, DropReason::UnknownDestination);
+    assert_eq!(uplink_peer.recv(SILENT), None, "blue reached acme's uplink");
+    // Upload and download were charged to acme on the uplink's shapers, not the host's.
+    let deadline = Instant::now() + ARRIVES;
+    loop {
+        let up = run.stats.upload[ACME.index()].snapshot();
+        let down = run.stats.download[ACME.index()].snapshot();
+        if up.own_bytes + up.borrowed_bytes > 0 && down.own_bytes + down.borrowed_bytes > 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "uplink shapers charged nothing: {up:?} {down:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }

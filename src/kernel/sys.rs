@@ -13,6 +13,8 @@ pub const TUN_PATH: &str = "/dev/net/tun";
 
 /// `_IOW('T', 202, int)` from `<linux/if_tun.h>`.
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+/// TUN: IP packets, no Ethernet header.
+const IFF_TUN: libc::c_short = 0x0001;
 /// TAP (Ethernet frames) rather than TUN (IP packets).
 const IFF_TAP: libc::c_short = 0x0002;
 /// No 4-byte packet-information prefix on each frame.
@@ -49,6 +51,21 @@ struct IfReqFlags {
 /// virtio-net header and the TAP offers checksum, TSO and (where the kernel has it) USO
 /// offload, so the kernel passes 64 KiB GSO frames; with `None`, frames are plain Ethernet.
 pub fn open_tap(name: &str, vnet_hdr_len: Option<usize>) -> io::Result<OwnedFd> {
+    open_device(name, IFF_TAP, vnet_hdr_len)
+}
+
+/// [`open_tap`] for a TUN: IP packets without an Ethernet header (the virtio-net header's
+/// offsets then count from the IP header).
+pub fn open_tun(name: &str, vnet_hdr_len: Option<usize>) -> io::Result<OwnedFd> {
+    open_device(name, IFF_TUN, vnet_hdr_len)
+}
+
+/// Open a TUN or TAP (`mode`) device; see [`open_tap`].
+fn open_device(
+    name: &str,
+    mode: libc::c_short,
+    vnet_hdr_len: Option<usize>,
+) -> io::Result<OwnedFd> {
     if name.is_empty() || name.len() > IFNAMSIZ_MAX || name.contains('\0') {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -62,7 +79,7 @@ pub fn open_tap(name: &str, vnet_hdr_len: Option<usize>) -> io::Result<OwnedFd> 
         .open(TUN_PATH)?
         .into();
 
-    let mut flags = IFF_TAP | IFF_NO_PI;
+    let mut flags = mode | IFF_NO_PI;
     if vnet_hdr_len.is_some() {
         flags |= IFF_VNET_HDR;
     }

@@ -12,6 +12,8 @@
 //!
 //! Implementations:
 //! - [`TapPort`]: a virtual server's TAP (fd), with offloads when opened with `IFF_VNET_HDR`;
+//! - [`UplinkPort`]: a routed tenant's TUN towards the host's kernel (fd), translating
+//!   between IP packets and the switch's Ethernet frames;
 //! - [`MemoryPort`]: an in-process port over a datagram socket pair (fd), whose other end a
 //!   test holds ([`MemoryPeer`]): the event loop and live updates run without root.
 //!
@@ -20,6 +22,7 @@
 
 mod memory;
 mod tap;
+mod uplink;
 
 use std::fmt::Debug;
 use std::io;
@@ -27,6 +30,7 @@ use std::os::fd::RawFd;
 
 pub use memory::{MemoryPeer, MemoryPort};
 pub use tap::TapPort;
+pub use uplink::UplinkPort;
 
 use crate::shaper::Nanos;
 use crate::topology::PortId;

@@ -175,6 +175,32 @@ impl ShaperConfig {
         self
     }
 
+    /// Build the uplink shapers' view of a topology (one per direction, alike): the
+    /// uplink's capacity shared among the routed tenants by their uplink rates; their
+    /// servers share one lane per tenant. No uplink: no tenants.
+    pub fn uplink_from_topology(t: &Topology) -> ShaperConfig {
+        let host = ShaperConfig::from_topology(t);
+        let tenants = t
+            .tenants
+            .iter()
+            .filter_map(|tenant| {
+                let uplink = tenant.uplink.as_ref()?;
+                Some(TenantConfig {
+                    id: tenant.id,
+                    guaranteed: uplink.guaranteed,
+                    ceiling: uplink.ceiling,
+                    weight: uplink.weight,
+                    ports: Vec::new(),
+                })
+            })
+            .collect();
+        ShaperConfig {
+            capacity: t.uplink.as_ref().map_or(MIN_RATE, |u| u.capacity),
+            tenants,
+            ..host
+        }
+    }
+
     /// Build the shaper's view of a topology, with default queue and burst sizes.
     pub fn from_topology(t: &Topology) -> ShaperConfig {
         let tenants = t
@@ -207,6 +233,34 @@ impl ShaperConfig {
                 ..BurstConfig::default()
             },
         }
+    }
+}
+
+/// The parameters of every shaper of the data path: the host's (traffic inside tenants)
+/// and the uplink's (routed traffic, one shaper per direction, alike).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Shaping {
+    pub host: ShaperConfig,
+    pub uplink: ShaperConfig,
+}
+
+impl Shaping {
+    /// Build every shaper's view of a topology.
+    pub fn from_topology(t: &Topology) -> Shaping {
+        Shaping {
+            host: ShaperConfig::from_topology(t),
+            uplink: ShaperConfig::uplink_from_topology(t),
+        }
+    }
+
+    /// Shaping without an uplink: the host's shaper only.
+    pub fn host_only(host: ShaperConfig) -> Shaping {
+        let uplink = ShaperConfig {
+            capacity: MIN_RATE,
+            tenants: Vec::new(),
+            ..host.clone()
+        };
+        Shaping { host, uplink }
     }
 }
 

@@ -104,6 +104,27 @@ pub fn with_gateway() -> Topology {
     topology
 }
 
+/// The uplink port [`with_uplink`] gives tenant acme.
+pub const UP: PortId = PortId(5);
+
+/// [`with_gateway`] with an uplink (100 Mbit/s each way) and acme routed through it on port 5.
+pub fn with_uplink() -> Topology {
+    let mut topology = with_gateway();
+    let mbit = |n: u64| crate::topology::Rate::from_bits_per_sec(n * 1_000_000);
+    topology.uplink = Some(crate::topology::Uplink {
+        interface: "eth1".into(),
+        netns: None,
+        capacity: mbit(100),
+    });
+    topology.tenants[0].uplink = Some(crate::topology::TenantUplink {
+        port: UP,
+        guaranteed: mbit(10),
+        ceiling: mbit(100),
+        weight: 1,
+    });
+    topology
+}
+
 /// Return a copy of `frame` with `bytes` written at `offset`.
 pub fn patched(frame: &[u8], offset: usize, bytes: &[u8]) -> Vec<u8> {
     let mut out = frame.to_vec();
@@ -121,6 +142,7 @@ pub mod at {
     pub const ARP_SPA: usize = 28;
     pub const IPV4_TOTAL_LEN: usize = 16;
     pub const IPV4_SRC: usize = 26;
+    pub const IPV4_DST: usize = 30;
     /// UDP destination port over IPv4 without options.
     pub const UDP_DST: usize = 14 + 20 + 2;
     /// Client hardware address of a DHCP message over IPv4 without options.

@@ -1,6 +1,12 @@
 //! Forward: where a guarded frame goes, from static per-tenant tables built from the topology.
 //! Entries may be ports of any kind (servers, the tenant's gateway, its uplink).
 //!
+//! Routed tenants (a gateway and an uplink): an IPv4 packet a server sends to the gateway's
+//! MAC for an address other than the gateway's goes to the tenant's uplink port (the host's
+//! kernel routes it on); a packet the uplink port hands back goes to the server owning its
+//! destination address (the data path writes that server's MAC into it). The uplink port is
+//! reached only by routing: it owns no MAC here and floods never reach it.
+//!
 //! Contract: nothing crosses tenants. A decision for a frame from a tenant's port names only
 //! that tenant or one of its ports: a MAC owned by another tenant's server is
 //! `UnknownDestination`, exactly as if nobody owned it. [`ForwardTable::forward`] never
@@ -19,9 +25,11 @@
 //! no per-frame allocation. A hash map would only pay off for tenants far larger than a
 //! host holds.
 
+use std::net::Ipv4Addr;
+
 use crate::stats::DropReason;
-use crate::topology::{PortId, TenantId, Topology};
-use crate::wire::MacAddr;
+use crate::topology::{PortId, PortKind, PortSpec, TenantId, Topology};
+use crate::wire::{EthernetFrame, EthernetProtocol, IPV4_HEADER_LEN, Ipv4Packet, MacAddr};
 
 use super::Decision;
 
@@ -41,6 +49,20 @@ struct TenantTable {
     macs: Box<[u64]>,
     /// `ports[i]` owns `macs[i]`.
     ports: Box<[PortId]>,
+    /// Where routed packets go, for a tenant with a gateway and an uplink.
+    routes: Option<Routes>,
+}
+
+/// A routed tenant's gateway, uplink and server addresses.
+#[derive(Clone, Debug)]
+struct Routes {
+    gateway_port: PortId,
+    gateway_ip: Ipv4Addr,
+    uplink_port: PortId,
+    /// Server addresses (as `u32`), sorted ascending.
+    addresses: Box<[u32]>,
+    /// `servers[i]` owns `addresses[i]`.
+    servers: Box<[PortId]>,
 }
 
 impl ForwardTable {
@@ -54,12 +76,14 @@ impl ForwardTable {
             .max()
             .unwrap_or(0);
         let mut entries: Vec<Vec<(u64, PortId)>> = vec![Vec::new(); count];
-        for port in topology.ports() {
+        for port in topology.ports().filter(|p| p.kind() != PortKind::Uplink) {
             entries[port.tenant().index()].push((mac_key(port.mac()), port.id()));
         }
+        let mut routes = routes(topology, count);
         let tenants = entries
             .into_iter()
-            .map(|mut entries| {
+            .zip(routes.drain(..))
+            .map(|(mut entries, routes)| {
                 let mut members: Vec<PortId> = entries.iter().map(|&(_, port)| port).collect();
                 members.sort_unstable();
                 entries.sort_unstable();
@@ -67,10 +91,68 @@ impl ForwardTable {
                     members: members.into(),
                     macs: entries.iter().map(|&(mac, _)| mac).collect(),
                     ports: entries.iter().map(|&(_, port)| port).collect(),
+                    routes,
                 }
             })
             .collect();
         ForwardTable { tenants }
+    }
+
+    /// Decide where a guarded frame from `ingress` (a port of `tenant`, of `kind`) goes.
+    pub(crate) fn decide(
+        &self,
+        ingress: PortId,
+        kind: PortKind,
+        tenant: TenantId,
+        eth: &EthernetFrame<&[u8]>,
+    ) -> Decision {
+        if kind == PortKind::Uplink {
+            return self.routed_down(tenant, eth);
+        }
+        match self.forward(ingress, tenant, MacAddr::from(eth.dst_addr())) {
+            Decision::Unicast(tenant, to) => self
+                .routed_up(tenant, to, eth)
+                .unwrap_or(Decision::Unicast(tenant, to)),
+            other => other,
+        }
+    }
+
+    /// A frame for the tenant's gateway port that the gateway must route: an IPv4 packet for
+    /// another address goes to the uplink port instead.
+    fn routed_up(
+        &self,
+        tenant: TenantId,
+        to: PortId,
+        eth: &EthernetFrame<&[u8]>,
+    ) -> Option<Decision> {
+        let routes = self.tenants.get(tenant.index())?.routes.as_ref()?;
+        if to != routes.gateway_port || eth.ethertype() != EthernetProtocol::Ipv4 {
+            return None;
+        }
+        let dst = ipv4_destination(eth.payload())?;
+        (dst != routes.gateway_ip).then_some(Decision::Unicast(tenant, routes.uplink_port))
+    }
+
+    /// A packet routed back to the tenant: to the server owning its destination address.
+    fn routed_down(&self, tenant: TenantId, eth: &EthernetFrame<&[u8]>) -> Decision {
+        let unknown = Decision::Drop(DropReason::UnknownDestination);
+        let Some(routes) = self
+            .tenants
+            .get(tenant.index())
+            .and_then(|t| t.routes.as_ref())
+        else {
+            return unknown;
+        };
+        if eth.ethertype() != EthernetProtocol::Ipv4 {
+            return Decision::Drop(DropReason::UnsupportedEtherType);
+        }
+        let Some(dst) = ipv4_destination(eth.payload()) else {
+            return Decision::Drop(DropReason::Truncated);
+        };
+        match routes.addresses.binary_search(&u32::from(dst)) {
+            Ok(at) => Decision::Unicast(tenant, routes.servers[at]),
+            Err(_) => unknown,
+        }
     }
 
     /// Return the ports of `tenant`, in port order (empty for an unknown tenant).
@@ -98,6 +180,37 @@ impl ForwardTable {
             None => Decision::Drop(DropReason::UnknownDestination),
         }
     }
+}
+
+/// Return the routes of every tenant (indexed by tenant id, `count` long).
+fn routes(topology: &Topology, count: usize) -> Vec<Option<Routes>> {
+    let mut out = vec![None; count];
+    for port in topology.ports() {
+        let PortSpec::Uplink(tenant, uplink) = port else {
+            continue;
+        };
+        let Some(gateway) = &tenant.gateway else {
+            continue;
+        };
+        let mut servers: Vec<(u32, PortId)> = topology
+            .servers_of(tenant.id)
+            .map(|s| (u32::from(s.ip.ip()), s.id))
+            .collect();
+        servers.sort_unstable();
+        out[tenant.id.index()] = Some(Routes {
+            gateway_port: gateway.port,
+            gateway_ip: gateway.ip.ip(),
+            uplink_port: uplink.port,
+            addresses: servers.iter().map(|&(ip, _)| ip).collect(),
+            servers: servers.iter().map(|&(_, port)| port).collect(),
+        });
+    }
+    out
+}
+
+/// Return the destination of the IPv4 packet in `payload`, if it holds a whole header.
+fn ipv4_destination(payload: &[u8]) -> Option<Ipv4Addr> {
+    (payload.len() >= IPV4_HEADER_LEN).then(|| Ipv4Packet::new_unchecked(payload).dst_addr())
 }
 
 /// Pack a MAC into the low 48 bits of a `u64`, preserving its order.

@@ -99,7 +99,7 @@ impl Switch {
         checked: Result<crate::wire::EthernetFrame<&[u8]>, DropReason>,
     ) -> Decision {
         match checked {
-            Ok(eth) => table.forward(ingress, port.tenant, MacAddr::from(eth.dst_addr())),
+            Ok(eth) => table.decide(ingress, port.kind, port.tenant, &eth),
             Err(reason) => Decision::Drop(reason),
         }
     }
@@ -123,6 +123,12 @@ impl Switch {
     /// Return one more than the largest port id; every port id is below it.
     pub fn port_count(&self) -> usize {
         self.ports.len()
+    }
+
+    /// Return the MAC a port's frames come from (`None` for a port this switch does not know):
+    /// the one a frame routed to a server must carry.
+    pub fn mac_of(&self, port: PortId) -> Option<MacAddr> {
+        self.facts(port).map(|facts| facts.mac)
     }
 
     /// Return the longest frame a port takes, Ethernet header included (`None`: no such port).
