@@ -24,7 +24,7 @@ use crate::control::{self, Control, ControlError, rates};
 use crate::datapath::{DataPath, Priority};
 use crate::gateway::GatewayPort;
 use crate::kernel::{self, KernelError};
-use crate::port::{Offload, Port, TapPort};
+use crate::port::{Offload, Port, TapPort, UplinkPort};
 use crate::shaper::Shaping;
 use crate::stats::Stats;
 use crate::switch::Switch;
@@ -161,6 +161,10 @@ pub async fn up(
         if let Some(gateway) = GatewayPort::of(&topology, tenant.id) {
             ports.push(Box::new(gateway));
         }
+    }
+    for tun in plumbing.take_uplinks() {
+        let port = UplinkPort::new(tun.port, tun.file, offload, tun.gateway_mac);
+        ports.push(Box::new(port));
     }
     let stats = Arc::new(Stats::new(
         topology.port_id_bound(),

@@ -220,6 +220,11 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { file } => match topology::load(&file) {
             Ok(topology) => {
+                // What `up` needs of the host that the file cannot say: the uplink exists.
+                if let Some(Err(err)) = topology.uplink.as_ref().map(netd::kernel::uplink::check) {
+                    eprintln!("error: {}: {err}", file.display());
+                    return ExitCode::FAILURE;
+                }
                 print_summary(&topology);
                 ExitCode::SUCCESS
             }

@@ -17,6 +17,7 @@
 mod link;
 pub mod netns;
 pub mod sys;
+pub mod uplink;
 
 use std::fs::File;
 use std::io::Write;
@@ -64,6 +65,10 @@ pub enum KernelError {
         netns: String,
         detail: String,
     },
+    #[error("The uplink needs {what}, which does not exist")]
+    UplinkMissing { what: String },
+    #[error("Cannot set up the uplink: {detail}")]
+    Uplink { detail: String },
     #[error("Injected failure after server {0:?} (NETD_FAIL_AFTER_SERVER, debug builds only)")]
     InjectedFailure(String),
 }
@@ -75,17 +80,35 @@ pub struct ServerTap {
     pub file: File,
 }
 
+/// One routed tenant's uplink TUN, held open by netd.
+#[derive(Debug)]
+pub struct UplinkTun {
+    pub port: PortId,
+    pub file: File,
+    /// The tenant's gateway MAC, which routed packets come from.
+    pub gateway_mac: crate::wire::MacAddr,
+}
+
 /// Everything netd created in the kernel for a topology; dropping it removes all of it.
 #[derive(Debug, Default)]
 pub struct Plumbing {
     taps: Vec<ServerTap>,
+    uplinks: Vec<UplinkTun>,
+    /// Servers' and routers' namespaces.
     namespaces: Vec<String>,
+    /// What the uplink needs in the host's stack, if there is an uplink.
+    edge: Option<uplink::Edge>,
 }
 
 impl Plumbing {
     /// Hand the TAP files to the data path (namespaces stay owned here for tear-down).
     pub fn take_taps(&mut self) -> Vec<ServerTap> {
         std::mem::take(&mut self.taps)
+    }
+
+    /// Hand the uplink TUNs to the data path.
+    pub fn take_uplinks(&mut self) -> Vec<UplinkTun> {
+        std::mem::take(&mut self.uplinks)
     }
 
     /// Return the namespaces netd created, in creation order.
@@ -118,15 +141,20 @@ impl Plumbing {
         netns::delete(netns)
     }
 
-    /// Close the TAPs, then delete the namespaces netd created; log what could not be removed.
+    /// Close the TAPs, then delete the namespaces netd created and undo the uplink's set-up
+    /// in the host's stack; log what could not be removed.
     pub fn tear_down(&mut self) {
         // TAP fds pin their namespace; close them first so deleting the name frees it.
         self.taps.clear();
+        self.uplinks.clear();
         for name in self.namespaces.drain(..).rev() {
             match netns::delete(&name) {
                 Ok(()) => debug!(netns = %name, "deleted namespace"),
                 Err(err) => warn!(netns = %name, cause = %err, "namespace left behind"),
             }
+        }
+        if let Some(mut edge) = self.edge.take() {
+            edge.tear_down();
         }
     }
 }
@@ -164,8 +192,18 @@ pub fn preflight(topology: &Topology) -> Result<(), KernelError> {
         .filter(|s| netns::exists(&s.netns))
         .map(|s| s.netns.clone())
         .collect();
+    let routers = topology
+        .tenants
+        .iter()
+        .filter(|t| topology.uplink.is_some() && t.uplink.is_some())
+        .map(|t| uplink::router_netns(topology, t))
+        .filter(|ns| netns::exists(ns));
+    let clashes: Vec<String> = clashes.into_iter().chain(routers).collect();
     if !clashes.is_empty() {
         return Err(KernelError::NamespacesExist(clashes));
+    }
+    if let Some(up) = &topology.uplink {
+        uplink::check(up)?;
     }
     Ok(())
 }
@@ -180,6 +218,7 @@ pub fn remove_leftovers(topology: &Topology) -> Result<Vec<String>, KernelError>
             removed.push(server.netns.clone());
         }
     }
+    removed.extend(uplink::remove_leftovers(topology)?);
     Ok(removed)
 }
 
@@ -205,11 +244,40 @@ pub fn bring_up(topology: &Topology, offload: Offload) -> Result<Plumbing, Kerne
             return Err(KernelError::InjectedFailure(server.name.clone()));
         }
     }
+    if let Some(up) = &topology.uplink {
+        bring_up_uplink(topology, up, offload, &mut plumbing)?;
+    }
     info!(
         servers = topology.servers.len(),
-        "created namespaces and TAPs"
+        routers = plumbing.uplinks.len(),
+        "created namespaces, TAPs and routers"
     );
     Ok(plumbing)
+}
+
+/// Set up the host's side of the uplink and every routed tenant's router.
+fn bring_up_uplink(
+    topology: &Topology,
+    up: &crate::topology::Uplink,
+    offload: Offload,
+    plumbing: &mut Plumbing,
+) -> Result<(), KernelError> {
+    let edge = plumbing.edge.insert(uplink::Edge::set_up(topology, up)?);
+    for tenant in &topology.tenants {
+        let (Some(routed), Some(gateway)) = (&tenant.uplink, &tenant.gateway) else {
+            continue;
+        };
+        let file = edge.add_router(topology, tenant, offload)?;
+        plumbing
+            .namespaces
+            .push(uplink::router_netns(topology, tenant));
+        plumbing.uplinks.push(UplinkTun {
+            port: routed.port,
+            file,
+            gateway_mac: gateway.mac,
+        });
+    }
+    Ok(())
 }
 
 /// Create one server's namespace, TAP and link; on failure delete the namespace again.

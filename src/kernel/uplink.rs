@@ -1,0 +1,418 @@
+//! The routed uplink in the kernel: one router namespace per routed tenant between the
+//! tenant's uplink port and the host's own stack.
+//!
+//! ```text
+//!  switch ── uplink port (TUN "gw0") ─┐                     ┌─ [uplink] interface ── provider
+//!                                     │ router namespace    │ host's stack ([uplink] netns)
+//!                                     └─ "uplink0" ══ veth ═╧═ "ndXXXXXXXX"
+//! ```
+//!
+//! Why a namespace per tenant rather than a VRF: tenants' private subnets may overlap, and
+//! a namespace keeps each tenant's routes *and connection tracking* apart by construction
+//! (with VRFs in one namespace, two tenants' identical flows would share conntrack entries
+//! unless every rule also set zones), and namespaces are what netd already creates and
+//! removes for servers. The cost is one more hop through a veth, which keeps GSO.
+//!
+//! - Router namespace `TOPOLOGY.TENANT.router`: `gw0` (the TUN netd holds, no address: no ARP,
+//!   netd's gateway stays the only one answering for the gateway address), route to the
+//!   tenant's subnet via `gw0`, default route via the host's end of the veth, IPv4 forwarding.
+//!   A `nat = true` tenant masquerades to its veth address there, and nothing from outside
+//!   may open a connection inwards.
+//! - Host's stack: the veth's end with a `/30` from 169.254.0.0/16 (by tenant id), forwarding
+//!   on it and on the uplink interface (the latter's old value restored at exit), a route to
+//!   each public tenant's subnet via its router, and one nftables table (`netd_XXXXXXXX`, by
+//!   topology name) masquerading what NAT tenants send out of the uplink interface to the
+//!   uplink's address. Nothing else of the host is touched.
+//!
+//! Deleting a router namespace removes its veth and with it the host's routes through it;
+//! [`Edge::tear_down`] removes the table and restores forwarding.
+
+use std::fmt::Write as _;
+use std::fs::File;
+use std::io::Write as _;
+use std::net::Ipv4Addr;
+use std::process::{Command, Stdio};
+
+use tracing::{debug, warn};
+
+use super::{KernelError, ip_command, netns, sys};
+use crate::port::Offload;
+use crate::topology::{Tenant, Topology, Uplink};
+
+/// The TUN inside a router namespace (netd's uplink port for the tenant).
+pub const ROUTER_TUN: &str = "gw0";
+/// The router namespace's end of its veth towards the host's stack.
+pub const ROUTER_UPLINK: &str = "uplink0";
+/// Tenant ids above this have no transfer `/30` left in 169.254.0.0/16.
+const MAX_TENANT_ID: u32 = (1 << 14) - 1;
+
+/// Return the router namespace of a routed tenant.
+pub fn router_netns(topology: &Topology, tenant: &Tenant) -> String {
+    format!("{}.{}.router", topology.name, tenant.name)
+}
+
+/// Return the host's end of a tenant's veth: `nd` and a hash of topology and tenant names
+/// (10 bytes, within IFNAMSIZ, stable across restarts so leftovers can be found).
+fn host_veth(topology: &Topology, tenant: &Tenant) -> String {
+    format!(
+        "nd{:08x}",
+        fnv1a(&format!("{}/{}", topology.name, tenant.name))
+    )
+}
+
+/// Return the nftables table netd keeps in the host's stack for a topology.
+fn nft_table(topology: &Topology) -> String {
+    format!("netd_{:08x}", fnv1a(&topology.name))
+}
+
+fn fnv1a(text: &str) -> u32 {
+    text.bytes().fold(0x811c_9dc5, |hash, byte| {
+        (hash ^ u32::from(byte)).wrapping_mul(0x0100_0193)
+    })
+}
+
+/// Return the (host, router) addresses of a tenant's veth: the `/30` number `id` of
+/// 169.254.0.0/16.
+fn transfer_addresses(tenant: &Tenant) -> Result<(Ipv4Addr, Ipv4Addr), KernelError> {
+    if tenant.id.0 > MAX_TENANT_ID {
+        return Err(KernelError::Uplink {
+            detail: format!(
+                "tenant {:?} has id {}: no transfer address left (at most {MAX_TENANT_ID})",
+                tenant.name, tenant.id.0
+            ),
+        });
+    }
+    let base = u32::from(Ipv4Addr::new(169, 254, 0, 0)) + tenant.id.0 * 4;
+    Ok((Ipv4Addr::from(base + 1), Ipv4Addr::from(base + 2)))
+}
+
+/// Check that the uplink's namespace and interface exist (and that nftables is at hand).
+pub fn check(uplink: &Uplink) -> Result<(), KernelError> {
+    if let Some(ns) = &uplink.netns
+        && !netns::exists(ns)
+    {
+        return Err(KernelError::UplinkMissing {
+            what: format!("namespace {ns:?} ([uplink] netns)"),
+        });
+    }
+    let mut args = netns_args(uplink.netns.as_deref());
+    args.extend(["link", "show", "dev", &uplink.interface]);
+    if let Err(detail) = ip_command(&args, None) {
+        let what = match &uplink.netns {
+            Some(ns) => format!("interface {:?} in namespace {ns:?}", uplink.interface),
+            None => format!("interface {:?}", uplink.interface),
+        };
+        return Err(if detail.contains("does not exist") {
+            KernelError::UplinkMissing {
+                what: format!("{what} ([uplink] interface)"),
+            }
+        } else {
+            KernelError::Uplink {
+                detail: format!("cannot look up {what}: {detail}"),
+            }
+        });
+    }
+    Command::new("nft")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status()
+        .map_err(|_| KernelError::Uplink {
+            detail: "cannot run `nft` (install nftables)".into(),
+        })?;
+    Ok(())
+}
+
+/// `ip` arguments that run a command in `netns` (none: netd's own namespace).
+fn netns_args(netns: Option<&str>) -> Vec<&str> {
+    netns.map_or_else(Vec::new, |ns| vec!["-n", ns])
+}
+
+/// Run `f` in `netns` (none: here, on the calling thread).
+fn in_netns<R: Send>(
+    netns: Option<&str>,
+    f: impl FnOnce() -> std::io::Result<R> + Send,
+) -> std::io::Result<R> {
+    match netns {
+        Some(ns) => netns::run_in(ns, f),
+        None => f(),
+    }
+}
+
+/// Write an IPv4 sysctl under `/proc/sys/net/ipv4/` in `netns`; return its old value.
+fn sysctl(netns: Option<&str>, key: &str, value: &str) -> Result<String, KernelError> {
+    let path = format!("/proc/sys/net/ipv4/{key}");
+    in_netns(netns, || {
+        let old = std::fs::read_to_string(&path)?;
+        std::fs::write(&path, value)?;
+        Ok(old.trim().to_string())
+    })
+    .map_err(|err| KernelError::Uplink {
+        detail: format!("cannot set {path} to {value}: {err}"),
+    })
+}
+
+/// Run `nft -f -` with `script` in `netns`.
+fn nft(netns: Option<&str>, script: &str) -> Result<(), KernelError> {
+    let script = script.to_string();
+    in_netns(netns, move || {
+        let mut child = Command::new("nft")
+            .args(["-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        if let Some(mut pipe) = child.stdin.take() {
+            pipe.write_all(script.as_bytes())?;
+        }
+        let output = child.wait_with_output()?;
+        if output.status.success() {
+            Ok(())
+        } else {
+            Err(std::io::Error::other(
+                String::from_utf8_lossy(&output.stderr).trim().to_string(),
+            ))
+        }
+    })
+    .map_err(|err| KernelError::Uplink {
+        detail: format!("nft failed: {err}"),
+    })
+}
+
+/// What netd set up in the host's stack for the uplink; [`Edge::tear_down`] undoes it.
+#[derive(Debug)]
+pub struct Edge {
+    netns: Option<String>,
+    interface: String,
+    table: String,
+    /// The uplink interface's `forwarding` before netd set it.
+    forwarding_before: String,
+    /// The host's veth ends of the NAT tenants, masqueraded out of the uplink.
+    nat_veths: Vec<String>,
+}
+
+impl Edge {
+    /// Enable forwarding on the uplink interface (remembering its old value).
+    pub fn set_up(topology: &Topology, uplink: &Uplink) -> Result<Edge, KernelError> {
+        let key = format!("conf/{}/forwarding", uplink.interface);
+        let forwarding_before = sysctl(uplink.netns.as_deref(), &key, "1")?;
+        Ok(Edge {
+            netns: uplink.netns.clone(),
+            interface: uplink.interface.clone(),
+            table: nft_table(topology),
+            forwarding_before,
+            nat_veths: Vec::new(),
+        })
+    }
+
+    /// Create a routed tenant's router namespace, TUN, veth, routes and NAT; return the TUN
+    /// (with `offload`'s header or not). All or nothing: on failure the namespace goes again.
+    pub fn add_router(
+        &mut self,
+        topology: &Topology,
+        tenant: &Tenant,
+        offload: Offload,
+    ) -> Result<File, KernelError> {
+        let router = router_netns(topology, tenant);
+        netns::create(&router)?;
+        match self.plumb_router(topology, tenant, &router, offload) {
+            Ok(tun) => Ok(tun),
+            Err(err) => {
+                self.nat_veths.retain(|v| *v != host_veth(topology, tenant));
+                if let Err(cleanup) = netns::delete(&router) {
+                    warn!(netns = %router, cause = %cleanup, "namespace left behind");
+                }
+                Err(err)
+            }
+        }
+    }
+
+    fn plumb_router(
+        &mut self,
+        topology: &Topology,
+        tenant: &Tenant,
+        router: &str,
+        offload: Offload,
+    ) -> Result<File, KernelError> {
+        let gateway = tenant.gateway.as_ref().ok_or_else(|| KernelError::Uplink {
+            detail: format!("tenant {:?} has no gateway to route", tenant.name),
+        })?;
+        let vnet = (offload != Offload::None).then_some(offload.header_len());
+        let tun = netns::run_in(router, || sys::open_tun(ROUTER_TUN, vnet))
+            .map(File::from)
+            .map_err(|err| KernelError::Uplink {
+                detail: format!("cannot create the TUN in {router:?}: {err}"),
+            })?;
+        let (host_ip, router_ip) = transfer_addresses(tenant)?;
+        let veth = host_veth(topology, tenant);
+        let subnet = gateway.subnet();
+        let mut host = format!(
+            "link add {veth} type veth peer name {ROUTER_UPLINK} netns {router}\n\
+             address add {host_ip}/30 dev {veth}\n\
+             link set {veth} up\n"
+        );
+        if !tenant.nat {
+            let _ = writeln!(host, "route add {subnet} via {router_ip} dev {veth}");
+        }
+        let mtu = topology
+            .servers_of(tenant.id)
+            .map(|s| s.mtu)
+            .max()
+            .unwrap_or(crate::topology::DEFAULT_MTU);
+        let inside = format!(
+            "link set lo up\n\
+             link set {ROUTER_TUN} mtu {mtu} up\n\
+             address add {router_ip}/30 dev {ROUTER_UPLINK}\n\
+             link set {ROUTER_UPLINK} up\n\
+             route add {subnet} dev {ROUTER_TUN}\n\
+             route add default via {host_ip}\n"
+        );
+        let ip = |netns: Option<&str>, batch: &str| {
+            let mut args = netns_args(netns);
+            args.extend(["-batch", "-"]);
+            ip_command(&args, Some(batch)).map_err(|detail| KernelError::Uplink {
+                detail: format!("routing of tenant {:?}: {detail}", tenant.name),
+            })
+        };
+        ip(self.netns.as_deref(), &host)?;
+        ip(Some(router), &inside)?;
+        sysctl(Some(router), "ip_forward", "1")?;
+        sysctl(
+            self.netns.as_deref(),
+            &format!("conf/{veth}/forwarding"),
+            "1",
+        )?;
+        if tenant.nat {
+            nft(Some(router), &router_nat_rules())?;
+            self.nat_veths.push(veth);
+            self.write_table()?;
+        }
+        debug!(tenant = %tenant.name, netns = %router, %subnet, nat = tenant.nat, "router plumbed");
+        Ok(tun)
+    }
+
+    /// Forget a removed tenant's router (its namespace is deleted by the caller).
+    pub fn remove_router(&mut self, topology: &Topology, tenant: &Tenant) {
+        let veth = host_veth(topology, tenant);
+        if self.nat_veths.contains(&veth) {
+            self.nat_veths.retain(|v| *v != veth);
+            if let Err(err) = self.write_table() {
+                warn!(cause = %err, "cannot update the uplink's NAT table");
+            }
+        }
+    }
+
+    /// Replace the host's nftables table with one masquerading the NAT tenants' veths.
+    fn write_table(&self) -> Result<(), KernelError> {
+        let table = &self.table;
+        // Declaring then deleting makes the replacement atomic whether it existed or not.
+        let mut script = format!("table ip {table}\ndelete table ip {table}\n");
+        if !self.nat_veths.is_empty() {
+            let veths: Vec<String> = self.nat_veths.iter().map(|v| format!("\"{v}\"")).collect();
+            let _ = write!(
+                script,
+                "table ip {table} {{\n\
+                   chain postrouting {{\n\
+                     type nat hook postrouting priority srcnat; policy accept;\n\
+                     iifname {{ {} }} oifname \"{}\" masquerade\n\
+                   }}\n\
+                 }}\n",
+                veths.join(", "),
+                self.interface
+            );
+        }
+        nft(self.netns.as_deref(), &script)
+    }
+
+    /// Remove the table and restore the uplink interface's forwarding.
+    pub fn tear_down(&mut self) {
+        let table = &self.table;
+        if let Err(err) = nft(
+            self.netns.as_deref(),
+            &format!("table ip {table}\ndelete table ip {table}\n"),
+        ) {
+            warn!(cause = %err, "nftables table left behind");
+        }
+        let key = format!("conf/{}/forwarding", self.interface);
+        if let Err(err) = sysctl(self.netns.as_deref(), &key, &self.forwarding_before) {
+            warn!(cause = %err, "cannot restore forwarding on the uplink");
+        }
+    }
+}
+
+/// A NAT tenant's router: masquerade what leaves towards the host, and let in only what
+/// answers a connection from inside.
+fn router_nat_rules() -> String {
+    format!(
+        "table ip netd {{\n\
+           chain postrouting {{\n\
+             type nat hook postrouting priority srcnat; policy accept;\n\
+             oifname \"{ROUTER_UPLINK}\" masquerade\n\
+           }}\n\
+           chain forward {{\n\
+             type filter hook forward priority filter; policy accept;\n\
+             ct state established,related accept\n\
+             iifname \"{ROUTER_UPLINK}\" drop\n\
+           }}\n\
+         }}\n"
+    )
+}
+
+/// Remove what a killed netd left of a topology's uplink: its router namespaces and its
+/// nftables table. Return the namespaces removed.
+pub fn remove_leftovers(topology: &Topology) -> Result<Vec<String>, KernelError> {
+    let mut removed = Vec::new();
+    let Some(uplink) = &topology.uplink else {
+        return Ok(removed);
+    };
+    for tenant in topology.tenants.iter().filter(|t| t.uplink.is_some()) {
+        let router = router_netns(topology, tenant);
+        if netns::exists(&router) {
+            netns::delete(&router)?;
+            removed.push(router);
+        }
+    }
+    if uplink.netns.as_deref().is_none_or(netns::exists) {
+        let table = nft_table(topology);
+        // Absent already is fine: declaring it first makes the delete succeed.
+        let _ = nft(
+            uplink.netns.as_deref(),
+            &format!("table ip {table}\ndelete table ip {table}\n"),
+        );
+    }
+    Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    #[test]
+    fn names_fit_the_kernel_and_addresses_pair_up_per_tenant() {
+        let text = "[host]\ncapacity = \"1gbit\"\n[uplink]\ninterface = \"eth1\"\ncapacity = \"1gbit\"\n\
+                    [tenants.acme]\nguaranteed = \"1mbit\"\ngateway = \"10.1.0.1/24\"\n\
+                    [servers.a1]\ntenant = \"acme\"\nip = \"10.1.0.10/24\"\n";
+        let topology = crate::topology::parse(Path::new("demo.toml"), text).unwrap();
+        let acme = &topology.tenants[0];
+        assert_eq!(router_netns(&topology, acme), "demo.acme.router");
+        let veth = host_veth(&topology, acme);
+        assert!(
+            veth.len() <= sys::IFNAMSIZ_MAX && veth.starts_with("nd"),
+            "{veth}"
+        );
+        assert_eq!(
+            transfer_addresses(acme).unwrap(),
+            (Ipv4Addr::new(169, 254, 0, 1), Ipv4Addr::new(169, 254, 0, 2))
+        );
+        let mut far = acme.clone();
+        far.id.0 = 300;
+        assert_eq!(
+            transfer_addresses(&far).unwrap().1,
+            Ipv4Addr::new(169, 254, 4, 178)
+        );
+        far.id.0 = MAX_TENANT_ID + 1;
+        assert!(transfer_addresses(&far).is_err());
+        assert!(nft_table(&topology).starts_with("netd_"));
+    }
+}

@@ -1,0 +1,260 @@
+//! The routed uplink end to end, on an emulated edge built in namespaces (nothing in the root
+//! namespace): `{p}-edge` stands in for the host's own stack and holds the uplink interface
+//! `eth1`; a veth joins it to `{p}-net`, which plays the provider's router and an internet
+//! host (192.0.2.1 on its `lo`). The provider routes the public tenant's subnet to the
+//! host's uplink address, as a provider would. Needs root (CI runs as root); every name
+//! carries the run's prefix, and the guards remove everything also on failure.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::{Daemon, TestTopology, netns_exists, ping, require_privileges, sh};
+
+/// Host's uplink address, provider's router, the internet host, the public subnet.
+const UPLINK_ADDRESS: &str = "198.51.100.2";
+const INTERNET_HOST: &str = "192.0.2.1";
+
+const TOPOLOGY: &str = r#"
+[host]
+capacity = "1gbit"
+
+[uplink]
+interface = "eth1"
+netns = "{p}-edge"
+capacity = "500mbit"
+
+[tenants.{p}-a]
+guaranteed = "100mbit"
+gateway = "10.1.0.1/24"
+nat = true
+
+[tenants.{p}-b]
+guaranteed = "100mbit"
+gateway = "10.1.0.1/24"
+nat = true
+
+[tenants.{p}-c]
+guaranteed = "100mbit"
+gateway = "203.0.113.1/28"
+
+[tenants.{p}-d]
+guaranteed = "100mbit"
+gateway = "10.2.0.1/24"
+nat = true
+
+[servers.{p}-a1]
+tenant = "{p}-a"
+ip = "10.1.0.10/24"
+
+[servers.{p}-b1]
+tenant = "{p}-b"
+ip = "10.1.0.10/24"
+
+[servers.{p}-c1]
+tenant = "{p}-c"
+ip = "203.0.113.2/28"
+
+[servers.{p}-d1]
+tenant = "{p}-d"
+ip = "10.2.0.10/24"
+"#;
+
+/// The emulated edge: the host's stack and the provider's network; removed on drop.
+struct EmulatedEdge {
+    edge: String,
+    net: String,
+}
+
+impl EmulatedEdge {
+    fn new(topo: &TestTopology) -> EmulatedEdge {
+        let (edge, net) = (topo.name("edge"), topo.name("net"));
+        let guard = EmulatedEdge { edge, net };
+        let ip = |args: &str| {
+            let status = Command::new("ip")
+                .args(args.split_whitespace())
+                .status()
+                .expect("run ip");
+            assert!(status.success(), "ip {args}");
+        };
+        let (edge, net) = (&guard.edge, &guard.net);
+        ip(&format!("netns add {edge}"));
+        ip(&format!("netns add {net}"));
+        ip(&format!(
+            "-n {edge} link add eth1 type veth peer name eth0 netns {net}"
+        ));
+        let (ok, out) = sh(
+            edge,
+            &format!(
+                "ip link set lo up && ip addr add {UPLINK_ADDRESS}/24 dev eth1 && \
+                 ip link set eth1 up && ip route add default via 198.51.100.1"
+            ),
+        );
+        assert!(ok, "{out}");
+        let (ok, out) = sh(
+            net,
+            &format!(
+                "ip link set lo up && ip addr add {INTERNET_HOST}/32 dev lo && \
+                 ip addr add 198.51.100.1/24 dev eth0 && ip link set eth0 up && \
+                 ip route add 203.0.113.0/28 via {UPLINK_ADDRESS} && \
+                 ip route add 10.0.0.0/8 via {UPLINK_ADDRESS}"
+            ),
+        );
+        assert!(ok, "{out}");
+        guard
+    }
+}
+
+impl Drop for EmulatedEdge {
+    fn drop(&mut self) {
+        for ns in [&self.edge, &self.net] {
+            let _ = Command::new("ip").args(["netns", "delete", ns]).status();
+        }
+    }
+}
+
+/// Run an iperf3 server in `ns` for one test on `bind:port`; return it.
+fn iperf_server(ns: &str, bind: &str, port: u16) -> std::process::Child {
+    let child = Command::new("ip")
+        .args(["netns", "exec", ns, "iperf3", "-s", "-1", "-J", "-B", bind])
+        .args(["-p", &port.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("run iperf3 (apt-get install iperf3)");
+    std::thread::sleep(Duration::from_millis(300));
+    child
+}
+
+/// Wait for a one-test iperf3 server; return the address its client was seen from.
+fn seen_from(server: std::process::Child) -> String {
+    let out = server.wait_with_output().expect("iperf3 server");
+    let json: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+    json["start"]["connected"][0]["remote_host"]
+        .as_str()
+        .unwrap_or("(no connection)")
+        .to_string()
+}
+
+/// A one-second iperf3 client in `ns`; true when it transferred.
+fn iperf_client(ns: &str, target: &str, port: u16, bind: Option<&str>) -> bool {
+    let bind = bind.map(|b| format!("-B {b}")).unwrap_or_default();
+    sh(
+        ns,
+        &format!("iperf3 -c {target} -p {port} -t 1 {bind} >/dev/null"),
+    )
+    .0
+}
+
+#[test]
+fn nat_tenants_with_the_same_address_reach_the_internet_at_once_from_the_uplink_address() {
+    require_privileges();
+    let topo = TestTopology::new(TOPOLOGY);
+    let _edge = EmulatedEdge::new(&topo);
+    let _netd = Daemon::start(&topo, &[]);
+    let (a1, b1) = (topo.name("a1"), topo.name("b1"));
+    assert!(
+        ping(&a1, INTERNET_HOST, 3),
+        "a1 cannot reach the internet host"
+    );
+    // Both 10.1.0.10, at the same time, each on its own connection.
+    let servers = [5201, 5202].map(|port| iperf_server(&topo.name("net"), INTERNET_HOST, port));
+    let clients = std::thread::scope(|scope| {
+        let a = scope.spawn(|| iperf_client(&a1, INTERNET_HOST, 5201, None));
+        let b = scope.spawn(|| iperf_client(&b1, INTERNET_HOST, 5202, None));
+        [a.join().unwrap(), b.join().unwrap()]
+    });
+    assert_eq!(clients, [true, true], "both NAT tenants transfer at once");
+    for server in servers {
+        assert_eq!(seen_from(server), UPLINK_ADDRESS);
+    }
+}
+
+#[test]
+fn the_internet_reaches_a_public_server_by_its_own_address_and_sees_it_as_itself() {
+    require_privileges();
+    let topo = TestTopology::new(TOPOLOGY);
+    let _edge = EmulatedEdge::new(&topo);
+    let _netd = Daemon::start(&topo, &[]);
+    let (c1, net) = (topo.name("c1"), topo.name("net"));
+    // Inwards: the internet host connects to the server's own address.
+    let server = iperf_server(&c1, "203.0.113.2", 5201);
+    assert!(iperf_client(&net, "203.0.113.2", 5201, Some(INTERNET_HOST)));
+    assert_eq!(seen_from(server), INTERNET_HOST);
+    // Outwards: the server is seen with its own address, not NATed.
+    let server = iperf_server(&net, INTERNET_HOST, 5203);
+    assert!(iperf_client(&c1, INTERNET_HOST, 5203, None));
+    assert_eq!(seen_from(server), "203.0.113.2");
+}
+
+#[test]
+fn private_addresses_stay_private_from_other_tenants_and_from_outside() {
+    require_privileges();
+    let topo = TestTopology::new(TOPOLOGY);
+    let _edge = EmulatedEdge::new(&topo);
+    let _netd = Daemon::start(&topo, &[]);
+    let (a1, d1, net) = (topo.name("a1"), topo.name("d1"), topo.name("net"));
+    assert!(ping(&d1, "10.2.0.1", 2), "d1 reaches its gateway");
+    assert!(
+        !ping(&a1, "10.2.0.10", 2),
+        "a1 reached tenant d's private address"
+    );
+    // Even with the provider routing 10/8 to the host, a NAT tenant is not reachable.
+    assert!(
+        !ping(&net, "10.1.0.10", 2),
+        "the internet reached a NAT server"
+    );
+    assert!(ping(&a1, INTERNET_HOST, 2), "a1 still reaches the internet");
+}
+
+#[test]
+fn sigterm_leaves_no_router_namespace_route_rule_or_forwarding_behind() {
+    require_privileges();
+    let topo = TestTopology::new(TOPOLOGY);
+    let edge = EmulatedEdge::new(&topo);
+    let forwarding = || sh(&edge.edge, "cat /proc/sys/net/ipv4/conf/eth1/forwarding").1;
+    let before = forwarding();
+    let mut netd = Daemon::start(&topo, &[]);
+    let routers: Vec<String> = ["a", "b", "c", "d"]
+        .iter()
+        .map(|t| format!("{}.{}.router", topo.prefix, topo.name(t)))
+        .collect();
+    assert!(routers.iter().all(|r| netns_exists(r)), "{routers:?}");
+    assert_eq!(forwarding().trim(), "1");
+    let (_, tables) = sh(&edge.edge, "nft list tables");
+    assert!(tables.contains("netd_"), "{tables}");
+    let (_, routes) = sh(&edge.edge, "ip -4 route");
+    assert!(routes.contains("203.0.113.0/28 via 169.254."), "{routes}");
+    assert_eq!(netd.stop(), Some(0), "{}", netd.log());
+    assert!(routers.iter().all(|r| !netns_exists(r)), "routers left");
+    let (_, tables) = sh(&edge.edge, "nft list tables");
+    assert!(!tables.contains("netd_"), "nft table left: {tables}");
+    let (_, routes) = sh(&edge.edge, "ip -4 route");
+    assert!(!routes.contains("169.254."), "routes left: {routes}");
+    let (_, links) = sh(&edge.edge, "ip -o link");
+    assert!(!links.contains(": nd"), "veths left: {links}");
+    assert_eq!(forwarding(), before, "forwarding not restored");
+}
+
+#[test]
+fn a_missing_uplink_interface_is_refused_before_anything_is_created() {
+    require_privileges();
+    let topo = TestTopology::new(&TOPOLOGY.replace("interface = \"eth1\"", "interface = \"eth9\""));
+    let edge = EmulatedEdge::new(&topo);
+    let (ok, _, err) = common::netd_cli(&topo, &["check", topo.path.to_str().unwrap()]);
+    assert!(!ok && err.contains("interface \"eth9\""), "{err}");
+    let mut netd = Daemon::spawn(&topo, &[]);
+    assert_ne!(netd.wait_exit(), Some(0));
+    let log = netd.log();
+    assert!(
+        log.contains("eth9") && log.contains("does not exist"),
+        "{log}"
+    );
+    let left: Vec<String> = common::namespaces_with_prefix(&topo.prefix)
+        .into_iter()
+        .filter(|ns| *ns != edge.edge && *ns != edge.net)
+        .collect();
+    assert!(left.is_empty(), "created before refusing: {left:?}");
+}
