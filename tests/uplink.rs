@@ -258,3 +258,69 @@ fn a_missing_uplink_interface_is_refused_before_anything_is_created() {
         .collect();
     assert!(left.is_empty(), "created before refusing: {left:?}");
 }
+
+#[test]
+fn a_routed_tenant_added_live_reaches_the_internet_and_its_router_goes_with_it() {
+    require_privileges();
+    let topo = TestTopology::new(TOPOLOGY);
+    let _edge = EmulatedEdge::new(&topo);
+    let _netd = Daemon::start(&topo, &[]);
+    let (e, e1) = (topo.name("e"), topo.name("e1"));
+    let router = format!("{}.{e}.router", topo.prefix);
+    common::netd_ok(
+        &topo,
+        &[
+            "add-tenant",
+            &e,
+            "--guaranteed",
+            "50mbit",
+            "--gateway",
+            "10.3.0.1/24",
+            "--nat",
+        ],
+    );
+    assert!(netns_exists(&router), "no router for the new tenant");
+    common::netd_ok(
+        &topo,
+        &["add-server", &e1, "--tenant", &e, "--ip", "10.3.0.10/24"],
+    );
+    assert!(
+        ping(&e1, INTERNET_HOST, 3),
+        "a server added live cannot reach the internet"
+    );
+    common::netd_ok(&topo, &["remove-server", &e1]);
+    common::netd_ok(&topo, &["remove-tenant", &e]);
+    assert!(
+        !netns_exists(&router),
+        "the removed tenant's router is left"
+    );
+    assert!(
+        ping(&topo.name("a1"), INTERNET_HOST, 2),
+        "a1 lost the internet"
+    );
+}
+
+#[test]
+fn changing_a_routed_tenants_nat_live_is_refused_and_changes_nothing() {
+    require_privileges();
+    let topo = TestTopology::new(TOPOLOGY);
+    let _edge = EmulatedEdge::new(&topo);
+    let _netd = Daemon::start(&topo, &[]);
+    let text = std::fs::read_to_string(&topo.path).unwrap();
+    let changed = text.replacen(
+        "gateway = \"10.2.0.1/24\"\nnat = true",
+        "gateway = \"10.2.0.1/24\"",
+        1,
+    );
+    assert_ne!(text, changed);
+    std::fs::write(&topo.path, &changed).unwrap();
+    let (ok, _, err) = common::netd_cli(&topo, &["reload"]);
+    assert!(
+        !ok && err.contains("Cannot change this live") && err.contains("-d"),
+        "{err}"
+    );
+    assert!(
+        ping(&topo.name("d1"), INTERNET_HOST, 2),
+        "d1 lost the internet"
+    );
+}

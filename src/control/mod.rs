@@ -50,7 +50,7 @@ use report::{
 use crate::datapath::{Update, UpdateHandle};
 use crate::gateway::GatewayPort;
 use crate::kernel::{self, KernelError, Plumbing};
-use crate::port::{Offload, Port, TapPort};
+use crate::port::{Offload, Port, TapPort, UplinkPort};
 use crate::shaper::Shaping;
 use crate::stats::Stats;
 use crate::switch::Switch;
@@ -102,6 +102,8 @@ pub enum ControlError {
         .0.join(", ")
     )]
     WouldRemoveLiveServers(Vec<String>),
+    #[error("Cannot change this live: {0}")]
+    NotLive(String),
     #[error(transparent)]
     Persist(#[from] persist::PersistError),
 }
@@ -473,6 +475,11 @@ impl Control {
             }
         };
         let diff = Diff::between(&state.topology, &new);
+        if let Some(why) = routing_change_not_live(&state.topology, &new) {
+            let err = ControlError::NotLive(why);
+            warn!(origin, action, cause = %err, "control change rejected; nothing changed");
+            return Err(err);
+        }
         let changes = describe(&state.topology, &new, &diff);
         if diff.is_empty() {
             info!(origin, action, "control change: nothing to do");
@@ -569,6 +576,23 @@ impl Control {
 
         let (old_gateways, new_gateways) = gateways_touched(&old, new, diff);
         added.extend(new_gateways);
+        let (routers_gone, routers_new) = routers_touched(&old, new);
+        for tenant in &routers_new {
+            match state.plumbing.add_router(new, tenant, state.offload) {
+                Ok(tun) => {
+                    let port = UplinkPort::new(tun.port, tun.file, state.offload, tun.gateway_mac);
+                    added.push(Box::new(port));
+                }
+                Err(err) => {
+                    for done in routers_new.iter().take_while(|t| t.id != tenant.id) {
+                        let _ = state.plumbing.remove_router(new, done);
+                    }
+                    undo_added(&mut state.plumbing, added, &added_netns);
+                    relink_back(&relinked);
+                    return Err(ControlError::Kernel(err));
+                }
+            }
+        }
 
         let current = self.stats();
         let (ports, tenants) = (new.port_id_bound(), new.tenant_id_bound());
@@ -579,6 +603,11 @@ impl Control {
         let (done, applied) = tokio::sync::oneshot::channel();
         let mut remove = diff.servers_removed.clone();
         remove.extend(old_gateways);
+        remove.extend(
+            routers_gone
+                .iter()
+                .filter_map(|t| t.uplink.as_ref().map(|u| u.port)),
+        );
         let update = Update {
             remove,
             add: added,
@@ -603,12 +632,17 @@ impl Control {
         if let Some(stats) = stats {
             *self.stats.write().unwrap_or_else(|e| e.into_inner()) = stats;
         }
-        // Close the removed TAPs, then delete their namespaces.
+        // Close the removed TAPs and TUNs, then delete their namespaces.
         drop(removed);
         for &id in &diff.servers_removed {
             let netns = &old.server(id).netns;
             if let Err(err) = state.plumbing.remove_server(netns) {
                 warn!(netns = %netns, cause = %err, "namespace of a removed server left behind");
+            }
+        }
+        for tenant in &routers_gone {
+            if let Err(err) = state.plumbing.remove_router(&old, tenant) {
+                warn!(tenant = %tenant.name, cause = %err, "router of a removed tenant left behind");
             }
         }
         Ok(us)
@@ -626,6 +660,64 @@ fn track_live_servers(live: &mut BTreeSet<String>, change: Option<&Change>, new:
         }
         _ => live.retain(|n| new.server_by_name(n).is_some()),
     }
+}
+
+/// The routed tenants whose routers go (in `old`, no longer routed in `new`) and come (routed
+/// in `new` only). Routers of tenants in both stay as they are ([`routing_change_not_live`]
+/// refuses changes to them).
+fn routers_touched(
+    old: &Topology,
+    new: &Topology,
+) -> (Vec<crate::topology::Tenant>, Vec<crate::topology::Tenant>) {
+    let routed =
+        |t: &Topology, name: &str| t.tenant_by_name(name).is_some_and(|t| t.uplink.is_some());
+    let gone = old
+        .tenants
+        .iter()
+        .filter(|t| t.uplink.is_some() && !routed(new, &t.name))
+        .cloned()
+        .collect();
+    let come = new
+        .tenants
+        .iter()
+        .filter(|t| t.uplink.is_some() && !routed(old, &t.name))
+        .cloned()
+        .collect();
+    (gone, come)
+}
+
+/// Why a change to the uplink's plumbing cannot be applied live, if it cannot: the uplink's
+/// interface or namespace, or an existing routed tenant's subnet, NAT or routing. Rates and
+/// routed tenants coming or going are live.
+fn routing_change_not_live(old: &Topology, new: &Topology) -> Option<String> {
+    let place = |t: &Topology| {
+        t.uplink
+            .as_ref()
+            .map(|u| (u.interface.clone(), u.netns.clone()))
+    };
+    if place(old) != place(new) {
+        return Some(
+            "the [uplink] section's presence, interface or netns changed; restart netd".into(),
+        );
+    }
+    let routing = |t: &crate::topology::Tenant| {
+        (
+            t.uplink.is_some(),
+            t.nat,
+            t.gateway.as_ref().map(|g| g.subnet()),
+        )
+    };
+    old.tenants.iter().find_map(|before| {
+        let after = new.tenant_by_name(&before.name)?;
+        let routed = before.uplink.is_some() || after.uplink.is_some();
+        (routed && routing(before) != routing(after)).then(|| {
+            format!(
+                "the routing of tenant {:?} (its gateway subnet, nat or uplink) changed; \
+                 remove its servers and the tenant and add them again, or restart netd",
+                before.name
+            )
+        })
+    })
 }
 
 /// The gateway ports a change replaces: those of tenants whose gateway or servers changed

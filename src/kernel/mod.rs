@@ -135,6 +135,44 @@ impl Plumbing {
         })
     }
 
+    /// Create a routed tenant's router (see [`uplink::Edge::add_router`]); it then belongs to
+    /// this plumbing.
+    pub fn add_router(
+        &mut self,
+        topology: &Topology,
+        tenant: &crate::topology::Tenant,
+        offload: Offload,
+    ) -> Result<UplinkTun, KernelError> {
+        let (Some(edge), Some(routed), Some(gateway)) =
+            (self.edge.as_mut(), &tenant.uplink, &tenant.gateway)
+        else {
+            return Err(KernelError::Uplink {
+                detail: format!("tenant {:?} is not routed through an uplink", tenant.name),
+            });
+        };
+        let file = edge.add_router(topology, tenant, offload)?;
+        self.namespaces.push(uplink::router_netns(topology, tenant));
+        Ok(UplinkTun {
+            port: routed.port,
+            file,
+            gateway_mac: gateway.mac,
+        })
+    }
+
+    /// Remove a routed tenant's router (close its TUN first).
+    pub fn remove_router(
+        &mut self,
+        topology: &Topology,
+        tenant: &crate::topology::Tenant,
+    ) -> Result<(), KernelError> {
+        if let Some(edge) = self.edge.as_mut() {
+            edge.remove_router(topology, tenant);
+        }
+        let name = uplink::router_netns(topology, tenant);
+        self.namespaces.retain(|n| *n != name);
+        netns::delete(&name)
+    }
+
     /// Delete the namespace of a removed server (close its TAP first).
     pub fn remove_server(&mut self, netns: &str) -> Result<(), KernelError> {
         self.namespaces.retain(|n| n != netns);
