@@ -521,6 +521,44 @@ fn rates(r: &Rates) -> String {
     )
 }
 
+/// The routed tenants' shares of the uplink, per direction.
+fn print_uplink(s: &Status, capacity: u64) {
+    println!();
+    println!(
+        "uplink: {}bit/s each way; up = from the servers out, down = in to them; rates over 1 s",
+        bps(capacity)
+    );
+    println!(
+        "{:<16} {:>8} {:>8} {:>6} {:>8} {:>8} {:>9} {:>8} {:>8} {:>9}",
+        "TENANT",
+        "GUAR",
+        "CEIL",
+        "WEIGHT",
+        "UP",
+        "UP-ENT",
+        "UP-DROP",
+        "DOWN",
+        "DOWN-ENT",
+        "DOWN-DROP"
+    );
+    for t in &s.tenants {
+        let Some(u) = &t.uplink else { continue };
+        println!(
+            "{:<16} {:>8} {:>8} {:>6} {:>8} {:>8} {:>9} {:>8} {:>8} {:>9}",
+            t.name,
+            bps(u.guaranteed_bps),
+            bps(u.ceiling_bps),
+            u.weight,
+            bps(u.upload.rate_1s_bps),
+            bps(u.upload.entitlement_bps),
+            u.upload.dropped_bytes,
+            bps(u.download.rate_1s_bps),
+            bps(u.download.entitlement_bps),
+            u.download.dropped_bytes,
+        );
+    }
+}
+
 fn print_status(s: &Status) {
     println!(
         "topology {} ({}), capacity {}bit/s, up {:.0} s",
@@ -557,6 +595,9 @@ fn print_status(s: &Status) {
             t.queued_bytes,
             t.servers.join(",")
         );
+    }
+    if let Some(capacity) = s.uplink_capacity_bps {
+        print_uplink(s, capacity);
     }
     println!();
     println!(

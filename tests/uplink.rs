@@ -187,6 +187,26 @@ fn the_internet_reaches_a_public_server_by_its_own_address_and_sees_it_as_itself
     let server = iperf_server(&net, INTERNET_HOST, 5203);
     assert!(iperf_client(&c1, INTERNET_HOST, 5203, None));
     assert_eq!(seen_from(server), "203.0.113.2");
+    // Both directions were counted on c's uplink, and only there.
+    let status: serde_json::Value =
+        serde_json::from_str(&common::netd_ok(&topo, &["status", "--json"])).unwrap();
+    let uplink = |tenant: &str| {
+        let tenants = status["tenants"].as_array().unwrap();
+        let t = tenants
+            .iter()
+            .find(|t| t["name"] == topo.name(tenant))
+            .unwrap();
+        t["uplink"].clone()
+    };
+    for direction in ["upload", "download"] {
+        let bytes = uplink("c")[direction]["bytes"].as_u64().unwrap();
+        assert!(bytes > 1_000_000, "c {direction}: {bytes} bytes");
+        // Tenant a sent nothing but what its kernel may send on its own (a few frames).
+        let idle = uplink("a")[direction]["bytes"].as_u64().unwrap();
+        assert!(idle < 10_000, "a {direction}: {idle} bytes");
+    }
+    let text = common::netd_ok(&topo, &["status"]);
+    assert!(text.contains("uplink: 500.0Mbit/s each way"), "{text}");
 }
 
 #[test]

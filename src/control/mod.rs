@@ -43,8 +43,8 @@ use tracing::{error, info, warn};
 pub use change::{Change, Diff};
 use rates::{LONG, Meter, RateMeter, SHORT};
 use report::{
-    Counts, DataPathStats, Demand, PortState, PortStats, Rates, ServerStatus, ShaperCounts,
-    StatsReport, Status, TenantStats, TenantStatus,
+    Counts, DataPathStats, Demand, DirectionStatus, PortState, PortStats, Rates, ServerStatus,
+    ShaperCounts, StatsReport, Status, TenantStats, TenantStatus, UplinkStatus,
 };
 
 use crate::datapath::{Update, UpdateHandle};
@@ -325,9 +325,48 @@ impl Control {
                     active: shaper.queued_frames > 0
                         || u128::from(rates.in_100ms_bps) * 100 > u128::from(guaranteed),
                     entitlement_bps: 0,
+                    uplink: t.uplink.as_ref().map(|u| {
+                        let port = u.port.index();
+                        let counters = stats
+                            .ports
+                            .get(port)
+                            .map(|c| c.snapshot())
+                            .unwrap_or_default();
+                        let shaped = |gauges: &[Arc<crate::stats::ShaperGauges>]| {
+                            gauges.get(i).map(|g| g.snapshot()).unwrap_or_default()
+                        };
+                        let (up, down) = (shaped(&stats.upload), shaped(&stats.download));
+                        let port_rates = measure(Meter::PortIn(port), Meter::PortOut(port));
+                        UplinkStatus {
+                            guaranteed_bps: u.guaranteed.bits_per_sec(),
+                            ceiling_bps: u.ceiling.bits_per_sec(),
+                            weight: u.weight,
+                            // Upload leaves the switch through the uplink port; download
+                            // enters it there.
+                            upload: DirectionStatus {
+                                bytes: counters.tx_bytes,
+                                rate_100ms_bps: port_rates.out_100ms_bps,
+                                rate_1s_bps: port_rates.out_1s_bps,
+                                queued_bytes: up.queued_bytes,
+                                dropped_bytes: up.dropped_bytes,
+                                entitlement_bps: 0,
+                            },
+                            download: DirectionStatus {
+                                bytes: counters.rx_bytes,
+                                rate_100ms_bps: port_rates.in_100ms_bps,
+                                rate_1s_bps: port_rates.in_1s_bps,
+                                queued_bytes: down.queued_bytes,
+                                dropped_bytes: down.dropped_bytes,
+                                entitlement_bps: 0,
+                            },
+                        }
+                    }),
                 }
             })
             .collect();
+        if let Some(uplink) = &topology.uplink {
+            uplink_entitlements(uplink.capacity.bits_per_sec(), &mut tenants);
+        }
         let demands: Vec<Demand> = tenants
             .iter()
             .map(|t| Demand {
@@ -373,6 +412,7 @@ impl Control {
             uptime_secs: self.started.elapsed().as_secs_f64(),
             tenants,
             servers,
+            uplink_capacity_bps: topology.uplink.as_ref().map(|u| u.capacity.bits_per_sec()),
         }
     }
 
@@ -646,6 +686,39 @@ impl Control {
             }
         }
         Ok(us)
+    }
+}
+
+/// Fill in each routed tenant's entitlement on the uplink, per direction: the same
+/// water-filling as the host's, over the uplink's capacity, among the tenants active in that
+/// direction (sending above 1% of their uplink guarantee, or with frames queued).
+fn uplink_entitlements(capacity: u64, tenants: &mut [TenantStatus]) {
+    type Pick = fn(&mut UplinkStatus) -> &mut DirectionStatus;
+    let directions: [Pick; 2] = [|u| &mut u.upload, |u| &mut u.download];
+    for direction in directions {
+        let demands: Vec<Demand> = tenants
+            .iter_mut()
+            .filter_map(|t| t.uplink.as_mut())
+            .map(|u| {
+                let (guaranteed, ceiling, weight) = (u.guaranteed_bps, u.ceiling_bps, u.weight);
+                let d = direction(u);
+                Demand {
+                    guaranteed,
+                    ceiling,
+                    weight,
+                    active: d.queued_bytes > 0
+                        || u128::from(d.rate_100ms_bps) * 100 > u128::from(guaranteed),
+                }
+            })
+            .collect();
+        let owed = report::entitlement(capacity, &demands);
+        for (u, e) in tenants
+            .iter_mut()
+            .filter_map(|t| t.uplink.as_mut())
+            .zip(owed)
+        {
+            direction(u).entitlement_bps = e;
+        }
     }
 }
 

@@ -26,6 +26,9 @@ pub struct Status {
     pub uptime_secs: f64,
     pub tenants: Vec<TenantStatus>,
     pub servers: Vec<ServerStatus>,
+    /// The uplink's capacity in each direction, when there is an uplink.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uplink_capacity_bps: Option<u64>,
 }
 
 /// Measured rates over two sliding windows, in bit/s.
@@ -55,6 +58,35 @@ pub struct TenantStatus {
     pub queued_frames: u64,
     pub queued_bytes: u64,
     pub active: bool,
+    pub entitlement_bps: u64,
+    /// A routed tenant's share of the uplink, per direction.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uplink: Option<UplinkStatus>,
+}
+
+/// A routed tenant on the uplink: its rates there and what crossed it each way.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct UplinkStatus {
+    pub guaranteed_bps: u64,
+    pub ceiling_bps: u64,
+    pub weight: u32,
+    /// From the tenant's servers out through the uplink (charged to the tenant).
+    pub upload: DirectionStatus,
+    /// From the uplink in to the tenant's servers (charged to the tenant).
+    pub download: DirectionStatus,
+}
+
+/// One direction of a tenant's uplink traffic.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct DirectionStatus {
+    /// Bytes (Ethernet frames as the switch carried them) so far.
+    pub bytes: u64,
+    pub rate_100ms_bps: u64,
+    pub rate_1s_bps: u64,
+    pub queued_bytes: u64,
+    /// Bytes the uplink shaper dropped (queue full).
+    pub dropped_bytes: u64,
+    /// What the uplink shaper owes the tenant in this direction now.
     pub entitlement_bps: u64,
 }
 
@@ -411,6 +443,46 @@ pub fn prometheus(status: &Status, stats: &StatsReport) -> String {
                 .collect(),
         );
     }
+    type DirectionField = fn(&DirectionStatus) -> u64;
+    let uplink: [(&str, &str, &str, DirectionField); 4] = [
+        (
+            "netd_uplink_bytes_total",
+            "counter",
+            "Bytes that crossed the uplink, per routed tenant and direction.",
+            |d| d.bytes,
+        ),
+        (
+            "netd_uplink_bits_per_second",
+            "gauge",
+            "Rate over the last second on the uplink, per routed tenant and direction.",
+            |d| d.rate_1s_bps,
+        ),
+        (
+            "netd_uplink_entitlement_bits_per_second",
+            "gauge",
+            "What the uplink shaper owes the tenant now, per direction.",
+            |d| d.entitlement_bps,
+        ),
+        (
+            "netd_uplink_dropped_bytes_total",
+            "counter",
+            "Bytes the uplink shaper dropped (queue full), per routed tenant and direction.",
+            |d| d.dropped_bytes,
+        ),
+    ];
+    for (name, kind, help, get) in uplink {
+        let samples = status
+            .tenants
+            .iter()
+            .filter_map(|s| Some((s, s.uplink?)))
+            .flat_map(|(s, u)| {
+                [("upload", u.upload), ("download", u.download)].map(|(direction, d)| {
+                    (format!("{},direction=\"{direction}\"", t(&s.name)), get(&d))
+                })
+            })
+            .collect();
+        family(name, kind, help, samples);
+    }
     type TenantField = fn(&TenantStatus) -> u64;
     let config: [(&str, &str, TenantField); 3] = [
         (
@@ -567,8 +639,19 @@ mod tests {
                 queued_bytes: 0,
                 active: true,
                 entitlement_bps: 1000 * M,
+                uplink: Some(UplinkStatus {
+                    guaranteed_bps: 10 * M,
+                    ceiling_bps: 100 * M,
+                    weight: 1,
+                    upload: DirectionStatus {
+                        bytes: 42,
+                        ..DirectionStatus::default()
+                    },
+                    download: DirectionStatus::default(),
+                }),
             }],
             servers: vec![],
+            uplink_capacity_bps: Some(100 * M),
         };
         let stats = StatsReport {
             tenants: vec![TenantStats {
@@ -593,6 +676,10 @@ mod tests {
     fn prometheus_text_has_typed_families_and_labels() {
         let (status, stats) = sample();
         let text = prometheus(&status, &stats);
+        assert!(
+            text.contains("netd_uplink_bytes_total{tenant=\"acme\",direction=\"upload\"} 42\n"),
+            "{text}"
+        );
         assert!(text.contains("# TYPE netd_tenant_rx_bytes_total counter\nnetd_tenant_rx_bytes_total{tenant=\"acme\"} 1500\n"), "{text}");
         assert!(
             text.contains(
