@@ -272,3 +272,25 @@ fn an_endless_or_huge_file_is_refused_at_the_size_bound() {
         "{err}"
     );
 }
+
+#[test]
+fn the_outside_demo_loads_with_its_uplink_rates() {
+    let t = load_ok("outside.toml");
+    let uplink = t.uplink.as_ref().expect("an uplink");
+    assert_eq!(
+        (uplink.interface.as_str(), uplink.netns.as_deref()),
+        ("eth1", Some("demo-edge"))
+    );
+    assert_eq!(uplink.capacity, mbit(200));
+    let acme = t.tenant_by_name("acme").unwrap();
+    assert!(acme.nat);
+    let up = acme.uplink.as_ref().unwrap();
+    assert_eq!(
+        (up.guaranteed, up.ceiling, up.weight),
+        (mbit(50), mbit(200), 2)
+    );
+    let globex = t.tenant_by_name("globex").unwrap();
+    assert!(!globex.nat);
+    assert_eq!(globex.uplink.as_ref().unwrap().guaranteed, mbit(100));
+    assert!(t.server_by_name("acme-db").unwrap().dhcp);
+}
