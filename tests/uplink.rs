@@ -10,11 +10,8 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
+use common::edge::{EmulatedEdge, INTERNET_HOST, UPLINK_ADDRESS};
 use common::{Daemon, TestTopology, netns_exists, ping, require_privileges, sh};
-
-/// Host's uplink address, provider's router, the internet host, the public subnet.
-const UPLINK_ADDRESS: &str = "198.51.100.2";
-const INTERNET_HOST: &str = "192.0.2.1";
 
 const TOPOLOGY: &str = r#"
 [host]
@@ -60,59 +57,6 @@ ip = "203.0.113.2/28"
 tenant = "{p}-d"
 ip = "10.2.0.10/24"
 "#;
-
-/// The emulated edge: the host's stack and the provider's network; removed on drop.
-struct EmulatedEdge {
-    edge: String,
-    net: String,
-}
-
-impl EmulatedEdge {
-    fn new(topo: &TestTopology) -> EmulatedEdge {
-        let (edge, net) = (topo.name("edge"), topo.name("net"));
-        let guard = EmulatedEdge { edge, net };
-        let ip = |args: &str| {
-            let status = Command::new("ip")
-                .args(args.split_whitespace())
-                .status()
-                .expect("run ip");
-            assert!(status.success(), "ip {args}");
-        };
-        let (edge, net) = (&guard.edge, &guard.net);
-        ip(&format!("netns add {edge}"));
-        ip(&format!("netns add {net}"));
-        ip(&format!(
-            "-n {edge} link add eth1 type veth peer name eth0 netns {net}"
-        ));
-        let (ok, out) = sh(
-            edge,
-            &format!(
-                "ip link set lo up && ip addr add {UPLINK_ADDRESS}/24 dev eth1 && \
-                 ip link set eth1 up && ip route add default via 198.51.100.1"
-            ),
-        );
-        assert!(ok, "{out}");
-        let (ok, out) = sh(
-            net,
-            &format!(
-                "ip link set lo up && ip addr add {INTERNET_HOST}/32 dev lo && \
-                 ip addr add 198.51.100.1/24 dev eth0 && ip link set eth0 up && \
-                 ip route add 203.0.113.0/28 via {UPLINK_ADDRESS} && \
-                 ip route add 10.0.0.0/8 via {UPLINK_ADDRESS}"
-            ),
-        );
-        assert!(ok, "{out}");
-        guard
-    }
-}
-
-impl Drop for EmulatedEdge {
-    fn drop(&mut self) {
-        for ns in [&self.edge, &self.net] {
-            let _ = Command::new("ip").args(["netns", "delete", ns]).status();
-        }
-    }
-}
 
 /// Run an iperf3 server in `ns` for one test on `bind:port`; return it.
 fn iperf_server(ns: &str, bind: &str, port: u16) -> std::process::Child {

@@ -5,6 +5,7 @@
 //! and a leftover from a killed run cannot clash with the next one.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod edge;
 pub mod iperf;
 
 use std::io::{BufRead, BufReader};
