@@ -125,7 +125,8 @@ fn upload_and_download_each_give_two_tenants_their_uplink_entitlement() {
     let text = lines.join("\n");
     println!("{text}");
     assert!(
-        worst <= 0.01,
-        "a tenant is off its uplink entitlement by more than 1%:\n{text}"
+        worst <= TOLERANCE,
+        "a tenant is off its uplink entitlement by more than {:.0}%:\n{text}",
+        TOLERANCE * 100.0
     );
 }
