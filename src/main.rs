@@ -118,6 +118,9 @@ enum Command {
         /// New weight: its share of loaned bandwidth (at least 1).
         #[arg(long)]
         weight: Option<i64>,
+        /// Change the tenant's rates on the uplink (each direction) rather than its own.
+        #[arg(long)]
+        uplink: bool,
     },
     /// Re-read the topology file and apply only the difference (as SIGHUP does). Servers
     /// added live that the file no longer lists are removed only with --prune.
@@ -402,11 +405,13 @@ fn client_command(
             guaranteed,
             ceiling,
             weight,
+            uplink,
         } => Change::SetRate {
             tenant,
             guaranteed,
             ceiling,
             weight,
+            uplink,
         },
         Command::AddTenant {
             name,

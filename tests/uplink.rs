@@ -288,3 +288,73 @@ fn changing_a_routed_tenants_nat_live_is_refused_and_changes_nothing() {
         "d1 lost the internet"
     );
 }
+
+#[test]
+fn set_rate_on_the_uplink_changes_the_tenants_uplink_rates_live_and_in_the_file() {
+    require_privileges();
+    let topo = TestTopology::new(TOPOLOGY);
+    let _edge = EmulatedEdge::new(&topo);
+    let _netd = Daemon::start(&topo, &[]);
+    let c = topo.name("c");
+    common::netd_ok(
+        &topo,
+        &[
+            "set-rate",
+            &c,
+            "--uplink",
+            "--guaranteed",
+            "50mbit",
+            "--weight",
+            "3",
+        ],
+    );
+    let status: serde_json::Value =
+        serde_json::from_str(&common::netd_ok(&topo, &["status", "--json"])).unwrap();
+    let tenant = status["tenants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == c.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(tenant["uplink"]["guaranteed_bps"], 50_000_000);
+    assert_eq!(tenant["uplink"]["weight"], 3);
+    assert_eq!(tenant["guaranteed_bps"], 100_000_000, "the host rates stay");
+    let text = std::fs::read_to_string(&topo.path).unwrap();
+    assert!(
+        text.contains(&format!(
+            "[tenants.{c}.uplink]\nguaranteed = \"50mbit\"\nweight = 3"
+        )),
+        "{text}"
+    );
+    // Above the uplink's capacity with the others' guarantees: refused, nothing changes.
+    let (ok, _, err) = common::netd_cli(
+        &topo,
+        &["set-rate", &c, "--uplink", "--guaranteed", "400mbit"],
+    );
+    assert!(!ok && err.contains("uplink guarantees sum to"), "{err}");
+    assert!(ping(&topo.name("c1"), INTERNET_HOST, 2));
+}
+
+#[test]
+fn a_tenant_cannot_reach_the_hosts_own_stack() {
+    require_privileges();
+    let topo = TestTopology::new(TOPOLOGY);
+    let edge = EmulatedEdge::new(&topo);
+    let _netd = Daemon::start(&topo, &[]);
+    // The host's uplink address answers the internet, never a tenant.
+    assert!(
+        ping(&edge.net, UPLINK_ADDRESS, 2),
+        "the internet reaches the host"
+    );
+    for server in ["a1", "c1"] {
+        assert!(
+            !ping(&topo.name(server), UPLINK_ADDRESS, 2),
+            "{server} reached the host's own stack"
+        );
+    }
+    assert!(
+        ping(&topo.name("c1"), INTERNET_HOST, 2),
+        "c1 still reaches the internet"
+    );
+}

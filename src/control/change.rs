@@ -28,6 +28,10 @@ pub enum Change {
         ceiling: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         weight: Option<i64>,
+        /// Change the tenant's rates on the uplink (`[tenants.NAME.uplink]`, each direction)
+        /// rather than its own.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        uplink: bool,
     },
     /// Add a tenant (keys as in a `[tenants.NAME]` table).
     AddTenant { name: String, tenant: FileTenant },
@@ -55,6 +59,7 @@ pub fn propose(
             guaranteed,
             ceiling,
             weight,
+            uplink,
         } => {
             let entry = file
                 .tenants
@@ -63,14 +68,20 @@ pub fn propose(
             if guaranteed.is_none() && ceiling.is_none() && weight.is_none() {
                 return Err(ControlError::NothingToChange(tenant.clone()));
             }
+            let (g_slot, c_slot, w_slot) = if *uplink {
+                let rates = entry.uplink.get_or_insert_default();
+                (&mut rates.guaranteed, &mut rates.ceiling, &mut rates.weight)
+            } else {
+                (&mut entry.guaranteed, &mut entry.ceiling, &mut entry.weight)
+            };
             if let Some(g) = guaranteed {
-                entry.guaranteed = Some(g.clone());
+                *g_slot = Some(g.clone());
             }
             if let Some(c) = ceiling {
-                entry.ceiling = Some(c.clone());
+                *c_slot = Some(c.clone());
             }
             if let Some(w) = weight {
-                entry.weight = Some(*w);
+                *w_slot = Some(*w);
             }
         }
         Change::AddTenant { name, tenant } => {
@@ -138,6 +149,8 @@ pub struct Diff {
     /// Servers whose tenant or per-server rates changed (switch/shaper only).
     pub servers_changed: Vec<PortId>,
     pub capacity_changed: bool,
+    /// The `[uplink]` section changed (its capacity; the rest is refused live).
+    pub uplink_changed: bool,
 }
 
 impl Diff {
@@ -145,6 +158,7 @@ impl Diff {
     pub fn between(old: &Topology, new: &Topology) -> Diff {
         let mut diff = Diff {
             capacity_changed: old.capacity != new.capacity,
+            uplink_changed: old.uplink != new.uplink,
             ..Diff::default()
         };
         let old_t: BTreeSet<TenantId> = old.tenants.iter().map(|t| t.id).collect();
@@ -160,6 +174,7 @@ impl Diff {
                 a.broadcast_pps,
                 &a.gateway,
                 a.nat,
+                &a.uplink,
             ) != (
                 b.guaranteed,
                 b.ceiling,
@@ -167,6 +182,7 @@ impl Diff {
                 b.broadcast_pps,
                 &b.gateway,
                 b.nat,
+                &b.uplink,
             ) {
                 diff.tenants_changed.push(*id);
             }
@@ -229,6 +245,7 @@ mod tests {
             guaranteed: Some(guaranteed.into()),
             ceiling: None,
             weight: None,
+            uplink: false,
         }
     }
 

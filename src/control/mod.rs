@@ -847,6 +847,16 @@ pub fn describe(old: &Topology, new: &Topology, diff: &Diff) -> Vec<String> {
     if diff.capacity_changed {
         lines.push(format!("capacity: {} → {}", old.capacity, new.capacity));
     }
+    if diff.uplink_changed {
+        let capacity = |t: &Topology| t.uplink.as_ref().map(|u| u.capacity.to_string());
+        let (a, b) = (capacity(old), capacity(new));
+        let none = || "none".to_string();
+        lines.push(format!(
+            "uplink capacity: {} → {}",
+            a.unwrap_or_else(none),
+            b.unwrap_or_else(none)
+        ));
+    }
     for &id in &diff.tenants_added {
         let t = new.tenant(id);
         lines.push(format!(
@@ -870,6 +880,14 @@ pub fn describe(old: &Topology, new: &Topology, diff: &Diff) -> Vec<String> {
             parts.push(format!(
                 "broadcast_pps {} → {}",
                 a.broadcast_pps, b.broadcast_pps
+            ));
+        }
+        if let (Some(x), Some(y)) = (&a.uplink, &b.uplink)
+            && (x.guaranteed, x.ceiling, x.weight) != (y.guaranteed, y.ceiling, y.weight)
+        {
+            parts.push(format!(
+                "uplink guaranteed {} → {}, ceiling {} → {}, weight {} → {}",
+                x.guaranteed, y.guaranteed, x.ceiling, y.ceiling, x.weight, y.weight
             ));
         }
         lines.push(format!("tenant {}: {}", b.name, parts.join(", ")));

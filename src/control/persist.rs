@@ -101,8 +101,17 @@ fn edit(doc: &mut DocumentMut, change: &Change) -> Result<(), String> {
             guaranteed,
             ceiling,
             weight,
+            uplink,
         } => {
-            let entry = entry_mut(doc, "tenants", tenant)?;
+            let mut entry = entry_mut(doc, "tenants", tenant)?;
+            if *uplink {
+                // `[tenants.NAME.uplink]`, created if absent.
+                entry = entry
+                    .entry("uplink")
+                    .or_insert(toml_edit::table())
+                    .as_table_like_mut()
+                    .ok_or_else(|| format!("tenants.{tenant}.uplink is not a table"))?;
+            }
             if let Some(g) = guaranteed {
                 set(entry, "guaranteed", g.as_str().into());
             }
@@ -258,6 +267,7 @@ ip = "10.1.0.10/24"
                 guaranteed: Some("400mbit".into()),
                 ceiling: None,
                 weight: Some(3),
+                uplink: false,
             },
         )
         .unwrap();
@@ -272,6 +282,7 @@ ip = "10.1.0.10/24"
                 guaranteed: Some("200mbit".into()),
                 ceiling: None,
                 weight: None,
+                uplink: false,
             },
         )
         .unwrap();
@@ -330,6 +341,7 @@ ip = "10.1.0.10/24"
             guaranteed: Some("400mbit".into()),
             ceiling: None,
             weight: None,
+            uplink: false,
         };
         let (mut t, mut p) = (100, 100);
         let proposed = super::super::change::propose(&running, &change, &mut t, &mut p).unwrap();

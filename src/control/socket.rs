@@ -215,7 +215,8 @@ mod tests {
                     tenant: "acme".into(),
                     guaranteed: Some("200mbit".into()),
                     ceiling: None,
-                    weight: None
+                    weight: None,
+                    uplink: false,
                 })
             }
         );

@@ -21,8 +21,9 @@
 //! - Host's stack: the veth's end with a `/30` from 169.254.0.0/16 (by tenant id), forwarding
 //!   on it and on the uplink interface (the latter's old value restored at exit), a route to
 //!   each public tenant's subnet via its router, and one nftables table (`netd_XXXXXXXX`, by
-//!   topology name) masquerading what NAT tenants send out of the uplink interface to the
-//!   uplink's address. Nothing else of the host is touched.
+//!   topology name) that drops what tenants send to the host itself and masquerades what
+//!   NAT tenants send out of the uplink interface to the uplink's address. Nothing else of
+//!   the host is touched.
 //!
 //! Deleting a router namespace removes its veth and with it the host's routes through it;
 //! [`Edge::tear_down`] removes the table and restores forwarding.
@@ -186,8 +187,9 @@ pub struct Edge {
     table: String,
     /// The uplink interface's `forwarding` before netd set it.
     forwarding_before: String,
-    /// The host's veth ends of the NAT tenants, masqueraded out of the uplink.
-    nat_veths: Vec<String>,
+    /// The host's veth ends of the routed tenants, and whether each is NAT (masqueraded out
+    /// of the uplink).
+    veths: Vec<(String, bool)>,
 }
 
 impl Edge {
@@ -200,7 +202,7 @@ impl Edge {
             interface: uplink.interface.clone(),
             table: nft_table(topology),
             forwarding_before,
-            nat_veths: Vec::new(),
+            veths: Vec::new(),
         })
     }
 
@@ -217,7 +219,7 @@ impl Edge {
         match self.plumb_router(topology, tenant, &router, offload) {
             Ok(tun) => Ok(tun),
             Err(err) => {
-                self.nat_veths.retain(|v| *v != host_veth(topology, tenant));
+                self.forget(&host_veth(topology, tenant));
                 if let Err(cleanup) = netns::delete(&router) {
                     warn!(netns = %router, cause = %cleanup, "namespace left behind");
                 }
@@ -283,48 +285,77 @@ impl Edge {
         )?;
         if tenant.nat {
             nft(Some(router), &router_nat_rules())?;
-            self.nat_veths.push(veth);
-            self.write_table()?;
         }
+        self.veths.push((veth, tenant.nat));
+        self.write_table()?;
         debug!(tenant = %tenant.name, netns = %router, %subnet, nat = tenant.nat, "router plumbed");
         Ok(tun)
     }
 
-    /// Forget a removed tenant's router (its namespace is deleted by the caller).
+    /// Remove a removed tenant's veth (with it the host's routes through it) and its rules
+    /// (its namespace is deleted by the caller).
     pub fn remove_router(&mut self, topology: &Topology, tenant: &Tenant) {
         let veth = host_veth(topology, tenant);
-        if self.nat_veths.contains(&veth) {
-            self.nat_veths.retain(|v| *v != veth);
-            if let Err(err) = self.write_table() {
-                warn!(cause = %err, "cannot update the uplink's NAT table");
-            }
+        delete_link(self.netns.as_deref(), &veth);
+        self.forget(&veth);
+        if let Err(err) = self.write_table() {
+            warn!(cause = %err, "cannot update the uplink's nftables table");
         }
     }
 
-    /// Replace the host's nftables table with one masquerading the NAT tenants' veths.
+    fn forget(&mut self, veth: &str) {
+        self.veths.retain(|(v, _)| v != veth);
+    }
+
+    /// Replace the host's nftables table: nothing from a tenant's veth reaches the host's
+    /// own stack (tenants reach the outside through it, never the host itself), and NAT
+    /// tenants are masqueraded out of the uplink.
     fn write_table(&self) -> Result<(), KernelError> {
         let table = &self.table;
         // Declaring then deleting makes the replacement atomic whether it existed or not.
         let mut script = format!("table ip {table}\ndelete table ip {table}\n");
-        if !self.nat_veths.is_empty() {
-            let veths: Vec<String> = self.nat_veths.iter().map(|v| format!("\"{v}\"")).collect();
+        let quoted = |nat_only: bool| -> Vec<String> {
+            self.veths
+                .iter()
+                .filter(|(_, nat)| *nat || !nat_only)
+                .map(|(v, _)| format!("\"{v}\""))
+                .collect()
+        };
+        let (all, nat) = (quoted(false), quoted(true));
+        if all.is_empty() {
+            return nft(self.netns.as_deref(), &script);
+        }
+        let _ = write!(
+            script,
+            "table ip {table} {{\n\
+               chain input {{\n\
+                 type filter hook input priority filter; policy accept;\n\
+                 iifname {{ {} }} drop\n\
+               }}\n",
+            all.join(", ")
+        );
+        if !nat.is_empty() {
             let _ = write!(
                 script,
-                "table ip {table} {{\n\
-                   chain postrouting {{\n\
+                "  chain postrouting {{\n\
                      type nat hook postrouting priority srcnat; policy accept;\n\
                      iifname {{ {} }} oifname \"{}\" masquerade\n\
-                   }}\n\
-                 }}\n",
-                veths.join(", "),
+                   }}\n",
+                nat.join(", "),
                 self.interface
             );
         }
+        script.push_str("}\n");
         nft(self.netns.as_deref(), &script)
     }
 
-    /// Remove the table and restore the uplink interface's forwarding.
+    /// Remove the veths, the table, and restore the uplink interface's forwarding.
     pub fn tear_down(&mut self) {
+        // A deleted namespace frees its veth only when the kernel gets round to destroying
+        // it; deleting the host's end removes both ends (and the routes) now.
+        for (veth, _) in std::mem::take(&mut self.veths) {
+            delete_link(self.netns.as_deref(), &veth);
+        }
         let table = &self.table;
         if let Err(err) = nft(
             self.netns.as_deref(),
@@ -336,6 +367,17 @@ impl Edge {
         if let Err(err) = sysctl(self.netns.as_deref(), &key, &self.forwarding_before) {
             warn!(cause = %err, "cannot restore forwarding on the uplink");
         }
+    }
+}
+
+/// Delete interface `name` in `netns` if it exists (a veth: both ends go).
+fn delete_link(netns: Option<&str>, name: &str) {
+    let mut args = netns_args(netns);
+    args.extend(["link", "del", "dev", name]);
+    if let Err(detail) = ip_command(&args, None)
+        && !detail.contains("Cannot find device")
+    {
+        warn!(link = name, %detail, "cannot delete a veth of the uplink");
     }
 }
 
@@ -364,14 +406,18 @@ pub fn remove_leftovers(topology: &Topology) -> Result<Vec<String>, KernelError>
     let Some(uplink) = &topology.uplink else {
         return Ok(removed);
     };
+    let host_exists = uplink.netns.as_deref().is_none_or(netns::exists);
     for tenant in topology.tenants.iter().filter(|t| t.uplink.is_some()) {
         let router = router_netns(topology, tenant);
         if netns::exists(&router) {
             netns::delete(&router)?;
             removed.push(router);
         }
+        if host_exists {
+            delete_link(uplink.netns.as_deref(), &host_veth(topology, tenant));
+        }
     }
-    if uplink.netns.as_deref().is_none_or(netns::exists) {
+    if host_exists {
         let table = nft_table(topology);
         // Absent already is fine: declaring it first makes the delete succeed.
         let _ = nft(
