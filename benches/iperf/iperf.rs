@@ -53,6 +53,20 @@ pub struct Client {
 impl Client {
     /// Start a client in `ns` towards `target:port`.
     pub fn start(ns: &str, target: &str, port: u16, load: &Load) -> Result<Client> {
+        Client::start_with(ns, target, port, load, 0.0, false)
+    }
+
+    /// [`Client::start`], leaving the first `omit` seconds out of the report (`-O`, whole
+    /// seconds) and, with `reverse`, the server sending (`-R`).
+    pub fn start_with(
+        ns: &str,
+        target: &str,
+        port: u16,
+        load: &Load,
+        omit: f64,
+        reverse: bool,
+    ) -> Result<Client> {
+        let omit = format!("{}", omit.ceil());
         let secs = format!("{}", load.secs.ceil());
         let port = port.to_string();
         let flows = load.flows.to_string();
@@ -69,7 +83,12 @@ impl Client {
             &flows,
             "--connect-timeout",
             "3000",
+            "-O",
+            &omit,
         ];
+        if reverse {
+            args.push("-R");
+        }
         let len;
         if let Some(l) = load.udp_len {
             len = l.to_string();

@@ -33,9 +33,23 @@ impl NetdBed {
     /// Start netd on `topo` with namespaces `{ns_prefix}-{server}`; wait until it is up.
     /// `extra` goes to `netd up` as given (e.g. `--datapath-cpu 1`).
     pub fn up(topo: &BenchTopo, ns_prefix: &str, dir: &Path, extra: &[String]) -> Result<NetdBed> {
+        let text = topo.to_toml(|s| format!("{ns_prefix}-{s}"));
+        // 1000 servers take netd a while (two `ip` processes per server).
+        let timeout = Duration::from_secs(60 + topo.servers.len() as u64 / 5);
+        NetdBed::up_text(&text, ns_prefix, dir, extra, timeout)
+    }
+
+    /// Start netd on topology `text` (its namespaces named `{ns_prefix}-…` by the caller),
+    /// written to `{dir}/{ns_prefix}.toml`; wait until it is up.
+    pub fn up_text(
+        text: &str,
+        ns_prefix: &str,
+        dir: &Path,
+        extra: &[String],
+        timeout: Duration,
+    ) -> Result<NetdBed> {
         let file = dir.join(format!("{ns_prefix}.toml"));
-        std::fs::write(&file, topo.to_toml(|s| format!("{ns_prefix}-{s}")))
-            .with_context(|| format!("writing {}", file.display()))?;
+        std::fs::write(&file, text).with_context(|| format!("writing {}", file.display()))?;
         let start = Instant::now();
         let mut child = Command::new(env!("CARGO_BIN_EXE_netd"))
             .args(["--log-format", "json", "up"])
@@ -68,8 +82,6 @@ impl NetdBed {
             lines,
             startup: Duration::ZERO,
         };
-        // 1000 servers take netd a while (two `ip` processes per server).
-        let timeout = Duration::from_secs(60 + topo.servers.len() as u64 / 5);
         bed.wait_up(&rx, timeout)?;
         bed.startup = start.elapsed();
         Ok(bed)

@@ -15,17 +15,19 @@
 //! | `realloc` | ms until the split holds within 5% after a tenant leaves/returns | [`shaping`] |
 //! | `ratechange` | ms until the split holds within 5% after a live guarantee change | [`shaping`] |
 //! | `scale` | 10/100/1000 servers: start-up, netd RSS, 2-server throughput | [`scale`] |
+//! | `uplink` | routed uplink: 1 flow each way via NAT and public; 3-tenant split each way | [`uplink`] |
 
 pub mod scale;
 pub mod shaping;
 pub mod throughput;
+pub mod uplink;
 
 use serde::Serialize;
 
 use crate::report::Row;
 
 /// Every scenario, in run order.
-pub const ALL: [&str; 9] = [
+pub const ALL: [&str; 10] = [
     "throughput",
     "shaped",
     "guarantee",
@@ -35,6 +37,7 @@ pub const ALL: [&str; 9] = [
     "realloc",
     "ratechange",
     "scale",
+    "uplink",
 ];
 
 /// What a scenario produced.
@@ -61,6 +64,7 @@ pub fn run(ctx: &crate::Ctx, name: &str) -> anyhow::Result<Outcome> {
         "realloc" => shaping::realloc(ctx),
         "ratechange" => shaping::ratechange(ctx),
         "scale" => scale::run(ctx),
+        "uplink" => uplink::run(ctx),
         other => anyhow::bail!("unknown scenario {other:?}; known: {}", ALL.join(", ")),
     }
 }
