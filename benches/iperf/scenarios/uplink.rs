@@ -253,8 +253,8 @@ fn kernel_side(p: &str, tenants: &[Tenant], capacity_mbit: u64) -> Result<()> {
         if t.nat {
             nft(
                 &router,
-                "table ip k { chain post { type nat hook postrouting priority srcnat; \
-                 oifname \"uplink0\" masquerade; } }",
+                "table ip k {\n chain post {\n type nat hook postrouting priority srcnat;\n \
+                 oifname \"uplink0\" masquerade\n }\n}\n",
             )?;
             nat_veths.push(format!("\"{veth}\""));
         } else {
@@ -268,8 +268,8 @@ fn kernel_side(p: &str, tenants: &[Tenant], capacity_mbit: u64) -> Result<()> {
         nft(
             &edge,
             &format!(
-                "table ip k {{ chain post {{ type nat hook postrouting priority srcnat; \
-                 iifname {{ {} }} oifname \"eth1\" masquerade; }} }}",
+                "table ip k {{\n chain post {{\n type nat hook postrouting priority srcnat;\n \
+                 iifname {{ {} }} oifname \"eth1\" masquerade\n }}\n}}\n",
                 nat_veths.join(", ")
             ),
         )?;
@@ -343,13 +343,17 @@ fn flows(
     download: bool,
     secs: f64,
 ) -> Result<Vec<f64>> {
+    let port = |i: usize| 5201 + u16::try_from(i).unwrap_or(0);
     let mut servers = Vec::new();
+    for (i, t) in tenants.iter().enumerate() {
+        servers.push(IperfServer::start(&bed.ends(side, t).1, port(i))?);
+    }
+    // Every server listens before any client starts, so the flows start and end together.
+    settle()?;
     let mut clients = Vec::new();
     for (i, t) in tenants.iter().enumerate() {
-        let (server_ns, net) = bed.ends(side, t);
-        let port = 5201 + u16::try_from(i).unwrap_or(0);
-        servers.push(IperfServer::start(&net, port)?);
-        settle()?;
+        let (server_ns, _) = bed.ends(side, t);
+        let port = port(i);
         let load = Load {
             secs: secs + ctx.warm,
             flows: 1,
