@@ -148,6 +148,9 @@ enum Command {
         /// The tenant's subnet and gateway address, e.g. 10.1.0.1/24.
         #[arg(long, value_name = "ADDR/LEN")]
         gateway: Option<String>,
+        /// The tenant's IPv6 subnet and gateway address, e.g. fd00:1::1/64 (needs --gateway).
+        #[arg(long, value_name = "ADDR/LEN")]
+        gateway6: Option<String>,
         /// Its private subnet leaves with source NAT.
         #[arg(long)]
         nat: bool,
@@ -420,6 +423,7 @@ fn client_command(
             weight,
             broadcast_pps,
             gateway,
+            gateway6,
             nat,
             dns,
         } => Change::AddTenant {
@@ -430,6 +434,7 @@ fn client_command(
                 weight,
                 broadcast_pps,
                 gateway,
+                gateway6,
                 nat: nat.then_some(true),
                 dns: (!dns.is_empty()).then_some(dns),
                 uplink: None,

@@ -13,6 +13,7 @@ capacity = "1gbit"
 [tenants.{p}-a]
 guaranteed = "400mbit"
 gateway = "10.78.0.1/24"
+gateway6 = "fd00:78::1/64"
 dns = ["192.0.2.53"]
 
 [tenants.{p}-b]
@@ -21,6 +22,7 @@ guaranteed = "400mbit"
 [servers.{p}-a1]
 tenant = "{p}-a"
 ip = "10.78.0.10/24"
+ipv6 = "fd00:78::10/64"
 
 [servers.{p}-a2]
 tenant = "{p}-a"
@@ -56,6 +58,29 @@ fn a_server_pings_its_gateway_through_its_default_route() {
     );
     let (_, routes) = sh(&topo.name("b1"), "ip -4 route show default");
     assert!(routes.trim().is_empty(), "b1 got a default route: {routes}");
+}
+
+#[test]
+fn a_server_with_ipv6_finds_its_gateway_by_neighbour_discovery_and_routes_through_it() {
+    require_privileges();
+    let topo = TestTopology::new(TOPOLOGY);
+    let _netd = Daemon::start(&topo, &[]);
+    let a1 = topo.name("a1");
+    let (ok, routes) = sh(&a1, "ip -6 route show default");
+    assert!(
+        ok && routes.contains("default via fd00:78::1 dev eth0"),
+        "{routes}"
+    );
+    assert!(
+        ping(&a1, "fd00:78::1", 3),
+        "a1 cannot ping its IPv6 gateway"
+    );
+    // The gateway's address was learnt by neighbour discovery, from the gateway's MAC.
+    let (_, neighbours) = sh(&a1, "ip -6 neigh show fd00:78::1");
+    assert!(neighbours.contains("lladdr"), "{neighbours}");
+    // A server without IPv6 gets no IPv6 route.
+    let (_, routes) = sh(&topo.name("b1"), "ip -6 route show default");
+    assert!(routes.trim().is_empty(), "{routes}");
 }
 
 /// Run Debian's `udhcpc` in namespace `ns` until it has a lease (5 tries, 1 s apart);

@@ -1,8 +1,9 @@
 //! A tenant's gateway: smoltcp's `Interface` attached to the switch as a port.
 //!
 //! Contract: the gateway answers for its address inside its tenant's L2 domain, and only
-//! there: ARP for the gateway address, ICMP echo to it (smoltcp's own replies) and DHCPv4
-//! from the tenant's servers ([`dhcp`]: static leases from the topology). It is a
+//! there: ARP for the gateway address, neighbour discovery for its IPv6 address (when the
+//! tenant has `gateway6`), ICMP echo to either (smoltcp's own replies) and DHCPv4 from the
+//! tenant's servers ([`dhcp`]: static leases from the topology). It is a
 //! [`Port`] without an fd: the switch writes frames into it, the data path calls
 //! [`Port::poll`] when smoltcp's next deadline comes (or at once after a write), and reads
 //! what smoltcp sent. Exactly one party answers for the gateway address: this one.
@@ -135,8 +136,15 @@ impl GatewayPort {
         let mut iface = Interface::new(config, &mut device, Instant::ZERO);
         let address = gateway.ip.ip();
         iface.update_ip_addrs(|addrs| {
-            // One address into an empty list: never over capacity.
+            // At most three addresses into an empty list: never over capacity.
             let _ = addrs.push(IpCidr::new(IpAddress::Ipv4(address), gateway.ip.prefix()));
+            if let Some(ipv6) = gateway.ipv6 {
+                // Neighbour discovery and echo for it, from smoltcp, as ARP for IPv4; and the
+                // link-local address from the MAC, which hosts expect a router to have.
+                let _ = addrs.push(IpCidr::new(IpAddress::Ipv6(ipv6.ip()), ipv6.prefix()));
+                let link_local = gateway.mac.ipv6_link_local();
+                let _ = addrs.push(IpCidr::new(IpAddress::Ipv6(link_local), 64));
+            }
         });
         let mut sockets = SocketSet::new(Vec::new());
         let buffer =

@@ -21,13 +21,12 @@ pub mod uplink;
 
 use std::fs::File;
 use std::io::Write;
-use std::net::Ipv4Addr;
 use std::process::{Command, Stdio};
 
 use tracing::{debug, info, warn};
 
 use crate::port::Offload;
-use crate::topology::{PortId, Server, Topology};
+use crate::topology::{PortId, Routers, Server, Topology};
 
 /// Name of each server's interface inside its namespace.
 pub const SERVER_IFNAME: &str = "eth0";
@@ -121,7 +120,7 @@ impl Plumbing {
     pub fn add_server(
         &mut self,
         server: &Server,
-        router: Option<Ipv4Addr>,
+        router: Routers,
         offload: Offload,
     ) -> Result<ServerTap, KernelError> {
         if netns::exists(&server.netns) {
@@ -319,7 +318,7 @@ fn bring_up_uplink(
 }
 
 /// Create one server's namespace, TAP and link; on failure delete the namespace again.
-fn plumb(server: &Server, router: Option<Ipv4Addr>, offload: Offload) -> Result<File, KernelError> {
+fn plumb(server: &Server, router: Routers, offload: Offload) -> Result<File, KernelError> {
     netns::create(&server.netns)?;
     let result = netns::run_in(&server.netns, || open_server_tap(offload))
         .map_err(|source| KernelError::CreateTap {
@@ -344,7 +343,7 @@ fn plumb(server: &Server, router: Option<Ipv4Addr>, offload: Offload) -> Result<
 }
 
 /// Re-apply a server's identity (MAC, MTU, addresses) to its existing `eth0`, in place.
-pub fn relink(server: &Server, router: Option<Ipv4Addr>) -> Result<(), KernelError> {
+pub fn relink(server: &Server, router: Routers) -> Result<(), KernelError> {
     link::reconfigure(server, router)
 }
 

@@ -99,6 +99,7 @@ pub fn with_gateway() -> Topology {
         port: GW,
         mac: MacAddr(GW_MAC),
         ip: "10.0.0.254/24".parse().unwrap(),
+        ipv6: None,
         dns: vec![std::net::Ipv4Addr::new(192, 0, 2, 53)],
     });
     topology

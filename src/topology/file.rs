@@ -72,6 +72,10 @@ pub struct FileTenant {
     /// The tenant's subnet and gateway address, `"10.1.0.1/24"`; optional.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gateway: Option<String>,
+    /// The tenant's IPv6 subnet and gateway address, `"fd00:1::1/64"`; optional, needs
+    /// `gateway`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gateway6: Option<String>,
     /// Private subnet that leaves with source NAT; default false (public addresses).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub nat: Option<bool>,

@@ -18,11 +18,13 @@
 
 use std::net::Ipv4Addr;
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 use serde::Serialize;
 
 use super::file::FileTopology;
-use super::validate::{ErrorKind, Validator, check_ipv4, derived_mac, key_segment, quoted};
+use super::validate::{
+    ErrorKind, Validator, check_ipv4, check_ipv6, derived_mac, key_segment, quoted,
+};
 use super::{PortId, Server, Tenant};
 use crate::wire::MacAddr;
 
@@ -35,6 +37,8 @@ pub struct Gateway {
     pub mac: MacAddr,
     /// The gateway's address with the tenant's subnet prefix.
     pub ip: Ipv4Network,
+    /// Its IPv6 address with the tenant's IPv6 prefix, if the tenant has IPv6.
+    pub ipv6: Option<Ipv6Network>,
     /// DNS servers handed out by DHCP.
     pub dns: Vec<Ipv4Addr>,
 }
@@ -74,6 +78,11 @@ pub(super) fn check(
                 .map_err(|kind| v.push(&format!("{key}.gateway"), quoted(Some(text)), kind))
                 .ok()
         });
+        let ipv6 = raw.gateway6.as_deref().and_then(|text| {
+            check_ipv6(text)
+                .map_err(|kind| v.push(&format!("{key}.gateway6"), quoted(Some(text)), kind))
+                .ok()
+        });
         let dns = check_dns(v, &key, raw.dns.as_deref().unwrap_or_default());
         tenant.nat = raw.nat.unwrap_or(false);
         if raw.gateway.is_none() {
@@ -87,14 +96,22 @@ pub(super) fn check(
             if raw.dns.is_some() {
                 v.push(&format!("{key}.dns"), None, ErrorKind::NeedsGateway);
             }
+            if let Some(text) = &raw.gateway6 {
+                let key = format!("{key}.gateway6");
+                v.push(&key, quoted(Some(text)), ErrorKind::NeedsGateway);
+            }
         }
         let Some(ip) = gateway else { continue };
         let mine: Vec<&Server> = servers.iter().filter(|s| s.tenant == tenant.id).collect();
         check_servers_in_subnet(v, &key, ip, &mine);
+        if let Some(ipv6) = ipv6 {
+            check_servers_in_subnet6(v, &key, ipv6, &mine);
+        }
         tenant.gateway = Some(Gateway {
             port: PortId(next_port),
             mac: gateway_mac(&tenant.name, &server_macs),
             ip,
+            ipv6,
             dns,
         });
         next_port += 1;
@@ -144,6 +161,37 @@ fn check_servers_in_subnet(
                 &format!("servers.{}.ip", key_segment(&server.name)),
                 Some(server.ip.to_string()),
                 ErrorKind::OutsideGatewaySubnet { subnet },
+            );
+        }
+    }
+}
+
+/// Every server of the tenant with an IPv6 address has it in the gateway's IPv6 subnet,
+/// and not the gateway's own.
+fn check_servers_in_subnet6(
+    v: &mut Validator<'_>,
+    key: &str,
+    gateway: Ipv6Network,
+    mine: &[&Server],
+) {
+    let subnet = |net: Ipv6Network| (net.network(), net.prefix());
+    for server in mine {
+        let Some(ipv6) = server.ipv6 else { continue };
+        if ipv6.ip() == gateway.ip() {
+            v.push(
+                &format!("{key}.gateway6"),
+                Some(gateway.to_string()),
+                ErrorKind::GatewayIsServerAddress {
+                    server: server.name.clone(),
+                },
+            );
+        } else if subnet(ipv6) != subnet(gateway) {
+            v.push(
+                &format!("servers.{}.ipv6", key_segment(&server.name)),
+                Some(ipv6.to_string()),
+                ErrorKind::OutsideGatewaySubnet6 {
+                    subnet: format!("{}/{}", gateway.network(), gateway.prefix()),
+                },
             );
         }
     }
@@ -236,8 +284,11 @@ mod tests {
         assert!(gateway.mac.is_local() && !gateway.mac.is_multicast());
         let web = t.server_by_name("acme-web").unwrap();
         assert!(web.dhcp);
-        assert_eq!(t.router_of(web), Some(gateway.ip.ip()));
-        assert_eq!(t.router_of(t.server_by_name("blue-web").unwrap()), None);
+        assert_eq!(t.router_of(web).ipv4, Some(gateway.ip.ip()));
+        assert_eq!(
+            t.router_of(t.server_by_name("blue-web").unwrap()).ipv4,
+            None
+        );
         let kinds: Vec<_> = t.ports().map(|p| (p.id(), p.kind())).collect();
         assert_eq!(kinds.last(), Some(&(PortId(3), PortKind::Gateway)));
         assert_eq!(t.port_id_bound(), 4);
@@ -316,5 +367,87 @@ mod tests {
                 && matches!(kind, ErrorKind::OutsideGatewaySubnet { .. })),
             "{found:?}"
         );
+    }
+}
+
+#[cfg(test)]
+mod ipv6_tests {
+    use std::path::Path;
+
+    use crate::topology::parse;
+    use crate::topology::validate::ErrorKind;
+
+    const BASE: &str = r#"
+        [host]
+        capacity = "1gbit"
+        [tenants.acme]
+        guaranteed = "300mbit"
+        gateway = "10.1.0.1/24"
+        gateway6 = "fd00:1::1/64"
+        [tenants.blue]
+        guaranteed = "300mbit"
+        [servers.acme-web]
+        tenant = "acme"
+        ip = "10.1.0.10/24"
+        ipv6 = "fd00:1::10/64"
+        [servers.acme-db]
+        tenant = "acme"
+        ip = "10.1.0.11/24"
+    "#;
+
+    #[test]
+    fn servers_with_ipv6_get_the_ipv6_gateway_as_their_router() {
+        let t = parse(Path::new("t.toml"), BASE).unwrap();
+        let gateway = t.tenant_by_name("acme").unwrap().gateway.clone().unwrap();
+        assert_eq!(gateway.ipv6.unwrap().to_string(), "fd00:1::1/64");
+        let web = t.router_of(t.server_by_name("acme-web").unwrap());
+        assert_eq!(web.ipv6, Some("fd00:1::1".parse().unwrap()));
+        let db = t.router_of(t.server_by_name("acme-db").unwrap());
+        assert_eq!(db.ipv6, None, "no IPv6 address, no IPv6 route");
+        let text = toml::to_string(&t.to_file()).unwrap();
+        assert_eq!(
+            parse(Path::new("t.toml"), &text).unwrap().tenants,
+            t.tenants
+        );
+    }
+
+    #[test]
+    fn every_ipv6_gateway_problem_is_named() {
+        let cases = [
+            (
+                "ipv6 = \"fd00:1::10/64\"",
+                "ipv6 = \"fd00:2::10/64\"",
+                "servers.acme-web.ipv6",
+            ),
+            (
+                "gateway6 = \"fd00:1::1/64\"",
+                "gateway6 = \"fd00:1::10/64\"",
+                "tenants.acme.gateway6",
+            ),
+            (
+                "gateway6 = \"fd00:1::1/64\"",
+                "gateway6 = \"10.1.0.1/24\"",
+                "tenants.acme.gateway6",
+            ),
+            (
+                "guaranteed = \"300mbit\"\n        [servers",
+                "guaranteed = \"300mbit\"\n        gateway6 = \"fd00:3::1/64\"\n        [servers",
+                "tenants.blue.gateway6",
+            ),
+        ];
+        for (from, to, key) in cases {
+            assert!(BASE.contains(from), "{from}");
+            let errors = parse(Path::new("t.toml"), &BASE.replacen(from, to, 1)).unwrap_err();
+            assert!(errors.iter().any(|e| e.key == key), "{key}: {errors:#?}");
+        }
+        let errors = parse(
+            Path::new("t.toml"),
+            &BASE.replacen("ipv6 = \"fd00:1::10/64\"", "ipv6 = \"fd00:2::10/64\"", 1),
+        )
+        .unwrap_err();
+        assert!(matches!(
+            errors[0].kind,
+            ErrorKind::OutsideGatewaySubnet6 { .. }
+        ));
     }
 }

@@ -205,6 +205,13 @@ pub struct Tenant {
     pub uplink: Option<TenantUplink>,
 }
 
+/// A server's default routers (its tenant's gateway), per address family.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Routers {
+    pub ipv4: Option<std::net::Ipv4Addr>,
+    pub ipv6: Option<std::net::Ipv6Addr>,
+}
+
 /// A virtual server: one namespace, one TAP, one switch port.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Server {
@@ -330,6 +337,10 @@ impl Topology {
                         weight: Some(i64::from(t.weight)),
                         broadcast_pps: Some(i64::from(t.broadcast_pps)),
                         gateway: t.gateway.as_ref().map(|g| g.ip.to_string()),
+                        gateway6: t
+                            .gateway
+                            .as_ref()
+                            .and_then(|g| g.ipv6.map(|n| n.to_string())),
                         nat: t.nat.then_some(true),
                         dns: t
                             .gateway
@@ -405,10 +416,19 @@ impl Topology {
             .chain(uplinks)
     }
 
-    /// Return the default router of a server: its tenant's gateway address, if any.
-    pub fn router_of(&self, server: &Server) -> Option<std::net::Ipv4Addr> {
-        let gateway = self.tenant_by_id(server.tenant)?.gateway.as_ref()?;
-        Some(gateway.ip.ip())
+    /// Return the default routers of a server: its tenant's gateway addresses, IPv6 only
+    /// for a server with an IPv6 address.
+    pub fn router_of(&self, server: &Server) -> Routers {
+        let gateway = self
+            .tenant_by_id(server.tenant)
+            .and_then(|t| t.gateway.as_ref());
+        Routers {
+            ipv4: gateway.map(|g| g.ip.ip()),
+            ipv6: gateway
+                .and_then(|g| g.ipv6)
+                .filter(|_| server.ipv6.is_some())
+                .map(|net| net.ip()),
+        }
     }
 
     /// Return the servers of one tenant.

@@ -223,6 +223,10 @@ pub enum ErrorKind {
         "address is outside its tenant's gateway subnet {subnet} (or has another prefix length)"
     )]
     OutsideGatewaySubnet { subnet: Ipv4Network },
+    #[error(
+        "address is outside its tenant's IPv6 gateway subnet {subnet} (or has another prefix length)"
+    )]
+    OutsideGatewaySubnet6 { subnet: String },
 
     // The uplink.
     #[error("needs an uplink: add an [uplink] section")]
@@ -882,7 +886,7 @@ pub(super) fn check_ipv4(text: &str) -> Result<Ipv4Network, ErrorKind> {
 }
 
 /// Parse and check a server's IPv6 address with prefix.
-fn check_ipv6(text: &str) -> Result<Ipv6Network, ErrorKind> {
+pub(super) fn check_ipv6(text: &str) -> Result<Ipv6Network, ErrorKind> {
     let (addr, len) = split_prefix(text)?;
     let addr: Ipv6Addr = addr.parse().map_err(|_| ErrorKind::MalformedIp {
         reason: "not an IPv6 address".into(),
