@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::signal::unix::{SignalKind, signal};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::control::auth::{AuthError, HttpAuth, Token};
 use crate::control::{self, Control, ControlError, rates};
@@ -222,12 +222,32 @@ pub async fn up(
         "netd is up"
     );
 
+    let notifier = crate::systemd::Notifier::from_env().map(Arc::new);
+    notify(
+        notifier.as_deref(),
+        &format!("READY=1\nSTATUS=serving {} servers", topology.servers.len()),
+    );
+    let _watchdog = notifier
+        .clone()
+        .zip(crate::systemd::watchdog_interval())
+        .map(|(notifier, interval)| {
+            // Half the interval, as sd_watchdog_enabled(3) advises. The task runs only while
+            // the control plane's runtime does; the data path's death ends `up` (below).
+            Task(tokio::spawn(async move {
+                let mut every = tokio::time::interval(interval / 2);
+                loop {
+                    every.tick().await;
+                    notify(Some(&notifier), "WATCHDOG=1");
+                }
+            }))
+        });
     let mut ticker = options.stats_interval.map(tokio::time::interval);
     tokio::pin!(shutdown);
     let result = loop {
         tokio::select! {
             () = &mut shutdown => {
                 info!("shutting down");
+                notify(notifier.as_deref(), "STOPPING=1");
                 stop.stop();
                 let _ = (&mut finished).await;
                 break Ok(());
@@ -244,8 +264,14 @@ pub async fn up(
             }
             _ = sighup.recv() => {
                 info!("SIGHUP: reloading the topology file");
+                let reloading = format!(
+                    "RELOADING=1\nMONOTONIC_USEC={}",
+                    crate::systemd::monotonic_usec()
+                );
+                notify(notifier.as_deref(), &reloading);
                 // The outcome (applied or rejected, and why) is logged by the control plane.
                 let _ = control.reload("sighup", false).await;
+                notify(notifier.as_deref(), "READY=1");
             }
         }
     };
@@ -256,6 +282,16 @@ pub async fn up(
     control.tear_down().await;
     info!("removed every namespace and TAP netd created");
     result.map(|()| control.stats())
+}
+
+/// Tell systemd `state` when netd runs under a `Type=notify` unit; a failure is logged, never
+/// fatal (a supervisor that stopped listening must not stop the network).
+fn notify(notifier: Option<&crate::systemd::Notifier>, state: &str) {
+    if let Some(notifier) = notifier
+        && let Err(err) = notifier.send(state)
+    {
+        warn!(cause = %err, state, "cannot notify systemd");
+    }
 }
 
 /// The tokens an operator named in files: admin (if given) and metrics.

@@ -23,6 +23,7 @@
 //!   and (driven by a deadline instead of an fd) netd's own stacks.
 //! - [`datapath`]: the event loop tying ports, switch and shaper together.
 //! - [`stats`]: counters and drop reasons.
+//! - [`systemd`]: readiness, watchdog and reload notifications under a `Type=notify` unit.
 
 pub mod control;
 pub mod daemon;
@@ -37,5 +38,6 @@ pub mod shaper;
 pub mod stats;
 pub mod storm;
 pub mod switch;
+pub mod systemd;
 pub mod topology;
 pub mod wire;

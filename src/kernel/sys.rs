@@ -124,6 +124,24 @@ fn set_offload(fd: &OwnedFd, flags: libc::c_uint) -> io::Result<()> {
     Ok(())
 }
 
+/// Return `CLOCK_MONOTONIC` in microseconds (0 if the clock cannot be read, which Linux
+/// never does).
+pub fn monotonic_usec() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec we own for the call; CLOCK_MONOTONIC always exists;
+    // the return value is checked.
+    let ret = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    if ret != 0 {
+        return 0;
+    }
+    let secs = u64::try_from(ts.tv_sec).unwrap_or(0);
+    let nanos = u64::try_from(ts.tv_nsec).unwrap_or(0);
+    secs * 1_000_000 + nanos / 1000
+}
+
 /// Move the calling thread into the network namespace `ns` refers to.
 ///
 /// Only call this on a thread netd spawned for the purpose (see `netns::run_in`): the thread

@@ -184,6 +184,20 @@ impl Daemon {
     /// Start `netd up FILE` without waiting, through `wrapper` (a program and its arguments
     /// that exec netd, e.g. `setpriv` dropping a capability; empty: netd itself).
     pub fn spawn_under(wrapper: &[&str], topology: &TestTopology, extra: &[&str]) -> Daemon {
+        Daemon::spawn_full(wrapper, topology, extra, &[])
+    }
+
+    /// Start `netd up FILE` without waiting, with `env` added to its environment.
+    pub fn spawn_with_env(topology: &TestTopology, extra: &[&str], env: &[(&str, &str)]) -> Daemon {
+        Daemon::spawn_full(&[], topology, extra, env)
+    }
+
+    fn spawn_full(
+        wrapper: &[&str],
+        topology: &TestTopology,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Daemon {
         let mut command = match wrapper.split_first() {
             Some((program, args)) => {
                 let mut c = Command::new(program);
@@ -196,6 +210,7 @@ impl Daemon {
             .args(["--log-format", "json", "up"])
             .arg(&topology.path)
             .args(extra)
+            .envs(env.iter().copied())
             .env("NETD_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -453,6 +468,17 @@ impl Drop for TempFile {
 
 /// A directory made for one test, removed with everything in it when dropped.
 pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    /// Create `{temp}/netd-tests/{name}.d`.
+    pub fn new(name: &str) -> TempDir {
+        let path = std::env::temp_dir()
+            .join("netd-tests")
+            .join(format!("{name}.d"));
+        std::fs::create_dir_all(&path).unwrap();
+        TempDir(path)
+    }
+}
 
 impl Drop for TempDir {
     fn drop(&mut self) {
