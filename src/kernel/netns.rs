@@ -39,6 +39,24 @@ pub fn delete(name: &str) -> Result<(), KernelError> {
     })
 }
 
+/// Delete many named namespaces with one `ip` process (`-force`: past any that fails);
+/// return the ones that could not be deleted, with `ip`'s words.
+pub fn delete_all(names: &[String]) -> Result<(), KernelError> {
+    if names.is_empty() {
+        return Ok(());
+    }
+    let batch: String = names
+        .iter()
+        .map(|n| format!("netns delete {n}\n"))
+        .collect();
+    ip_command(&["-force", "-batch", "-"], Some(&batch)).map_err(|detail| {
+        KernelError::DeleteNamespace {
+            netns: names.join(", "),
+            detail,
+        }
+    })
+}
+
 /// Run `f` on a fresh thread that has entered namespace `name`, and return its result.
 pub fn run_in<R: Send>(name: &str, f: impl FnOnce() -> io::Result<R> + Send) -> io::Result<R> {
     let ns: OwnedFd = std::fs::File::open(path(name))?.into();

@@ -23,6 +23,8 @@ const IFF_NO_PI: libc::c_short = 0x1000;
 const IFF_VNET_HDR: libc::c_short = 0x4000;
 /// `_IOW('T', 208, unsigned int)`: which offloads the reader accepts.
 const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
+/// `_IOW('T', 203, int)`: keep the device when its last fd closes.
+const TUNSETPERSIST: libc::c_ulong = 0x4004_54cb;
 /// `_IOW('T', 216, int)`: size of the virtio-net header.
 const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
 /// `TUN_F_*`: checksum offload, TCP segmentation offload (v4, v6, ECN), UDP segmentation (v4, v6).
@@ -112,6 +114,19 @@ fn open_device(
         }
     }
     Ok(fd)
+}
+
+/// Make the TUN/TAP behind `fd` persistent (`on`): closing its last fd then leaves the
+/// device in place, and it goes with its namespace instead. Deleting a namespace destroys
+/// all its devices in one batch, where closing non-persistent TAPs unregisters them one by
+/// one (a network-wide RCU wait each: ~20 ms per server).
+pub fn set_persist(fd: &OwnedFd, on: bool) -> io::Result<()> {
+    // SAFETY: `fd` is our TUN/TAP fd; TUNSETPERSIST takes the flag by value; checked.
+    let ret = unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETPERSIST, libc::c_ulong::from(on)) };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Tell the TAP which offloads netd accepts on frames it reads.

@@ -18,7 +18,7 @@ use crate::iperf::{Client, IperfServer, Load, settle};
 use crate::kernel_side::{Htb, Offloads};
 use crate::measure::status_kb;
 use crate::proc::check_stop;
-use crate::report::{Figures, Side};
+use crate::report::{Figures, Side, Target};
 use crate::scenarios::Outcome;
 use crate::topo::BenchTopo;
 
@@ -95,6 +95,12 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
             .push(fig.row(NAME, &format!("N={n}: netd RSS"), "MiB", None));
         out.rows
             .push(fig.row(NAME, &format!("N={n}: 1 TCP flow"), "Gbit/s", None));
+        fig.add(&format!("N={n}: tear-down"), Side::Netd, netd_down);
+        fig.add(&format!("N={n}: tear-down"), sides[1], kernel_down);
+        // Issue 11: a thousand servers gone in under 5 s.
+        let target = (n >= 1000).then_some(Target::AtMost(5.0));
+        out.rows
+            .push(fig.row(NAME, &format!("N={n}: tear-down"), "s", target));
     }
     Ok(out)
 }
