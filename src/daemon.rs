@@ -266,7 +266,7 @@ pub async fn up(
                 info!("SIGHUP: reloading the topology file");
                 let reloading = format!(
                     "RELOADING=1\nMONOTONIC_USEC={}",
-                    crate::systemd::monotonic_usec()
+                    crate::kernel::sys::monotonic_usec()
                 );
                 notify(notifier.as_deref(), &reloading);
                 // The outcome (applied or rejected, and why) is logged by the control plane.

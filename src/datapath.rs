@@ -59,7 +59,6 @@ use crate::stats::{DropReason, Stats};
 use crate::storm::StormControl;
 use crate::switch::{Decision, Switch};
 use crate::topology::{PortId, TenantId};
-use crate::wire::MacAddr;
 use crate::wire::vnet::{VNET_HDR_LEN, VnetHeader};
 
 /// Frames read from one port before moving on to the next ready port.
@@ -738,11 +737,15 @@ impl DataPath {
         if path == Path::Download
             && let Decision::Unicast(_, to) = decision
         {
-            // A routed packet takes the MAC of the server it goes to.
-            let mac = egress.switch.mac_of(to).unwrap_or(MacAddr([0; 6]));
-            self.rx[hdr..hdr + 6].copy_from_slice(&mac.octets());
+            // A routed packet takes the MAC of the server it goes to (the guard passed it,
+            // so its Ethernet header is there).
+            if let (Some(mac), Some(dst)) =
+                (egress.switch.mac_of(to), self.rx.get_mut(hdr..hdr + 6))
+            {
+                dst.copy_from_slice(&mac.octets());
+            }
         }
-        let frame = &self.rx[hdr..len];
+        let frame = self.rx.get(hdr..len).unwrap_or_default();
         if let Decision::Flood(_) = decision
             && !self.storm.allow(ingress)
         {

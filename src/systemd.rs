@@ -56,11 +56,6 @@ pub fn watchdog_interval() -> Option<Duration> {
     (usec > 0).then(|| Duration::from_micros(usec))
 }
 
-/// `CLOCK_MONOTONIC` in µs, which `RELOADING=1` carries (`MONOTONIC_USEC=`).
-pub fn monotonic_usec() -> u64 {
-    crate::kernel::sys::monotonic_usec()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

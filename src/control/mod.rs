@@ -327,39 +327,8 @@ impl Control {
                     entitlement_bps: 0,
                     uplink: t.uplink.as_ref().map(|u| {
                         let port = u.port.index();
-                        let counters = stats
-                            .ports
-                            .get(port)
-                            .map(|c| c.snapshot())
-                            .unwrap_or_default();
-                        let shaped = |gauges: &[Arc<crate::stats::ShaperGauges>]| {
-                            gauges.get(i).map(|g| g.snapshot()).unwrap_or_default()
-                        };
-                        let (up, down) = (shaped(&stats.upload), shaped(&stats.download));
-                        let port_rates = measure(Meter::PortIn(port), Meter::PortOut(port));
-                        UplinkStatus {
-                            guaranteed_bps: u.guaranteed.bits_per_sec(),
-                            ceiling_bps: u.ceiling.bits_per_sec(),
-                            weight: u.weight,
-                            // Upload leaves the switch through the uplink port; download
-                            // enters it there.
-                            upload: DirectionStatus {
-                                bytes: counters.tx_bytes,
-                                rate_100ms_bps: port_rates.out_100ms_bps,
-                                rate_1s_bps: port_rates.out_1s_bps,
-                                queued_bytes: up.queued_bytes,
-                                dropped_bytes: up.dropped_bytes,
-                                entitlement_bps: 0,
-                            },
-                            download: DirectionStatus {
-                                bytes: counters.rx_bytes,
-                                rate_100ms_bps: port_rates.in_100ms_bps,
-                                rate_1s_bps: port_rates.in_1s_bps,
-                                queued_bytes: down.queued_bytes,
-                                dropped_bytes: down.dropped_bytes,
-                                entitlement_bps: 0,
-                            },
-                        }
+                        let rates = measure(Meter::PortIn(port), Meter::PortOut(port));
+                        uplink_status(u, &stats, i, rates)
                     }),
                 }
             })
@@ -686,6 +655,44 @@ impl Control {
             }
         }
         Ok(us)
+    }
+}
+
+/// A routed tenant's uplink status from its uplink port's counters and `rates` (upload
+/// leaves the switch through that port, download enters there) and the uplink shapers'
+/// gauges of tenant index `tenant`; entitlements are filled in later.
+fn uplink_status(
+    uplink: &crate::topology::TenantUplink,
+    stats: &Stats,
+    tenant: usize,
+    rates: Rates,
+) -> UplinkStatus {
+    let port = stats.ports.get(uplink.port.index());
+    let counters = port.map(|c| c.snapshot()).unwrap_or_default();
+    let shaped = |gauges: &[Arc<crate::stats::ShaperGauges>]| {
+        gauges.get(tenant).map(|g| g.snapshot()).unwrap_or_default()
+    };
+    let (up, down) = (shaped(&stats.upload), shaped(&stats.download));
+    UplinkStatus {
+        guaranteed_bps: uplink.guaranteed.bits_per_sec(),
+        ceiling_bps: uplink.ceiling.bits_per_sec(),
+        weight: uplink.weight,
+        upload: DirectionStatus {
+            bytes: counters.tx_bytes,
+            rate_100ms_bps: rates.out_100ms_bps,
+            rate_1s_bps: rates.out_1s_bps,
+            queued_bytes: up.queued_bytes,
+            dropped_bytes: up.dropped_bytes,
+            entitlement_bps: 0,
+        },
+        download: DirectionStatus {
+            bytes: counters.rx_bytes,
+            rate_100ms_bps: rates.in_100ms_bps,
+            rate_1s_bps: rates.in_1s_bps,
+            queued_bytes: down.queued_bytes,
+            dropped_bytes: down.dropped_bytes,
+            entitlement_bps: 0,
+        },
     }
 }
 

@@ -299,20 +299,10 @@ fn bring_up_uplink(
     offload: Offload,
     plumbing: &mut Plumbing,
 ) -> Result<(), KernelError> {
-    let edge = plumbing.edge.insert(uplink::Edge::set_up(topology, up)?);
-    for tenant in &topology.tenants {
-        let (Some(routed), Some(gateway)) = (&tenant.uplink, &tenant.gateway) else {
-            continue;
-        };
-        let file = edge.add_router(topology, tenant, offload)?;
-        plumbing
-            .namespaces
-            .push(uplink::router_netns(topology, tenant));
-        plumbing.uplinks.push(UplinkTun {
-            port: routed.port,
-            file,
-            gateway_mac: gateway.mac,
-        });
+    plumbing.edge = Some(uplink::Edge::set_up(topology, up)?);
+    for tenant in topology.tenants.iter().filter(|t| t.uplink.is_some()) {
+        let tun = plumbing.add_router(topology, tenant, offload)?;
+        plumbing.uplinks.push(tun);
     }
     Ok(())
 }
@@ -368,7 +358,13 @@ fn open_server_tap(offload: Offload) -> std::io::Result<File> {
 
 /// Run `ip ARGS` (with `stdin` fed to it when given); on failure return its stderr.
 fn ip_command(args: &[&str], stdin: Option<&str>) -> Result<(), String> {
-    let mut child = Command::new("ip")
+    run_tool("ip", args, stdin)
+}
+
+/// Run `program ARGS` (with `stdin` fed to it when given) in the calling thread's
+/// namespace; on failure return its stderr (or why it could not run).
+fn run_tool(program: &str, args: &[&str], stdin: Option<&str>) -> Result<(), String> {
+    let mut child = Command::new(program)
         .args(args)
         .stdin(if stdin.is_some() {
             Stdio::piped()
@@ -378,14 +374,14 @@ fn ip_command(args: &[&str], stdin: Option<&str>) -> Result<(), String> {
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| format!("cannot run ip: {e}"))?;
+        .map_err(|e| format!("cannot run {program}: {e}"))?;
     if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
         pipe.write_all(input.as_bytes())
-            .map_err(|e| format!("cannot feed ip: {e}"))?;
+            .map_err(|e| format!("cannot feed {program}: {e}"))?;
     }
     let output = child
         .wait_with_output()
-        .map_err(|e| format!("ip failed: {e}"))?;
+        .map_err(|e| format!("{program} failed: {e}"))?;
     if output.status.success() {
         Ok(())
     } else {

@@ -30,13 +30,11 @@
 
 use std::fmt::Write as _;
 use std::fs::File;
-use std::io::Write as _;
 use std::net::Ipv4Addr;
-use std::process::{Command, Stdio};
 
 use tracing::{debug, warn};
 
-use super::{KernelError, ip_command, netns, sys};
+use super::{KernelError, ip_command, netns, run_tool, sys};
 use crate::port::Offload;
 use crate::topology::{Tenant, Topology, Uplink};
 
@@ -113,14 +111,9 @@ pub fn check(uplink: &Uplink) -> Result<(), KernelError> {
             }
         });
     }
-    Command::new("nft")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .status()
-        .map_err(|_| KernelError::Uplink {
-            detail: "cannot run `nft` (install nftables)".into(),
-        })?;
-    Ok(())
+    run_tool("nft", &["--version"], None).map_err(|detail| KernelError::Uplink {
+        detail: format!("{detail} (install nftables)"),
+    })
 }
 
 /// `ip` arguments that run a command in `netns` (none: netd's own namespace).
@@ -154,25 +147,8 @@ fn sysctl(netns: Option<&str>, key: &str, value: &str) -> Result<String, KernelE
 
 /// Run `nft -f -` with `script` in `netns`.
 fn nft(netns: Option<&str>, script: &str) -> Result<(), KernelError> {
-    let script = script.to_string();
-    in_netns(netns, move || {
-        let mut child = Command::new("nft")
-            .args(["-f", "-"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()?;
-        if let Some(mut pipe) = child.stdin.take() {
-            pipe.write_all(script.as_bytes())?;
-        }
-        let output = child.wait_with_output()?;
-        if output.status.success() {
-            Ok(())
-        } else {
-            Err(std::io::Error::other(
-                String::from_utf8_lossy(&output.stderr).trim().to_string(),
-            ))
-        }
+    in_netns(netns, || {
+        run_tool("nft", &["-f", "-"], Some(script)).map_err(std::io::Error::other)
     })
     .map_err(|err| KernelError::Uplink {
         detail: format!("nft failed: {err}"),
@@ -216,16 +192,15 @@ impl Edge {
     ) -> Result<File, KernelError> {
         let router = router_netns(topology, tenant);
         netns::create(&router)?;
-        match self.plumb_router(topology, tenant, &router, offload) {
-            Ok(tun) => Ok(tun),
-            Err(err) => {
-                self.forget(&host_veth(topology, tenant));
-                if let Err(cleanup) = netns::delete(&router) {
-                    warn!(netns = %router, cause = %cleanup, "namespace left behind");
-                }
-                Err(err)
+        let plumbed = self.plumb_router(topology, tenant, &router, offload);
+        if plumbed.is_err() {
+            // Whatever was made of it goes as a removed tenant's router does.
+            self.remove_router(topology, tenant);
+            if let Err(cleanup) = netns::delete(&router) {
+                warn!(netns = %router, cause = %cleanup, "namespace left behind");
             }
         }
+        plumbed
     }
 
     fn plumb_router(
@@ -297,14 +272,10 @@ impl Edge {
     pub fn remove_router(&mut self, topology: &Topology, tenant: &Tenant) {
         let veth = host_veth(topology, tenant);
         delete_link(self.netns.as_deref(), &veth);
-        self.forget(&veth);
+        self.veths.retain(|(v, _)| *v != veth);
         if let Err(err) = self.write_table() {
             warn!(cause = %err, "cannot update the uplink's nftables table");
         }
-    }
-
-    fn forget(&mut self, veth: &str) {
-        self.veths.retain(|(v, _)| v != veth);
     }
 
     /// Replace the host's nftables table: nothing from a tenant's veth reaches the host's

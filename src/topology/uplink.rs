@@ -70,12 +70,12 @@ pub(super) fn check(
             v.name("uplink.netns", name, MAX_NETNS_LEN, ErrorKind::InvalidNetns)
         });
         let capacity = v.rate("uplink.capacity", raw.capacity.as_deref(), true);
+        netns_ok.then_some(())?;
         Some(Uplink {
             interface: interface?,
-            netns: raw.netns.clone().filter(|_| netns_ok),
+            netns: raw.netns.clone(),
             capacity: capacity?,
         })
-        .filter(|_| netns_ok)
     });
     let mut next_port = first_port;
     let mut guarantee_sum: u128 = 0;
