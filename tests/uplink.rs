@@ -7,10 +7,8 @@
 
 mod common;
 
-use std::process::Command;
-use std::time::Duration;
-
 use common::edge::{EmulatedEdge, INTERNET_HOST, UPLINK_ADDRESS};
+use common::iperf::OneShotServer;
 use common::{Daemon, TestTopology, netns_exists, ping, require_privileges, sh};
 
 const TOPOLOGY: &str = r#"
@@ -58,30 +56,6 @@ tenant = "{p}-d"
 ip = "10.2.0.10/24"
 "#;
 
-/// Run an iperf3 server in `ns` for one test on `bind:port`; return it.
-fn iperf_server(ns: &str, bind: &str, port: u16) -> std::process::Child {
-    let child = Command::new("ip")
-        .args(["netns", "exec", ns, "iperf3", "-s", "-1", "-J", "-B", bind])
-        .args(["-p", &port.to_string()])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("run iperf3 (apt-get install iperf3)");
-    std::thread::sleep(Duration::from_millis(300));
-    child
-}
-
-/// Wait for a one-test iperf3 server; return the address its client was seen from.
-fn seen_from(server: std::process::Child) -> String {
-    let out = server.wait_with_output().expect("iperf3 server");
-    let json: serde_json::Value =
-        serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
-    json["start"]["connected"][0]["remote_host"]
-        .as_str()
-        .unwrap_or("(no connection)")
-        .to_string()
-}
-
 /// A one-second iperf3 client in `ns`; true when it transferred.
 fn iperf_client(ns: &str, target: &str, port: u16, bind: Option<&str>) -> bool {
     let bind = bind.map(|b| format!("-B {b}")).unwrap_or_default();
@@ -104,7 +78,8 @@ fn nat_tenants_with_the_same_address_reach_the_internet_at_once_from_the_uplink_
         "a1 cannot reach the internet host"
     );
     // Both 10.1.0.10, at the same time, each on its own connection.
-    let servers = [5201, 5202].map(|port| iperf_server(&topo.name("net"), INTERNET_HOST, port));
+    let servers =
+        [5201, 5202].map(|port| OneShotServer::start(&topo.name("net"), INTERNET_HOST, port));
     let clients = std::thread::scope(|scope| {
         let a = scope.spawn(|| iperf_client(&a1, INTERNET_HOST, 5201, None));
         let b = scope.spawn(|| iperf_client(&b1, INTERNET_HOST, 5202, None));
@@ -112,7 +87,7 @@ fn nat_tenants_with_the_same_address_reach_the_internet_at_once_from_the_uplink_
     });
     assert_eq!(clients, [true, true], "both NAT tenants transfer at once");
     for server in servers {
-        assert_eq!(seen_from(server), UPLINK_ADDRESS);
+        assert_eq!(server.client_address(), UPLINK_ADDRESS);
     }
 }
 
@@ -124,13 +99,13 @@ fn the_internet_reaches_a_public_server_by_its_own_address_and_sees_it_as_itself
     let _netd = Daemon::start(&topo, &[]);
     let (c1, net) = (topo.name("c1"), topo.name("net"));
     // Inwards: the internet host connects to the server's own address.
-    let server = iperf_server(&c1, "203.0.113.2", 5201);
+    let server = OneShotServer::start(&c1, "203.0.113.2", 5201);
     assert!(iperf_client(&net, "203.0.113.2", 5201, Some(INTERNET_HOST)));
-    assert_eq!(seen_from(server), INTERNET_HOST);
+    assert_eq!(server.client_address(), INTERNET_HOST);
     // Outwards: the server is seen with its own address, not NATed.
-    let server = iperf_server(&net, INTERNET_HOST, 5203);
+    let server = OneShotServer::start(&net, INTERNET_HOST, 5203);
     assert!(iperf_client(&c1, INTERNET_HOST, 5203, None));
-    assert_eq!(seen_from(server), "203.0.113.2");
+    assert_eq!(server.client_address(), "203.0.113.2");
     // Both directions were counted on c's uplink, and only there.
     let status: serde_json::Value =
         serde_json::from_str(&common::netd_ok(&topo, &["status", "--json"])).unwrap();
@@ -280,7 +255,7 @@ fn changing_a_routed_tenants_nat_live_is_refused_and_changes_nothing() {
     std::fs::write(&topo.path, &changed).unwrap();
     let (ok, _, err) = common::netd_cli(&topo, &["reload"]);
     assert!(
-        !ok && err.contains("Cannot change this live") && err.contains("-d"),
+        !ok && err.contains("Cannot change this live") && err.contains(&topo.name("d")),
         "{err}"
     );
     assert!(

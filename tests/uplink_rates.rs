@@ -19,10 +19,8 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
-
 use common::edge::{EmulatedEdge, INTERNET_HOST};
-use common::iperf::{IperfServer, report};
+use common::iperf::{IperfServer, client_with, report};
 use common::{Daemon, TestTopology, require_privileges};
 
 /// Wire bytes per goodput byte (see the module docs).
@@ -73,29 +71,20 @@ ip = "203.0.113.2/28"
 /// The tenants' entitlements when both are busy, in bit/s (a, c).
 const ENTITLED: [f64; 2] = [85e6, 115e6];
 
-/// An iperf3 client in `ns` towards the internet host; `download` reverses it (`-R`).
-fn client(ns: &str, port: u16, download: bool) -> Child {
-    let mut command = Command::new("ip");
-    command
-        .args(["netns", "exec", ns, "iperf3", "-J", "-c", INTERNET_HOST])
-        .args(["-p", &port.to_string(), "-t", &(SECS + OMIT).to_string()])
-        .args(["-O", &OMIT.to_string(), "--connect-timeout", "3000"]);
-    if download {
-        command.arg("-R");
-    }
-    command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn iperf3 -c")
-}
-
 /// Both tenants at once in one direction; return each one's wire rate (bit/s).
 fn both_at_once(topo: &TestTopology, edge: &EmulatedEdge, download: bool) -> [f64; 2] {
     let _servers = [5201, 5202].map(|port| IperfServer::start(&edge.net, port));
-    let clients =
-        [("a1", 5201), ("c1", 5202)].map(|(s, port)| client(&topo.name(s), port, download));
+    let clients = [("a1", 5201), ("c1", 5202)].map(|(s, port)| {
+        client_with(
+            &topo.name(s),
+            INTERNET_HOST,
+            port,
+            SECS + OMIT,
+            OMIT,
+            1,
+            download,
+        )
+    });
     clients.map(|c| report(c).received_bps() * WIRE_PER_GOODPUT)
 }
 

@@ -32,6 +32,56 @@ impl Drop for IperfServer {
     }
 }
 
+/// An `iperf3 -s -1 -J` in a namespace, for one connection on `bind:port`; killed on drop.
+pub struct OneShotServer {
+    child: Option<Child>,
+}
+
+impl OneShotServer {
+    /// Start it and give it a moment to listen.
+    pub fn start(ns: &str, bind: &str, port: u16) -> OneShotServer {
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns, "iperf3", "-s", "-1", "-J", "-B", bind])
+            .args(["-p", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn iperf3 -s (apt-get install iperf3)");
+        std::thread::sleep(Duration::from_millis(300));
+        OneShotServer { child: Some(child) }
+    }
+
+    /// Wait (10 s at most) for its one test; return the address its client came from.
+    pub fn client_address(mut self) -> String {
+        let mut child = self.child.take().expect("a server");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while child.try_wait().ok().flatten().is_none() {
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let out = child.wait_with_output().expect("iperf3 server");
+        let json: serde_json::Value =
+            serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+        json["start"]["connected"][0]["remote_host"]
+            .as_str()
+            .unwrap_or("(no connection)")
+            .to_string()
+    }
+}
+
+impl Drop for OneShotServer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// The parts of `iperf3 -J` output the tests read.
 #[derive(Debug, Deserialize)]
 pub struct IperfReport {
@@ -75,6 +125,19 @@ impl IperfReport {
 
 /// Start `iperf3 -c target` from `ns` for `secs` seconds (omitting the first `omit`).
 pub fn client(ns: &str, target: &str, port: u16, secs: u32, omit: u32, flows: u32) -> Child {
+    client_with(ns, target, port, secs, omit, flows, false)
+}
+
+/// [`client`], the server sending when `reverse` (`-R`).
+pub fn client_with(
+    ns: &str,
+    target: &str,
+    port: u16,
+    secs: u32,
+    omit: u32,
+    flows: u32,
+    reverse: bool,
+) -> Child {
     Command::new("ip")
         .args(["netns", "exec", ns, "iperf3", "-J", "-c", target])
         .args([
@@ -86,6 +149,7 @@ pub fn client(ns: &str, target: &str, port: u16, secs: u32, omit: u32, flows: u3
             &omit.to_string(),
         ])
         .args(["-P", &flows.to_string(), "--connect-timeout", "3000"])
+        .args(reverse.then_some("-R"))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

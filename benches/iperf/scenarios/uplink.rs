@@ -110,8 +110,8 @@ impl UplinkBed {
             prefix,
             netd: None,
         };
-        edge(&bed.netd_prefix)?;
-        edge(&bed.kernel_prefix)?;
+        edge(ctx, &bed.netd_prefix)?;
+        edge(ctx, &bed.kernel_prefix)?;
         let text = netd_topology(&bed.netd_prefix, tenants, capacity_mbit);
         bed.netd = Some(NetdBed::up_text(
             &text,
@@ -159,32 +159,14 @@ fn nft(ns: &str, script: &str) -> Result<()> {
     .map(|_| ())
 }
 
-/// Build `{p}-edge` and `{p}-net` (see the module docs).
-fn edge(p: &str) -> Result<()> {
-    let (edge, net) = (format!("{p}-edge"), format!("{p}-net"));
-    ip(&format!("netns add {edge}"))?;
-    ip(&format!("netns add {net}"))?;
-    ip(&format!(
-        "-n {edge} link add eth1 type veth peer name eth0 netns {net}"
-    ))?;
-    for cmd in [
-        "link set lo up",
-        "addr add 198.51.100.2/24 dev eth1",
-        "link set eth1 up",
-        "route add default via 198.51.100.1",
-    ] {
-        ip(&format!("-n {edge} {cmd}"))?;
-    }
-    for cmd in [
-        "link set lo up",
-        "addr add 192.0.2.1/32 dev lo",
-        "addr add 198.51.100.1/24 dev eth0",
-        "link set eth0 up",
-        "route add 203.0.113.0/28 via 198.51.100.2",
-    ] {
-        ip(&format!("-n {net} {cmd}"))?;
-    }
-    Ok(())
+/// Build `{p}-edge` and `{p}-net` (see the module docs) with the README's demo script.
+fn edge(ctx: &Ctx, p: &str) -> Result<()> {
+    let script = ctx.repo.join("scripts/demo-edge");
+    let mut cmd = std::process::Command::new(script);
+    cmd.arg("up")
+        .env("EDGE_NETNS", format!("{p}-edge"))
+        .env("NET_NETNS", format!("{p}-net"));
+    crate::proc::run(cmd, "scripts/demo-edge up", None, T).map(|_| ())
 }
 
 /// The netd side's topology: the uplink in `{p}-edge`, one server per tenant.
