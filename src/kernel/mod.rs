@@ -14,6 +14,7 @@
 //! than raw netlink: it is the tool operators debug with, it handles the `/run/netns` mount
 //! dance, and it keeps this module free of hand-written netlink encoding. See `link.rs`.
 
+pub mod adopt;
 mod link;
 pub mod netns;
 pub mod sys;
@@ -45,6 +46,11 @@ pub enum KernelError {
         .0.join(", ")
     )]
     NamespacesExist(Vec<String>),
+    #[error(
+        "Cannot adopt what a stopped netd left running, refusing to start: {}. If the topology changed, `netd down FILE` on the old one removes its servers",
+        .0.join("; ")
+    )]
+    CannotAdopt(Vec<String>),
     #[error("Cannot create network namespace {netns:?}: {detail}")]
     CreateNamespace { netns: String, detail: String },
     #[error("Cannot delete network namespace {netns:?}: {detail}")]
@@ -97,6 +103,8 @@ pub struct Plumbing {
     namespaces: Vec<String>,
     /// What the uplink needs in the host's stack, if there is an uplink.
     edge: Option<uplink::Edge>,
+    /// Namespaces the start under way adopted from a killed netd rather than created.
+    adopted: Vec<String>,
 }
 
 impl Plumbing {
@@ -156,6 +164,48 @@ impl Plumbing {
             file,
             gateway_mac: gateway.mac,
         })
+    }
+
+    /// Adopt the router a killed netd left for `tenant`, or create it if there is none.
+    fn add_or_adopt_router(
+        &mut self,
+        topology: &Topology,
+        tenant: &crate::topology::Tenant,
+        offload: Offload,
+    ) -> Result<UplinkTun, KernelError> {
+        let router = uplink::router_netns(topology, tenant);
+        if !netns::exists(&router) {
+            return self.add_router(topology, tenant, offload);
+        }
+        let (Some(edge), Some(routed), Some(gateway)) =
+            (self.edge.as_mut(), &tenant.uplink, &tenant.gateway)
+        else {
+            return Err(KernelError::Uplink {
+                detail: format!("tenant {:?} is not routed through an uplink", tenant.name),
+            });
+        };
+        let file = edge.adopt_router(topology, tenant, offload)?;
+        self.adopted.push(router.clone());
+        self.namespaces.push(router);
+        Ok(UplinkTun {
+            port: routed.port,
+            file,
+            gateway_mac: gateway.mac,
+        })
+    }
+
+    /// Let go of what a failed start adopted, leaving it running as it was: its namespaces
+    /// are no longer this plumbing's to delete, and neither is the uplink's set-up in the
+    /// host's stack when routers depend on it.
+    fn release_adopted(&mut self) {
+        if self.adopted.is_empty() {
+            return;
+        }
+        let adopted = std::mem::take(&mut self.adopted);
+        self.namespaces.retain(|n| !adopted.contains(n));
+        if let Some(edge) = self.edge.take() {
+            edge.release();
+        }
     }
 
     /// Remove a routed tenant's router (close its TUN first).
@@ -223,22 +273,6 @@ pub fn check_privileges() -> Result<(), KernelError> {
 /// Check, before creating anything, that netd can build this topology on this host.
 pub fn preflight(topology: &Topology) -> Result<(), KernelError> {
     check_privileges()?;
-    let clashes: Vec<String> = topology
-        .servers
-        .iter()
-        .filter(|s| netns::exists(&s.netns))
-        .map(|s| s.netns.clone())
-        .collect();
-    let routers = topology
-        .tenants
-        .iter()
-        .filter(|t| topology.uplink.is_some() && t.uplink.is_some())
-        .map(|t| uplink::router_netns(topology, t))
-        .filter(|ns| netns::exists(ns));
-    let clashes: Vec<String> = clashes.into_iter().chain(routers).collect();
-    if !clashes.is_empty() {
-        return Err(KernelError::NamespacesExist(clashes));
-    }
     if let Some(up) = &topology.uplink {
         uplink::check(up)?;
     }
@@ -259,16 +293,49 @@ pub fn remove_leftovers(topology: &Topology) -> Result<Vec<String>, KernelError>
     Ok(removed)
 }
 
-/// Create every server's namespace and TAP and configure its link; all or nothing.
+/// Create every server's namespace and TAP and configure its link, and the uplink's
+/// routers; all or nothing.
+///
+/// Servers and routers whose namespaces a killed netd left are adopted, not created (see
+/// [`adopt`]): they keep running, and if the start fails they are left as they were.
 ///
 /// With [`Offload::VnetHeader`], TAPs carry a virtio-net header and offer offloads (see
 /// [`sys::open_tap`]).
 pub fn bring_up(topology: &Topology, offload: Offload) -> Result<Plumbing, KernelError> {
     preflight(topology)?;
-    // On any error below, `plumbing` drops and removes what was already created.
+    let adopted = adopt::servers(topology, offload)?;
     let mut plumbing = Plumbing::default();
+    if let Err(err) = build(topology, offload, adopted, &mut plumbing) {
+        // Dropping `plumbing` removes what this start created; what it adopted goes on.
+        plumbing.release_adopted();
+        return Err(err);
+    }
+    info!(
+        servers = topology.servers.len(),
+        routers = plumbing.uplinks.len(),
+        adopted = plumbing.adopted.len(),
+        "namespaces, TAPs and routers ready"
+    );
+    // From here on they are netd's like the rest: a stop removes them.
+    plumbing.adopted.clear();
+    Ok(plumbing)
+}
+
+/// Plumb or adopt every server, then the uplink and its routers.
+fn build(
+    topology: &Topology,
+    offload: Offload,
+    mut adopted: std::collections::HashMap<PortId, File>,
+    plumbing: &mut Plumbing,
+) -> Result<(), KernelError> {
     for server in &topology.servers {
-        let file = plumb(server, topology.router_of(server), offload)?;
+        let file = match adopted.remove(&server.id) {
+            Some(file) => {
+                plumbing.adopted.push(server.netns.clone());
+                file
+            }
+            None => plumb(server, topology.router_of(server), offload)?,
+        };
         plumbing.namespaces.push(server.netns.clone());
         plumbing.taps.push(ServerTap {
             port: server.id,
@@ -281,27 +348,12 @@ pub fn bring_up(topology: &Topology, offload: Offload) -> Result<Plumbing, Kerne
             return Err(KernelError::InjectedFailure(server.name.clone()));
         }
     }
-    if let Some(up) = &topology.uplink {
-        bring_up_uplink(topology, up, offload, &mut plumbing)?;
-    }
-    info!(
-        servers = topology.servers.len(),
-        routers = plumbing.uplinks.len(),
-        "created namespaces, TAPs and routers"
-    );
-    Ok(plumbing)
-}
-
-/// Set up the host's side of the uplink and every routed tenant's router.
-fn bring_up_uplink(
-    topology: &Topology,
-    up: &crate::topology::Uplink,
-    offload: Offload,
-    plumbing: &mut Plumbing,
-) -> Result<(), KernelError> {
+    let Some(up) = &topology.uplink else {
+        return Ok(());
+    };
     plumbing.edge = Some(uplink::Edge::set_up(topology, up)?);
     for tenant in topology.tenants.iter().filter(|t| t.uplink.is_some()) {
-        let tun = plumbing.add_router(topology, tenant, offload)?;
+        let tun = plumbing.add_or_adopt_router(topology, tenant, offload)?;
         plumbing.uplinks.push(tun);
     }
     Ok(())
@@ -358,12 +410,12 @@ fn open_server_tap(offload: Offload) -> std::io::Result<File> {
 
 /// Run `ip ARGS` (with `stdin` fed to it when given); on failure return its stderr.
 fn ip_command(args: &[&str], stdin: Option<&str>) -> Result<(), String> {
-    run_tool("ip", args, stdin)
+    run_tool("ip", args, stdin).map(drop)
 }
 
 /// Run `program ARGS` (with `stdin` fed to it when given) in the calling thread's
-/// namespace; on failure return its stderr (or why it could not run).
-fn run_tool(program: &str, args: &[&str], stdin: Option<&str>) -> Result<(), String> {
+/// namespace; return its stdout, or on failure its stderr (or why it could not run).
+fn run_tool(program: &str, args: &[&str], stdin: Option<&str>) -> Result<String, String> {
     let mut child = Command::new(program)
         .args(args)
         .stdin(if stdin.is_some() {
@@ -371,7 +423,7 @@ fn run_tool(program: &str, args: &[&str], stdin: Option<&str>) -> Result<(), Str
         } else {
             Stdio::null()
         })
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| format!("cannot run {program}: {e}"))?;
@@ -383,7 +435,7 @@ fn run_tool(program: &str, args: &[&str], stdin: Option<&str>) -> Result<(), Str
         .wait_with_output()
         .map_err(|e| format!("{program} failed: {e}"))?;
     if output.status.success() {
-        Ok(())
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     } else {
         Err(String::from_utf8_lossy(&output.stderr).trim().to_string())
     }

@@ -25,6 +25,10 @@ const IFF_VNET_HDR: libc::c_short = 0x4000;
 const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
 /// `_IOW('T', 203, int)`: keep the device when its last fd closes.
 const TUNSETPERSIST: libc::c_ulong = 0x4004_54cb;
+/// `_IOR('T', 210, unsigned int)`: read the device's name and flags back.
+const TUNGETIFF: libc::c_ulong = 0x8004_54d2;
+/// The device outlives its last fd (set by [`TUNSETPERSIST`]).
+const IFF_PERSIST: libc::c_short = 0x0800;
 /// `_IOW('T', 216, int)`: size of the virtio-net header.
 const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
 /// `TUN_F_*`: checksum offload, TCP segmentation offload (v4, v6, ECN), UDP segmentation (v4, v6).
@@ -129,6 +133,22 @@ pub fn set_persist(fd: &OwnedFd, on: bool) -> io::Result<()> {
     Ok(())
 }
 
+/// Return true when the TUN/TAP behind `fd` is persistent (see [`set_persist`]).
+pub fn is_persistent(fd: &OwnedFd) -> io::Result<bool> {
+    let mut ifr = IfReqFlags {
+        name: [0; libc::IFNAMSIZ],
+        flags: 0,
+        _pad: [0; 22],
+    };
+    // SAFETY: `fd` is our TUN/TAP fd; TUNGETIFF writes one ifreq into `ifr`, which is as
+    // large as the kernel's; checked.
+    let ret = unsafe { libc::ioctl(fd.as_raw_fd(), TUNGETIFF, &mut ifr) };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(ifr.flags & IFF_PERSIST != 0)
+}
+
 /// Tell the TAP which offloads netd accepts on frames it reads.
 fn set_offload(fd: &OwnedFd, flags: libc::c_uint) -> io::Result<()> {
     // SAFETY: `fd` is our TAP fd; TUNSETOFFLOAD takes the flags by value; checked.
@@ -155,6 +175,147 @@ pub fn monotonic_usec() -> u64 {
     let secs = u64::try_from(ts.tv_sec).unwrap_or(0);
     let nanos = u64::try_from(ts.tv_nsec).unwrap_or(0);
     secs * 1_000_000 + nanos / 1000
+}
+
+/// What an interface is in the calling thread's namespace: MAC, MTU and addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InterfaceIdentity {
+    pub mac: Option<[u8; 6]>,
+    pub mtu: u32,
+    /// Every address with its prefix length, link-local ones included.
+    pub addresses: Vec<(std::net::IpAddr, u8)>,
+}
+
+/// `struct ifreq` with an int in the union (`ifr_mtu`).
+#[repr(C)]
+struct IfReqInt {
+    name: [libc::c_char; libc::IFNAMSIZ],
+    value: libc::c_int,
+    _pad: [u8; 20],
+}
+
+/// Read interface `name`'s identity in the calling thread's namespace (`getifaddrs` and
+/// `SIOCGIFMTU`, the calls `ip` makes through netlink); `NotFound` when there is no such
+/// interface.
+pub fn interface_identity(name: &str) -> io::Result<InterfaceIdentity> {
+    let mut identity = InterfaceIdentity {
+        mac: None,
+        mtu: interface_mtu(name)?,
+        addresses: Vec::new(),
+    };
+    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs writes a list it allocates into `list`; checked; freed below.
+    if unsafe { libc::getifaddrs(&mut list) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut entry = list;
+    while !entry.is_null() {
+        // SAFETY: `entry` is a node of the list getifaddrs returned, not yet freed; its name
+        // is a NUL-terminated string and its address pointers are null or valid sockaddrs of
+        // the family they carry, as getifaddrs(3) guarantees.
+        unsafe {
+            let ifa = &*entry;
+            if std::ffi::CStr::from_ptr(ifa.ifa_name).to_bytes() == name.as_bytes()
+                && !ifa.ifa_addr.is_null()
+            {
+                read_ifaddr(ifa, &mut identity);
+            }
+            entry = ifa.ifa_next;
+        }
+    }
+    // SAFETY: `list` came from getifaddrs and is freed once.
+    unsafe { libc::freeifaddrs(list) };
+    Ok(identity)
+}
+
+/// Add what one `getifaddrs` entry says (MAC, or an address with its prefix) to `identity`.
+///
+/// # Safety
+/// `ifa.ifa_addr` is non-null, and it and `ifa.ifa_netmask` (if non-null) point to sockaddrs
+/// of the family `ifa.ifa_addr` carries.
+unsafe fn read_ifaddr(ifa: &libc::ifaddrs, identity: &mut InterfaceIdentity) {
+    // SAFETY: per this function's contract.
+    unsafe {
+        let netmask = ifa.ifa_netmask;
+        match i32::from((*ifa.ifa_addr).sa_family) {
+            libc::AF_PACKET => {
+                let ll = &*ifa.ifa_addr.cast::<libc::sockaddr_ll>();
+                if ll.sll_halen == 6 {
+                    let mut mac = [0; 6];
+                    mac.copy_from_slice(&ll.sll_addr[..6]);
+                    identity.mac = Some(mac);
+                }
+            }
+            libc::AF_INET => {
+                let ip = (*ifa.ifa_addr.cast::<libc::sockaddr_in>()).sin_addr.s_addr;
+                let prefix = if netmask.is_null() {
+                    32
+                } else {
+                    (*netmask.cast::<libc::sockaddr_in>())
+                        .sin_addr
+                        .s_addr
+                        .count_ones()
+                };
+                let ip = std::net::Ipv4Addr::from(u32::from_be(ip));
+                identity
+                    .addresses
+                    .push((ip.into(), u8::try_from(prefix).unwrap_or(u8::MAX)));
+            }
+            libc::AF_INET6 => {
+                let ip = (*ifa.ifa_addr.cast::<libc::sockaddr_in6>())
+                    .sin6_addr
+                    .s6_addr;
+                let prefix = if netmask.is_null() {
+                    128
+                } else {
+                    let mask = (*netmask.cast::<libc::sockaddr_in6>()).sin6_addr.s6_addr;
+                    mask.iter().map(|b| b.count_ones()).sum()
+                };
+                let ip = std::net::Ipv6Addr::from(ip);
+                identity
+                    .addresses
+                    .push((ip.into(), u8::try_from(prefix).unwrap_or(u8::MAX)));
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Return interface `name`'s MTU in the calling thread's namespace.
+fn interface_mtu(name: &str) -> io::Result<u32> {
+    if name.is_empty() || name.len() > IFNAMSIZ_MAX || name.contains('\0') {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("Bad interface name {name:?}"),
+        ));
+    }
+    // SAFETY: plain socket(2) call; the fd is checked and owned below.
+    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `raw` is a fresh fd from socket(2); nothing else owns it.
+    let socket = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
+    let mut ifr = IfReqInt {
+        name: [0; libc::IFNAMSIZ],
+        value: 0,
+        _pad: [0; 20],
+    };
+    for (dst, src) in ifr.name.iter_mut().zip(name.bytes()) {
+        *dst = src as libc::c_char;
+    }
+    // SAFETY: `socket` is our fd; SIOCGIFMTU reads the NUL-terminated name and writes one int
+    // into `ifr`, which is as large as the kernel's ifreq; checked.
+    let ret = unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCGIFMTU, &mut ifr) };
+    if ret < 0 {
+        let err = io::Error::last_os_error();
+        return Err(if err.raw_os_error() == Some(libc::ENODEV) {
+            io::Error::new(io::ErrorKind::NotFound, format!("no interface {name:?}"))
+        } else {
+            err
+        });
+    }
+    Ok(u32::try_from(ifr.value).unwrap_or(0))
 }
 
 /// Move the calling thread into the network namespace `ns` refers to.

@@ -111,9 +111,11 @@ pub fn check(uplink: &Uplink) -> Result<(), KernelError> {
             }
         });
     }
-    run_tool("nft", &["--version"], None).map_err(|detail| KernelError::Uplink {
-        detail: format!("{detail} (install nftables)"),
-    })
+    run_tool("nft", &["--version"], None)
+        .map(drop)
+        .map_err(|detail| KernelError::Uplink {
+            detail: format!("{detail} (install nftables)"),
+        })
 }
 
 /// `ip` arguments that run a command in `netns` (none: netd's own namespace).
@@ -148,7 +150,9 @@ fn sysctl(netns: Option<&str>, key: &str, value: &str) -> Result<String, KernelE
 /// Run `nft -f -` with `script` in `netns`.
 fn nft(netns: Option<&str>, script: &str) -> Result<(), KernelError> {
     in_netns(netns, || {
-        run_tool("nft", &["-f", "-"], Some(script)).map_err(std::io::Error::other)
+        run_tool("nft", &["-f", "-"], Some(script))
+            .map(drop)
+            .map_err(std::io::Error::other)
     })
     .map_err(|err| KernelError::Uplink {
         detail: format!("nft failed: {err}"),
@@ -169,18 +173,69 @@ pub struct Edge {
 }
 
 impl Edge {
-    /// Enable forwarding on the uplink interface (remembering its old value).
+    /// Enable forwarding on the uplink interface, remembering its old value in the table
+    /// (a killed netd's table, if one is left, knows the value from before that netd).
     pub fn set_up(topology: &Topology, uplink: &Uplink) -> Result<Edge, KernelError> {
+        let netns = uplink.netns.as_deref();
+        let table = nft_table(topology);
+        let left_behind = stored_forwarding(netns, &table);
         let key = format!("conf/{}/forwarding", uplink.interface);
-        let forwarding_before = sysctl(uplink.netns.as_deref(), &key, "1")?;
-        Ok(Edge {
+        let current = sysctl(netns, &key, "1")?;
+        let edge = Edge {
             netns: uplink.netns.clone(),
             interface: uplink.interface.clone(),
-            table: nft_table(topology),
-            forwarding_before,
+            table,
+            forwarding_before: left_behind.unwrap_or(current),
             veths: Vec::new(),
-        })
+        };
+        if let Err(err) = edge.write_table() {
+            let _ = sysctl(netns, &key, &edge.forwarding_before);
+            return Err(err);
+        }
+        Ok(edge)
     }
+
+    /// Take over the router a killed netd left for `tenant`: attach to its persistent TUN and
+    /// put its veth back into the table. Touches nothing inside the router, so connections
+    /// through it (NAT state included) go on.
+    pub fn adopt_router(
+        &mut self,
+        topology: &Topology,
+        tenant: &Tenant,
+        offload: Offload,
+    ) -> Result<File, KernelError> {
+        let router = router_netns(topology, tenant);
+        let refuse = |why: String| {
+            KernelError::CannotAdopt(vec![format!(
+                "router of tenant {:?} (namespace {router:?}): {why}",
+                tenant.name
+            )])
+        };
+        let vnet = (offload != Offload::None).then_some(offload.header_len());
+        let tun = netns::run_in(&router, || {
+            // Look first: TUNSETIFF on a missing name would create a new TUN.
+            sys::interface_identity(ROUTER_TUN)?;
+            let tun = sys::open_tun(ROUTER_TUN, vnet)?;
+            Ok((sys::is_persistent(&tun)?, tun))
+        });
+        let tun = match tun {
+            Ok((true, tun)) => tun,
+            Ok((false, _)) => return Err(refuse(format!("its {ROUTER_TUN} is not persistent"))),
+            Err(err) => return Err(refuse(format!("cannot attach to its {ROUTER_TUN}: {err}"))),
+        };
+        let veth = host_veth(topology, tenant);
+        if let Err(err) = in_netns(self.netns.as_deref(), || sys::interface_identity(&veth)) {
+            return Err(refuse(format!("the host's end of its veth, {veth}: {err}")));
+        }
+        self.veths.push((veth, tenant.nat));
+        self.write_table()?;
+        debug!(tenant = %tenant.name, netns = %router, "router adopted");
+        Ok(File::from(tun))
+    }
+
+    /// Forget this edge without undoing it: what it set up stays for the routers that keep
+    /// running on it (adopted ones, when a start that adopted them fails).
+    pub fn release(self) {}
 
     /// Create a routed tenant's router namespace, TUN, veth, routes and NAT; return the TUN
     /// (with `offload`'s header or not). All or nothing: on failure the namespace goes again.
@@ -214,11 +269,17 @@ impl Edge {
             detail: format!("tenant {:?} has no gateway to route", tenant.name),
         })?;
         let vnet = (offload != Offload::None).then_some(offload.header_len());
-        let tun = netns::run_in(router, || sys::open_tun(ROUTER_TUN, vnet))
-            .map(File::from)
-            .map_err(|err| KernelError::Uplink {
-                detail: format!("cannot create the TUN in {router:?}: {err}"),
-            })?;
+        // Persistent, like servers' TAPs: a killed netd leaves the router running and the next
+        // one attaches to it again (see `adopt_router`).
+        let tun = netns::run_in(router, || {
+            let tun = sys::open_tun(ROUTER_TUN, vnet)?;
+            sys::set_persist(&tun, true)?;
+            Ok(tun)
+        })
+        .map(File::from)
+        .map_err(|err| KernelError::Uplink {
+            detail: format!("cannot create the TUN in {router:?}: {err}"),
+        })?;
         let (host_ip, router_ip) = transfer_addresses(tenant)?;
         let veth = host_veth(topology, tenant);
         let subnet = gateway.subnet();
@@ -284,7 +345,12 @@ impl Edge {
     fn write_table(&self) -> Result<(), KernelError> {
         let table = &self.table;
         // Declaring then deleting makes the replacement atomic whether it existed or not.
-        let mut script = format!("table ip {table}\ndelete table ip {table}\n");
+        // The comment keeps what `tear_down` restores for a netd that restarts after a kill.
+        let mut script = format!(
+            "table ip {table}\ndelete table ip {table}\n\
+             table ip {table} {{\n  comment \"{FORWARDING_BEFORE}{}\"\n}}\n",
+            self.forwarding_before
+        );
         let quoted = |nat_only: bool| -> Vec<String> {
             self.veths
                 .iter()
@@ -341,6 +407,22 @@ impl Edge {
     }
 }
 
+/// Marks the uplink interface's old `forwarding` value in the table's comment.
+const FORWARDING_BEFORE: &str = "forwarding-before=";
+
+/// Return the uplink interface's `forwarding` from before netd, as a killed netd's table in
+/// `netns` remembers it (none when there is no such table).
+fn stored_forwarding(netns: Option<&str>, table: &str) -> Option<String> {
+    let listing = in_netns(netns, || {
+        run_tool("nft", &["list", "table", "ip", table], None).map_err(std::io::Error::other)
+    })
+    .ok()?;
+    let value = listing.split(FORWARDING_BEFORE).nth(1)?.split('"').next()?;
+    // Only what `sysctl` can have read back: a small number.
+    (!value.is_empty() && value.len() <= 3 && value.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| value.to_string())
+}
+
 /// Delete interface `name` in `netns` if it exists (a veth: both ends go).
 fn delete_link(netns: Option<&str>, name: &str) {
     let mut args = netns_args(netns);
@@ -371,7 +453,8 @@ fn router_nat_rules() -> String {
 }
 
 /// Remove what a killed netd left of a topology's uplink: its router namespaces and its
-/// nftables table. Return the namespaces removed.
+/// nftables table, and restore the uplink interface's forwarding. Return the namespaces
+/// removed.
 pub fn remove_leftovers(topology: &Topology) -> Result<Vec<String>, KernelError> {
     let mut removed = Vec::new();
     let Some(uplink) = &topology.uplink else {
@@ -390,6 +473,10 @@ pub fn remove_leftovers(topology: &Topology) -> Result<Vec<String>, KernelError>
     }
     if host_exists {
         let table = nft_table(topology);
+        if let Some(before) = stored_forwarding(uplink.netns.as_deref(), &table) {
+            let key = format!("conf/{}/forwarding", uplink.interface);
+            sysctl(uplink.netns.as_deref(), &key, &before)?;
+        }
         // Absent already is fine: declaring it first makes the delete succeed.
         let _ = nft(
             uplink.netns.as_deref(),

@@ -1,0 +1,196 @@
+//! Issue 11: a netd that crashes or is killed does not take servers off the network. Their
+//! namespaces and persistent TAPs stay; the next `netd up` adopts them, and connections
+//! open across the crash go on. Real namespaces; needs root (CI runs as root).
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::Command;
+use std::time::Duration;
+
+use common::{Daemon, TestTopology, netd_bin, netns_exists, ping, require_privileges};
+
+const TOPOLOGY: &str = r#"
+[host]
+capacity = "1gbit"
+
+[tenants.{p}-a]
+guaranteed = "400mbit"
+
+[tenants.{p}-b]
+guaranteed = "400mbit"
+
+[servers.{p}-a1]
+tenant = "{p}-a"
+ip = "10.67.0.1/24"
+ipv6 = "fd67::1/64"
+
+[servers.{p}-a2]
+tenant = "{p}-a"
+ip = "10.67.0.2/24"
+ipv6 = "fd67::2/64"
+
+[servers.{p}-b1]
+tenant = "{p}-b"
+ip = "10.67.0.1/24"
+"#;
+
+/// A TCP connection from a1 to a2, made in their namespaces by this test process: the
+/// sockets live in the servers' stacks, not in netd.
+struct Connection {
+    client: TcpStream,
+    server: TcpStream,
+}
+
+impl Connection {
+    fn open(topo: &TestTopology) -> Connection {
+        let listener =
+            netd::kernel::netns::run_in(&topo.name("a2"), || TcpListener::bind("10.67.0.2:7070"))
+                .expect("listen in a2");
+        let client = netd::kernel::netns::run_in(&topo.name("a1"), || {
+            TcpStream::connect_timeout(&"10.67.0.2:7070".parse().unwrap(), Duration::from_secs(5))
+        })
+        .expect("connect from a1");
+        let (server, _) = listener.accept().expect("accept in a2");
+        for stream in [&client, &server] {
+            stream
+                .set_read_timeout(Some(Duration::from_secs(20)))
+                .unwrap();
+        }
+        Connection { client, server }
+    }
+
+    /// Send `message` both ways; panic with `when` if it does not arrive intact.
+    fn exchange(&mut self, message: &[u8], when: &str) {
+        for (from, to) in [(0, 1), (1, 0)] {
+            let mut streams = [&self.client, &self.server];
+            streams[from].write_all(message).expect(when);
+            let mut got = vec![0; message.len()];
+            streams[to]
+                .read_exact(&mut got)
+                .unwrap_or_else(|e| panic!("{when}: {e}"));
+            assert_eq!(got, message, "{when}");
+        }
+    }
+}
+
+fn kill(daemon: &mut Daemon) {
+    let status = Command::new("kill")
+        .args(["-KILL", &daemon.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    daemon.wait_exit();
+}
+
+#[test]
+fn a_killed_netd_is_restarted_under_running_servers_and_their_connections_go_on() {
+    require_privileges();
+    let topo = TestTopology::new(TOPOLOGY);
+    let mut netd = Daemon::start(&topo, &[]);
+    let mut connection = Connection::open(&topo);
+    connection.exchange(b"before the crash", "before the crash");
+
+    kill(&mut netd);
+    for server in ["a1", "a2", "b1"] {
+        assert!(netns_exists(&topo.name(server)), "{server} went with netd");
+    }
+    // Sent while nothing switches: TCP retransmits it once netd is back.
+    connection.client.write_all(b"during").unwrap();
+
+    // A start that fails half-way lets go of what it adopted: nothing is deleted.
+    let mut failed =
+        Daemon::spawn_with_env(&topo, &[], &[("NETD_FAIL_AFTER_SERVER", &topo.name("a2"))]);
+    assert_eq!(failed.wait_exit(), Some(1), "{}", failed.log());
+    for server in ["a1", "a2", "b1"] {
+        assert!(
+            netns_exists(&topo.name(server)),
+            "a failed start removed {server}"
+        );
+    }
+
+    let mut netd = Daemon::start(&topo, &[]);
+    let adopted = netd
+        .wait_for("namespaces, TAPs and routers ready", Duration::from_secs(1))
+        .expect("bring-up logged");
+    assert!(adopted.contains("\"adopted\":3"), "{adopted}");
+    let mut during = [0; 6];
+    connection
+        .server
+        .read_exact(&mut during)
+        .expect("retransmitted after the restart");
+    assert_eq!(&during, b"during");
+    connection.exchange(b"after the restart", "after the restart");
+    // IPv6 and isolation are as before.
+    assert!(ping(&topo.name("a2"), "fd67::1", 2));
+    assert!(
+        !ping(&topo.name("b1"), "10.67.0.2", 1),
+        "b1 reached tenant a"
+    );
+
+    // A stop is a stop: the adopted servers go like the rest.
+    assert_eq!(netd.stop(), Some(0));
+    for server in ["a1", "a2", "b1"] {
+        assert!(!netns_exists(&topo.name(server)), "{server} left behind");
+    }
+}
+
+#[test]
+fn a_restart_refuses_servers_that_no_longer_match_and_netd_down_removes_them() {
+    require_privileges();
+    let topo = TestTopology::new(TOPOLOGY);
+    let file = topo.path.to_str().unwrap().to_string();
+    let down = || {
+        Command::new(netd_bin())
+            .args(["down", &file])
+            .output()
+            .unwrap()
+    };
+    let mut netd = Daemon::start(&topo, &[]);
+    // Never under a running daemon.
+    let out = down();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("netd is running"));
+
+    kill(&mut netd);
+    let a1 = topo.name("a1");
+    let changed = Command::new("ip")
+        .args([
+            "-n",
+            &a1,
+            "link",
+            "set",
+            "eth0",
+            "address",
+            "02:00:00:67:00:99",
+        ])
+        .status()
+        .unwrap();
+    assert!(changed.success());
+    let mut refused = Daemon::spawn(&topo, &[]);
+    assert_eq!(refused.wait_exit(), Some(1));
+    let log = refused.log();
+    assert!(
+        log.contains(&format!("server \\\"{a1}\\\"")) && log.contains("MAC is 02:00:00:67:00:99"),
+        "{log}"
+    );
+    assert!(log.contains("netd down FILE"), "{log}");
+    // Refusing changed nothing.
+    for server in ["a1", "a2", "b1"] {
+        assert!(
+            netns_exists(&topo.name(server)),
+            "the refusal removed {server}"
+        );
+    }
+
+    let out = down();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(stdout.contains("removed 3 namespace(s)"), "{stdout}");
+    for server in ["a1", "a2", "b1"] {
+        assert!(!netns_exists(&topo.name(server)));
+    }
+    let _netd = Daemon::start(&topo, &[]);
+    assert!(ping(&a1, "10.67.0.2", 2));
+}
