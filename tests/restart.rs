@@ -5,10 +5,10 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::process::Command;
 use std::time::Duration;
 
+use common::tcp::Connection;
 use common::{Daemon, TestTopology, netd_bin, netns_exists, ping, require_privileges};
 
 const TOPOLOGY: &str = r#"
@@ -36,63 +36,15 @@ tenant = "{p}-b"
 ip = "10.67.0.1/24"
 "#;
 
-/// A TCP connection from a1 to a2, made in their namespaces by this test process: the
-/// sockets live in the servers' stacks, not in netd.
-struct Connection {
-    client: TcpStream,
-    server: TcpStream,
-}
-
-impl Connection {
-    fn open(topo: &TestTopology) -> Connection {
-        let listener =
-            netd::kernel::netns::run_in(&topo.name("a2"), || TcpListener::bind("10.67.0.2:7070"))
-                .expect("listen in a2");
-        let client = netd::kernel::netns::run_in(&topo.name("a1"), || {
-            TcpStream::connect_timeout(&"10.67.0.2:7070".parse().unwrap(), Duration::from_secs(5))
-        })
-        .expect("connect from a1");
-        let (server, _) = listener.accept().expect("accept in a2");
-        for stream in [&client, &server] {
-            stream
-                .set_read_timeout(Some(Duration::from_secs(20)))
-                .unwrap();
-        }
-        Connection { client, server }
-    }
-
-    /// Send `message` both ways; panic with `when` if it does not arrive intact.
-    fn exchange(&mut self, message: &[u8], when: &str) {
-        for (from, to) in [(0, 1), (1, 0)] {
-            let mut streams = [&self.client, &self.server];
-            streams[from].write_all(message).expect(when);
-            let mut got = vec![0; message.len()];
-            streams[to]
-                .read_exact(&mut got)
-                .unwrap_or_else(|e| panic!("{when}: {e}"));
-            assert_eq!(got, message, "{when}");
-        }
-    }
-}
-
-fn kill(daemon: &mut Daemon) {
-    let status = Command::new("kill")
-        .args(["-KILL", &daemon.pid().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    daemon.wait_exit();
-}
-
 #[test]
 fn a_killed_netd_is_restarted_under_running_servers_and_their_connections_go_on() {
     require_privileges();
     let topo = TestTopology::new(TOPOLOGY);
     let mut netd = Daemon::start(&topo, &[]);
-    let mut connection = Connection::open(&topo);
+    let mut connection = Connection::open(&topo.name("a1"), &topo.name("a2"), "10.67.0.2:7070");
     connection.exchange(b"before the crash", "before the crash");
 
-    kill(&mut netd);
+    netd.kill();
     for server in ["a1", "a2", "b1"] {
         assert!(netns_exists(&topo.name(server)), "{server} went with netd");
     }
@@ -153,7 +105,7 @@ fn a_restart_refuses_servers_that_no_longer_match_and_netd_down_removes_them() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("netd is running"));
 
-    kill(&mut netd);
+    netd.kill();
     let a1 = topo.name("a1");
     let changed = Command::new("ip")
         .args([

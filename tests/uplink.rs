@@ -7,8 +7,11 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::edge::{EmulatedEdge, INTERNET_HOST, UPLINK_ADDRESS};
 use common::iperf::OneShotServer;
+use common::tcp::Connection;
 use common::{Daemon, TestTopology, netns_exists, ping, require_privileges, sh};
 
 const TOPOLOGY: &str = r#"
@@ -332,4 +335,43 @@ fn a_tenant_cannot_reach_the_hosts_own_stack() {
         ping(&topo.name("c1"), INTERNET_HOST, 2),
         "c1 still reaches the internet"
     );
+}
+
+/// Issue 11: a killed netd's routers stay, and the restart adopts them without touching what
+/// is inside (NAT state included), so a NAT server's connection to the internet goes on.
+/// `netd down` after a kill restores the uplink's forwarding as a stop does.
+#[test]
+fn a_nat_servers_connection_to_the_internet_survives_kill_and_restart() {
+    require_privileges();
+    let topo = TestTopology::new(TOPOLOGY);
+    let edge = EmulatedEdge::new(&topo);
+    let forwarding = || sh(&edge.edge, "cat /proc/sys/net/ipv4/conf/eth1/forwarding").1;
+    let before = forwarding();
+    let mut netd = Daemon::start(&topo, &[]);
+    let internet = format!("{INTERNET_HOST}:7071");
+    let mut connection = Connection::open(&topo.name("a1"), &edge.net, &internet);
+    connection.exchange(b"before the crash", "before the crash");
+
+    netd.kill();
+    let mut netd = Daemon::start(&topo, &[]);
+    let ready = netd
+        .wait_for("namespaces, TAPs and routers ready", Duration::from_secs(1))
+        .expect("bring-up logged");
+    // Four servers and four routers.
+    assert!(ready.contains("\"adopted\":8"), "{ready}");
+    connection.exchange(b"after the restart", "after the restart");
+    assert!(
+        ping(&topo.name("c1"), INTERNET_HOST, 2),
+        "public tenant cut off"
+    );
+
+    netd.kill();
+    let out = std::process::Command::new(common::netd_bin())
+        .args(["down", topo.path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let (_, tables) = sh(&edge.edge, "nft list tables");
+    assert!(!tables.contains("netd_"), "nft table left: {tables}");
+    assert_eq!(forwarding(), before, "netd down did not restore forwarding");
 }

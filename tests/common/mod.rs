@@ -7,6 +7,7 @@
 
 pub mod edge;
 pub mod iperf;
+pub mod tcp;
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -267,6 +268,14 @@ impl Daemon {
     /// Return everything the daemon logged so far.
     pub fn log(&self) -> String {
         self.lines.lock().unwrap().join("\n")
+    }
+
+    /// Send SIGKILL (no teardown: what netd made stays) and wait for exit.
+    pub fn kill(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.kill();
+        }
+        self.wait_exit();
     }
 
     /// Send SIGTERM and wait for exit (10 s at most); return the exit code.
