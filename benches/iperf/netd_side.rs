@@ -23,6 +23,8 @@ use crate::topo::BenchTopo;
 pub struct NetdBed {
     ns_prefix: String,
     file: PathBuf,
+    /// Arguments to `netd up` after the file.
+    extra: Vec<String>,
     child: Option<Child>,
     lines: Arc<Mutex<Vec<String>>>,
     /// From spawning netd to its "netd is up" line.
@@ -50,11 +52,25 @@ impl NetdBed {
     ) -> Result<NetdBed> {
         let file = dir.join(format!("{ns_prefix}.toml"));
         std::fs::write(&file, text).with_context(|| format!("writing {}", file.display()))?;
+        let mut bed = NetdBed {
+            ns_prefix: ns_prefix.to_string(),
+            file,
+            extra: extra.to_vec(),
+            child: None,
+            lines: Arc::new(Mutex::new(Vec::new())),
+            startup: Duration::ZERO,
+        };
+        bed.startup = bed.start(timeout)?;
+        Ok(bed)
+    }
+
+    /// Spawn `netd up` on this bed's file and wait until it is up; return how long it took.
+    fn start(&mut self, timeout: Duration) -> Result<Duration> {
         let start = Instant::now();
         let mut child = Command::new(env!("CARGO_BIN_EXE_netd"))
             .args(["--log-format", "json", "up"])
-            .arg(&file)
-            .args(extra)
+            .arg(&self.file)
+            .args(&self.extra)
             .env("NETD_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -64,9 +80,8 @@ impl NetdBed {
             .spawn()
             .context("cannot start netd")?;
         let stderr = child.stderr.take().context("netd stderr")?;
-        let lines = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = channel();
-        let sink = lines.clone();
+        let sink = self.lines.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if let Ok(mut l) = sink.lock() {
@@ -75,16 +90,20 @@ impl NetdBed {
                 let _ = tx.send(line);
             }
         });
-        let mut bed = NetdBed {
-            ns_prefix: ns_prefix.to_string(),
-            file,
-            child: Some(child),
-            lines,
-            startup: Duration::ZERO,
-        };
-        bed.wait_up(&rx, timeout)?;
-        bed.startup = start.elapsed();
-        Ok(bed)
+        self.child = Some(child);
+        self.wait_up(&rx, timeout)?;
+        Ok(start.elapsed())
+    }
+
+    /// SIGKILL netd (no tear-down: its servers stay) and start it again at once on the same
+    /// topology, which adopts them; return the time from the kill to "netd is up".
+    pub fn kill_and_restart(&mut self, timeout: Duration) -> Result<Duration> {
+        let mut child = self.child.take().context("netd is not running")?;
+        let killed_at = Instant::now();
+        child.kill().context("SIGKILL netd")?;
+        child.wait().context("reaping netd")?;
+        self.start(timeout)?;
+        Ok(killed_at.elapsed())
     }
 
     fn wait_up(&mut self, rx: &Receiver<String>, timeout: Duration) -> Result<()> {

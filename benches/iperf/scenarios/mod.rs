@@ -16,7 +16,9 @@
 //! | `ratechange` | ms until the split holds within 5% after a live guarantee change | [`shaping`] |
 //! | `scale` | 10/100/1000 servers: start-up, netd RSS, 2-server throughput | [`scale`] |
 //! | `uplink` | routed uplink: 1 flow each way via NAT and public; 3-tenant split each way | [`uplink`] |
+//! | `restart` | `kill -9` and restart: forwarding gap, TCP kept (10/100/1000 servers) | [`restart`] |
 
+pub mod restart;
 pub mod scale;
 pub mod shaping;
 pub mod throughput;
@@ -27,7 +29,7 @@ use serde::Serialize;
 use crate::report::Row;
 
 /// Every scenario, in run order.
-pub const ALL: [&str; 10] = [
+pub const ALL: [&str; 11] = [
     "throughput",
     "shaped",
     "guarantee",
@@ -38,6 +40,7 @@ pub const ALL: [&str; 10] = [
     "ratechange",
     "scale",
     "uplink",
+    "restart",
 ];
 
 /// What a scenario produced.
@@ -65,6 +68,7 @@ pub fn run(ctx: &crate::Ctx, name: &str) -> anyhow::Result<Outcome> {
         "ratechange" => shaping::ratechange(ctx),
         "scale" => scale::run(ctx),
         "uplink" => uplink::run(ctx),
+        "restart" => restart::run(ctx),
         other => anyhow::bail!("unknown scenario {other:?}; known: {}", ALL.join(", ")),
     }
 }
