@@ -23,7 +23,8 @@ use crate::control::{self, Control, ControlError, rates};
 
 use crate::datapath::{DataPath, Priority};
 use crate::gateway::GatewayPort;
-use crate::kernel::{self, KernelError};
+use crate::handover;
+use crate::kernel::{self, KernelError, Plumbing};
 use crate::port::{Offload, Port, TapPort, UplinkPort};
 use crate::shaper::Shaping;
 use crate::stats::Stats;
@@ -52,6 +53,8 @@ pub struct UpOptions {
     pub datapath_cpu: Option<usize>,
     /// Schedule the data-path thread so (`None`: real-time where the kernel allows it).
     pub datapath_priority: Option<Priority>,
+    /// Take the TAPs over from the netd running this topology ([`crate::handover`]).
+    pub take_over: bool,
 }
 
 impl Default for UpOptions {
@@ -66,6 +69,7 @@ impl Default for UpOptions {
             metrics_token_file: None,
             datapath_cpu: None,
             datapath_priority: None,
+            take_over: false,
         }
     }
 }
@@ -91,6 +95,10 @@ pub enum DaemonError {
     Signal(#[source] std::io::Error),
     #[error(transparent)]
     Auth(#[from] AuthError),
+    #[error(transparent)]
+    HandOver(#[from] handover::HandOverError),
+    #[error("The topology handed over does not fit: {0}")]
+    HandedTopology(String),
 }
 
 /// Removes a file netd created (control socket, token) when dropped.
@@ -132,39 +140,57 @@ pub async fn up(
         .map(|_| read_operator_tokens(&options))
         .transpose()?;
     let mut sighup = signal(SignalKind::hangup()).map_err(DaemonError::Signal)?;
-    // Claim the socket before creating anything: a second daemon for the same topology stops here.
-    let listener = control::socket::bind(&socket_path)?;
-    let _socket_file = RemoveOnDrop(socket_path.clone());
-    let http = match options.http {
-        Some(addr) => Some(
-            tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|source| DaemonError::Http { addr, source })?,
-        ),
-        None => None,
-    };
-    let http_auth = operator_tokens
-        .map(|tokens| http_auth(tokens, &socket_path, &topology.name))
-        .transpose()?;
-    let offload = if options.offload {
-        Offload::VnetHeader
+    let (topology, offload, mut taken) = if options.take_over {
+        let (topology, taken) = take_over(topology, &socket_path)?;
+        let offload = if taken.offer.vnet_header {
+            Offload::VnetHeader
+        } else {
+            Offload::None
+        };
+        (topology, offload, Some(taken))
     } else {
-        Offload::None
+        let offload = if options.offload {
+            Offload::VnetHeader
+        } else {
+            Offload::None
+        };
+        (topology, offload, None)
     };
-    let mut plumbing = kernel::bring_up(&topology, offload)?;
-    let mut ports: Vec<Box<dyn Port>> = plumbing
-        .take_taps()
-        .into_iter()
-        .map(|tap| Box::new(TapPort::new(tap.port, tap.file, offload)) as Box<dyn Port>)
-        .collect();
+    // Claim the socket before creating anything: a second daemon for the same topology stops
+    // here. Taking over, the old daemon still holds it: bound once it has gone (below).
+    let mut endpoints = match taken {
+        None => Some(
+            Endpoints::bind(
+                &socket_path,
+                &options,
+                operator_tokens.as_ref(),
+                &topology.name,
+            )
+            .await?,
+        ),
+        Some(_) => None,
+    };
+    let (mut plumbing, mut ports) = match taken.take() {
+        Some(mut handed) => match handed_ports(&topology, &mut handed, offload) {
+            Ok(ports) => {
+                taken = Some(handed);
+                (Plumbing::default(), ports)
+            }
+            Err(err) => {
+                handed.abort();
+                return Err(err);
+            }
+        },
+        None => {
+            let mut plumbing = kernel::bring_up(&topology, offload)?;
+            let ports = kernel_ports(&mut plumbing, offload);
+            (plumbing, ports)
+        }
+    };
     for tenant in &topology.tenants {
         if let Some(gateway) = GatewayPort::of(&topology, tenant.id) {
             ports.push(Box::new(gateway));
         }
-    }
-    for tun in plumbing.take_uplinks() {
-        let port = UplinkPort::new(tun.port, tun.file, offload, tun.gateway_mac);
-        ports.push(Box::new(port));
     }
     let stats = Arc::new(Stats::new(
         topology.port_id_bound(),
@@ -183,6 +209,44 @@ pub async fn up(
         .map_err(DaemonError::StartDataPath)?;
     info!(%priority, cpu = options.datapath_cpu, "data path running");
     let mut finished = tokio::task::spawn_blocking(move || thread.join());
+    if let Some(taken) = taken.take() {
+        let stopped_at = taken.offer.stopped_at_usec;
+        let gap_us = kernel::sys::monotonic_usec().saturating_sub(stopped_at);
+        info!(
+            gap_ms = gap_us as f64 / 1000.0,
+            ports = taken.offer.ports.len(),
+            "took the ports over: forwarding again"
+        );
+        // From here the servers are ours: whatever fails, they must not be torn down.
+        taken
+            .confirm()
+            .map_err(|e| DaemonError::HandOver(e.into()))?;
+        plumbing = Plumbing::handed_over(&topology);
+        match Endpoints::bind(
+            &socket_path,
+            &options,
+            operator_tokens.as_ref(),
+            &topology.name,
+        )
+        .await
+        {
+            Ok(bound) => endpoints = Some(bound),
+            Err(err) => {
+                plumbing.release();
+                error!("servers left running: `netd up FILE` adopts them");
+                return Err(err);
+            }
+        }
+    }
+    let Some(Endpoints {
+        listener,
+        http,
+        http_auth,
+        _socket_file,
+    }) = endpoints
+    else {
+        unreachable!("bound above on both paths");
+    };
     let control = Arc::new(Control::new(
         topology.clone(),
         std::mem::take(&mut plumbing),
@@ -243,8 +307,16 @@ pub async fn up(
         });
     let mut ticker = options.stats_interval.map(tokio::time::interval);
     tokio::pin!(shutdown);
+    let mut handed_over = false;
     let result = loop {
         tokio::select! {
+            () = control.handed_over() => {
+                // The new netd polls the TAPs now; ours are closed. Only gateways are left.
+                handed_over = true;
+                stop.stop();
+                let _ = (&mut finished).await;
+                break Ok(());
+            }
             () = &mut shutdown => {
                 info!("shutting down");
                 notify(notifier.as_deref(), "STOPPING=1");
@@ -279,9 +351,135 @@ pub async fn up(
         error!(cause = %err, "stopping after a data path failure");
     }
     log_stats(&control.topology().await, &control.stats());
-    control.tear_down().await;
-    info!("removed every namespace and TAP netd created");
+    if handed_over {
+        info!("handed over: the servers run on under the new netd");
+    } else {
+        control.tear_down().await;
+        info!("removed every namespace and TAP netd created");
+    }
     result.map(|()| control.stats())
+}
+
+/// Take the ports over from the daemon on `socket_path`; return the topology it runs (live
+/// changes included, read as if from `file_topology`'s file) and what it handed over.
+fn take_over(
+    file_topology: Topology,
+    socket_path: &std::path::Path,
+) -> Result<(Topology, handover::Taken), DaemonError> {
+    let taken = handover::take(socket_path)?;
+    match crate::topology::parse(&file_topology.source, &taken.offer.topology) {
+        Ok(topology) => Ok((topology, taken)),
+        Err(errors) => {
+            taken.abort();
+            let errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
+            Err(DaemonError::HandedTopology(errors.join("; ")))
+        }
+    }
+}
+
+/// Turn the handed-over fds into ports of `topology`: every server's TAP and every routed
+/// tenant's TUN must be there.
+fn handed_ports(
+    topology: &Topology,
+    taken: &mut handover::Taken,
+    offload: Offload,
+) -> Result<Vec<Box<dyn Port>>, DaemonError> {
+    let fds = std::mem::take(&mut taken.fds);
+    let mut ports: Vec<Box<dyn Port>> = Vec::with_capacity(fds.len());
+    for (name, fd) in taken.offer.ports.iter().zip(fds) {
+        let file = std::fs::File::from(fd);
+        let unknown = || DaemonError::HandedTopology(format!("{name:?} is not in the topology"));
+        match name {
+            handover::HandedPort::Server { name } => {
+                let server = topology
+                    .servers
+                    .iter()
+                    .find(|s| s.name == *name)
+                    .ok_or_else(unknown)?;
+                ports.push(Box::new(TapPort::new(server.id, file, offload)));
+            }
+            handover::HandedPort::Uplink { tenant } => {
+                let tenant = topology
+                    .tenants
+                    .iter()
+                    .find(|t| t.name == *tenant)
+                    .ok_or_else(unknown)?;
+                let (Some(routed), Some(gateway)) = (&tenant.uplink, &tenant.gateway) else {
+                    return Err(unknown());
+                };
+                ports.push(Box::new(UplinkPort::new(
+                    routed.port,
+                    file,
+                    offload,
+                    gateway.mac,
+                )));
+            }
+        }
+    }
+    let expected = topology.servers.len()
+        + topology
+            .tenants
+            .iter()
+            .filter(|t| t.uplink.is_some())
+            .count();
+    if ports.len() != expected {
+        return Err(DaemonError::HandedTopology(format!(
+            "{} ports handed over, the topology has {expected}",
+            ports.len()
+        )));
+    }
+    Ok(ports)
+}
+
+/// The servers' TAP ports and the routers' TUN ports `plumbing` made.
+fn kernel_ports(plumbing: &mut Plumbing, offload: Offload) -> Vec<Box<dyn Port>> {
+    let mut ports: Vec<Box<dyn Port>> = plumbing
+        .take_taps()
+        .into_iter()
+        .map(|tap| Box::new(TapPort::new(tap.port, tap.file, offload)) as Box<dyn Port>)
+        .collect();
+    for tun in plumbing.take_uplinks() {
+        let port = UplinkPort::new(tun.port, tun.file, offload, tun.gateway_mac);
+        ports.push(Box::new(port));
+    }
+    ports
+}
+
+/// Where the control plane listens: the control socket, and HTTP when asked.
+struct Endpoints {
+    listener: tokio::net::UnixListener,
+    http: Option<tokio::net::TcpListener>,
+    http_auth: Option<HttpAuthSetup>,
+    _socket_file: RemoveOnDrop,
+}
+
+impl Endpoints {
+    async fn bind(
+        socket_path: &std::path::Path,
+        options: &UpOptions,
+        tokens: Option<&OperatorTokens>,
+        name: &str,
+    ) -> Result<Endpoints, DaemonError> {
+        let listener = control::socket::bind(socket_path)?;
+        let socket_file = RemoveOnDrop(socket_path.to_path_buf());
+        let http = match options.http {
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| DaemonError::Http { addr, source })?,
+            ),
+            None => None,
+        };
+        let http_auth = tokens
+            .map(|tokens| http_auth(tokens.clone(), socket_path, name))
+            .transpose()?;
+        Ok(Endpoints {
+            listener,
+            http,
+            http_auth,
+            _socket_file: socket_file,
+        })
+    }
 }
 
 /// Tell systemd `state` when netd runs under a `Type=notify` unit; a failure is logged, never
@@ -295,6 +493,7 @@ fn notify(notifier: Option<&crate::systemd::Notifier>, state: &str) {
 }
 
 /// The tokens an operator named in files: admin (if given) and metrics.
+#[derive(Clone)]
 struct OperatorTokens {
     admin: Option<(Token, PathBuf)>,
     metrics: Option<Token>,

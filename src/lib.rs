@@ -23,6 +23,7 @@
 //!   and (driven by a deadline instead of an fd) netd's own stacks.
 //! - [`datapath`]: the event loop tying ports, switch and shaper together.
 //! - [`stats`]: counters and drop reasons.
+//! - [`handover`]: upgrades: a running netd hands its TAPs to a new one over the control socket.
 //! - [`systemd`]: readiness, watchdog and reload notifications under a `Type=notify` unit.
 
 pub mod control;
@@ -31,6 +32,7 @@ pub mod datapath;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod gateway;
+pub mod handover;
 pub mod kernel;
 pub mod pool;
 pub mod port;

@@ -86,6 +86,11 @@ enum Command {
         /// where the kernel caps real-time CPU time and netd may use it, else normal.
         #[arg(long, value_name = "normal|realtime[:N]")]
         datapath_priority: Option<Priority>,
+        /// Upgrade: take the servers' TAPs over from the netd running this topology (over its
+        /// control socket), which then exits without tearing down; forwarding pauses for
+        /// milliseconds and no connection is lost.
+        #[arg(long)]
+        take_over: bool,
     },
     /// Show tenants, servers, configured and current rates, queues and entitlements.
     Status {
@@ -249,6 +254,7 @@ fn main() -> ExitCode {
             metrics_token_file,
             datapath_cpu,
             datapath_priority,
+            take_over,
         } => {
             let topology = match topology::load(&file) {
                 Ok(topology) => topology,
@@ -299,6 +305,7 @@ fn main() -> ExitCode {
                 metrics_token_file,
                 datapath_cpu,
                 datapath_priority,
+                take_over,
             };
             match run_up(topology, options) {
                 Ok(()) => ExitCode::SUCCESS,

@@ -146,3 +146,56 @@ fn a_restart_refuses_servers_that_no_longer_match_and_netd_down_removes_them() {
     let _netd = Daemon::start(&topo, &[]);
     assert!(ping(&a1, "10.67.0.2", 2));
 }
+
+/// Issue 11, upgrade: `netd up FILE --take-over` takes the TAPs from the running netd over
+/// its control socket; the old one exits without tearing down, the servers never lose their
+/// interface, and a connection open before goes on.
+#[test]
+fn take_over_hands_the_taps_to_a_new_netd_and_connections_go_on() {
+    require_privileges();
+    let topo = TestTopology::new(TOPOLOGY);
+    let mut old = Daemon::start(&topo, &[]);
+    let mut connection = Connection::open(&topo.name("a1"), &topo.name("a2"), "10.67.0.2:7070");
+    connection.exchange(b"before the upgrade", "before the upgrade");
+
+    let mut new = Daemon::start(&topo, &["--take-over"]);
+    assert_eq!(old.wait_exit(), Some(0), "{}", old.log());
+    assert!(
+        old.log().contains("handed over to a new netd"),
+        "{}",
+        old.log()
+    );
+    let took = new
+        .wait_for("took the ports over", Duration::from_secs(1))
+        .expect("the new netd logs the hand-over");
+    let line: serde_json::Value = serde_json::from_str(&took).expect("JSON log line");
+    let gap_ms = line["fields"]["gap_ms"].as_f64().expect("gap_ms");
+    assert!(gap_ms >= 0.0, "{took}");
+    connection.exchange(b"after the upgrade", "after the upgrade");
+    assert!(ping(&topo.name("a2"), "fd67::1", 2));
+    assert!(
+        !ping(&topo.name("b1"), "10.67.0.2", 1),
+        "b1 reached tenant a"
+    );
+    // The new netd serves the control socket, and a stop still removes everything.
+    let (ok, out, err) = common::netd_cli(&topo, &["status", "--json"]);
+    assert!(ok, "{out}{err}");
+    assert_eq!(new.stop(), Some(0));
+    for server in ["a1", "a2", "b1"] {
+        assert!(!netns_exists(&topo.name(server)), "{server} left behind");
+    }
+}
+
+#[test]
+fn take_over_without_a_running_netd_is_refused_and_creates_nothing() {
+    require_privileges();
+    let topo = TestTopology::new(TOPOLOGY);
+    let mut new = Daemon::spawn(&topo, &["--take-over"]);
+    assert_eq!(new.wait_exit(), Some(1));
+    assert!(
+        new.log().contains("Cannot reach the running netd"),
+        "{}",
+        new.log()
+    );
+    assert!(!netns_exists(&topo.name("a1")));
+}

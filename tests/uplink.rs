@@ -338,10 +338,11 @@ fn a_tenant_cannot_reach_the_hosts_own_stack() {
 }
 
 /// Issue 11: a killed netd's routers stay, and the restart adopts them without touching what
-/// is inside (NAT state included), so a NAT server's connection to the internet goes on.
+/// is inside (NAT state included), so a NAT server's connection to the internet goes on; an
+/// upgrade (`--take-over`) hands their TUNs over as well.
 /// `netd down` after a kill restores the uplink's forwarding as a stop does.
 #[test]
-fn a_nat_servers_connection_to_the_internet_survives_kill_and_restart() {
+fn a_nat_servers_connection_to_the_internet_survives_kill_restart_and_upgrade() {
     require_privileges();
     let topo = TestTopology::new(TOPOLOGY);
     let edge = EmulatedEdge::new(&topo);

@@ -49,6 +49,7 @@ use report::{
 
 use crate::datapath::{Update, UpdateHandle};
 use crate::gateway::GatewayPort;
+use crate::handover;
 use crate::kernel::{self, KernelError, Plumbing};
 use crate::port::{Offload, Port, TapPort, UplinkPort};
 use crate::shaper::Shaping;
@@ -132,6 +133,9 @@ pub enum Request {
     },
     /// Apply one change.
     Apply { change: Box<Change> },
+    /// Hand the TAPs and TUNs to the asking process, a new netd taking over (control socket
+    /// only; see [`crate::handover`]).
+    HandOver,
 }
 
 /// The daemon's answer: `{"ok":true,"result":...}` or `{"ok":false,"error":"..."}`.
@@ -204,6 +208,8 @@ pub struct Control {
     stats: RwLock<Arc<Stats>>,
     rates: Mutex<RateMeter>,
     started: Instant,
+    /// Told once the ports went to a new netd: the daemon then exits without tearing down.
+    handed_over: tokio::sync::Notify,
 }
 
 impl Control {
@@ -231,6 +237,7 @@ impl Control {
             stats: RwLock::new(stats),
             rates: Mutex::new(RateMeter::default()),
             started: Instant::now(),
+            handed_over: tokio::sync::Notify::new(),
         }
     }
 
@@ -258,6 +265,85 @@ impl Control {
         self.state.lock().await.plumbing.tear_down();
     }
 
+    /// Wait until the ports went to a new netd ([`Control::hand_over`]).
+    pub async fn handed_over(&self) {
+        self.handed_over.notified().await;
+    }
+
+    /// Hand every TAP and TUN to the new netd at the other end of `stream` (see
+    /// [`crate::handover`]); on success let go of the kernel state and tell
+    /// [`Control::handed_over`], otherwise put the ports back and carry on.
+    pub async fn hand_over(&self, stream: tokio::net::UnixStream, origin: &str) {
+        let root = stream.peer_cred().is_ok_and(|cred| cred.uid() == 0);
+        let mut stream = match stream.into_std() {
+            Ok(stream) => stream,
+            Err(err) => return warn!(origin, cause = %err, "hand-over: bad connection"),
+        };
+        if !root {
+            warn!(origin, "hand-over refused: the peer is not root");
+            let refusal = Response::failure("Only root may take over netd");
+            let _ = tokio::task::spawn_blocking(move || handover::give(&mut stream, &refusal, &[]))
+                .await;
+            return;
+        }
+        let mut state = self.state.lock().await;
+        let ports = match detach_fd_ports(&state).await {
+            Ok(ports) => ports,
+            Err(refusal) => {
+                let _ =
+                    tokio::task::spawn_blocking(move || handover::give(&mut stream, &refusal, &[]))
+                        .await;
+                return;
+            }
+        };
+        let stopped_at_usec = kernel::sys::monotonic_usec();
+        let offer = handover::Offer {
+            topology: toml::to_string(&state.topology.to_file()).unwrap_or_default(),
+            ports: ports
+                .iter()
+                .map(|p| handed_port(&state.topology, p.id()))
+                .collect(),
+            vnet_header: state.offload != Offload::None,
+            stopped_at_usec,
+        };
+        let fds: Vec<_> = ports.iter().filter_map(|p| p.fd()).collect();
+        let exchange = tokio::task::spawn_blocking(move || {
+            let answer = handover::give(&mut stream, &Response::ok(offer), &fds);
+            (answer, stream)
+        })
+        .await;
+        match exchange {
+            Ok((Ok(handover::Answer::Taken), stream)) => {
+                info!(
+                    origin,
+                    ports = ports.len(),
+                    "handed over to a new netd: exiting without tearing down"
+                );
+                state.plumbing.release();
+                drop(ports);
+                // Closed by our exit, which is what the new netd waits for.
+                std::mem::forget(stream);
+                self.handed_over.notify_one();
+            }
+            outcome => {
+                let why = match outcome {
+                    Ok((Ok(_), _)) => "the new netd did not take the ports".to_string(),
+                    Ok((Err(err), _)) => err.to_string(),
+                    Err(err) => err.to_string(),
+                };
+                warn!(origin, cause = %why, "hand-over failed: carrying on with the ports");
+                let update = Update {
+                    add: ports,
+                    switch: Some(Switch::new(&state.topology)),
+                    ..Update::default()
+                };
+                if state.datapath.send(update).is_err() {
+                    error!("the data path is gone: the ports could not be put back");
+                }
+            }
+        }
+    }
+
     /// Answer one request; `origin` says who asked (for the logs).
     pub async fn handle(&self, request: Request, origin: &str) -> Response {
         match request {
@@ -267,6 +353,7 @@ impl Control {
             Request::Metrics => Response::ok(self.metrics().await),
             Request::Reload { prune } => result(self.reload(origin, prune).await),
             Request::Apply { change } => result(self.apply(*change, origin).await),
+            Request::HandOver => Response::failure("A hand-over is asked on the control socket"),
         }
     }
 
@@ -655,6 +742,50 @@ impl Control {
             }
         }
         Ok(us)
+    }
+}
+
+/// Take every port with an fd (servers' TAPs, routers' TUNs) out of the data path; return
+/// them, or the refusal to send when the data path does not let go.
+async fn detach_fd_ports(state: &Running) -> Result<Vec<Box<dyn Port>>, Response> {
+    let topology = &state.topology;
+    let mut remove: Vec<topology::PortId> = topology.servers.iter().map(|s| s.id).collect();
+    remove.extend(
+        topology
+            .tenants
+            .iter()
+            .filter_map(|t| t.uplink.as_ref().map(|u| u.port)),
+    );
+    let (done, detached) = tokio::sync::oneshot::channel();
+    let update = Update {
+        remove,
+        switch: Some(Switch::new(topology)),
+        done: Some(done),
+        ..Update::default()
+    };
+    if state.datapath.send(update).is_err() {
+        return Err(Response::error(&ControlError::DataPathGone));
+    }
+    match tokio::time::timeout(APPLY_TIMEOUT, detached).await {
+        Ok(Ok(ports)) => Ok(ports),
+        _ => Err(Response::error(&ControlError::DataPathGone)),
+    }
+}
+
+/// Name port `id` of `topology` for a hand-over.
+fn handed_port(topology: &Topology, id: topology::PortId) -> handover::HandedPort {
+    match topology.servers.iter().find(|s| s.id == id) {
+        Some(server) => handover::HandedPort::Server {
+            name: server.name.clone(),
+        },
+        None => handover::HandedPort::Uplink {
+            tenant: topology
+                .tenants
+                .iter()
+                .find(|t| t.uplink.as_ref().is_some_and(|u| u.port == id))
+                .map(|t| t.name.clone())
+                .unwrap_or_default(),
+        },
     }
 }
 

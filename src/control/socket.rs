@@ -182,6 +182,14 @@ async fn connection(stream: UnixStream, control: &Control, limits: Limits) {
                 return;
             }
             Ok(Ok(_)) => match serde_json::from_slice::<Request>(line.trim_ascii()) {
+                Ok(Request::HandOver) => {
+                    // The fds go over this very connection, without the line framing.
+                    match reader.into_inner().reunite(write) {
+                        Ok(stream) => control.hand_over(stream, &origin).await,
+                        Err(err) => warn!(origin, cause = %err, "hand-over: bad connection"),
+                    }
+                    return;
+                }
                 Ok(request) => control.handle(request, &origin).await,
                 Err(err) => {
                     info!(origin, cause = %err, "malformed control request refused");

@@ -208,6 +208,35 @@ impl Plumbing {
         }
     }
 
+    /// Take over what a netd that handed over its fds (see [`crate::handover`]) made for
+    /// `topology`: its namespaces and the uplink's set-up, as if this plumbing had made them.
+    /// Creates nothing.
+    pub fn handed_over(topology: &Topology) -> Plumbing {
+        let mut namespaces: Vec<String> =
+            topology.servers.iter().map(|s| s.netns.clone()).collect();
+        let edge = topology.uplink.as_ref().map(|up| {
+            let routed = topology.tenants.iter().filter(|t| t.uplink.is_some());
+            namespaces.extend(routed.map(|t| uplink::router_netns(topology, t)));
+            uplink::Edge::resume(topology, up)
+        });
+        let mut plumbing = Plumbing::default();
+        plumbing.namespaces = namespaces;
+        plumbing.edge = edge;
+        plumbing
+    }
+
+    /// Let go of everything without tearing it down: the servers and routers go on running
+    /// for the netd this one handed them to.
+    pub fn release(&mut self) {
+        self.taps.clear();
+        self.uplinks.clear();
+        self.namespaces.clear();
+        self.adopted.clear();
+        if let Some(edge) = self.edge.take() {
+            edge.release();
+        }
+    }
+
     /// Remove a routed tenant's router (close its TUN first).
     pub fn remove_router(
         &mut self,

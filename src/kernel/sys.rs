@@ -476,3 +476,61 @@ impl AsRawFd for TimerFd {
         self.0.as_raw_fd()
     }
 }
+
+/// Most fds one `SCM_RIGHTS` message carries here (the kernel's `SCM_MAX_FD` is 253).
+pub const FDS_PER_MESSAGE: usize = 250;
+
+/// Send `fds` (at most [`FDS_PER_MESSAGE`]) over the Unix stream `socket` as one message of
+/// one byte with `SCM_RIGHTS`; the receiver gets its own copies, ours stay open.
+pub fn send_fds(socket: &impl AsRawFd, fds: &[std::os::fd::RawFd]) -> io::Result<()> {
+    use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+    if fds.len() > FDS_PER_MESSAGE {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "too many fds for one message",
+        ));
+    }
+    let byte = [b'F'];
+    let iov = [io::IoSlice::new(&byte)];
+    let cmsg = [ControlMessage::ScmRights(fds)];
+    sendmsg::<()>(socket.as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), None)?;
+    Ok(())
+}
+
+/// Receive one message [`send_fds`] sent on `socket` (blocking); return its fds, owned and
+/// close-on-exec. An error if the peer closed, or the kernel cut fds off.
+pub fn recv_fds(socket: &impl AsRawFd) -> io::Result<Vec<OwnedFd>> {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+    let mut byte = [0u8; 1];
+    let mut iov = [io::IoSliceMut::new(&mut byte)];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; FDS_PER_MESSAGE]);
+    let msg = recvmsg::<()>(
+        socket.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )?;
+    let mut raw = Vec::new();
+    for cmsg in msg.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(fds) = cmsg {
+            raw.extend(fds);
+        }
+    }
+    let (bytes, truncated) = (msg.bytes, msg.flags.contains(MsgFlags::MSG_CTRUNC));
+    // SAFETY: the kernel just installed each of these fds in this process for us (SCM_RIGHTS);
+    // nothing else knows or owns them.
+    let owned: Vec<OwnedFd> = raw
+        .into_iter()
+        .map(|fd| unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+        .collect();
+    if bytes == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "the peer closed the connection",
+        ));
+    }
+    if truncated {
+        return Err(io::Error::other("fds were cut off (MSG_CTRUNC)"));
+    }
+    Ok(owned)
+}

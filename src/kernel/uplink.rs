@@ -233,6 +233,30 @@ impl Edge {
         Ok(File::from(tun))
     }
 
+    /// The edge a netd that handed over its fds left running for `topology`: nothing is
+    /// changed; the uplink's old forwarding comes from the table's comment.
+    pub fn resume(topology: &Topology, uplink: &Uplink) -> Edge {
+        let netns = uplink.netns.as_deref();
+        let table = nft_table(topology);
+        let forwarding_before = stored_forwarding(netns, &table).unwrap_or_else(|| {
+            warn!(%table, "the uplink's old forwarding is not recorded; a stop will set 0");
+            "0".to_string()
+        });
+        let veths = topology
+            .tenants
+            .iter()
+            .filter(|t| t.uplink.is_some())
+            .map(|t| (host_veth(topology, t), t.nat))
+            .collect();
+        Edge {
+            netns: uplink.netns.clone(),
+            interface: uplink.interface.clone(),
+            table,
+            forwarding_before,
+            veths,
+        }
+    }
+
     /// Forget this edge without undoing it: what it set up stays for the routers that keep
     /// running on it (adopted ones, when a start that adopted them fails).
     pub fn release(self) {}
