@@ -66,11 +66,17 @@ impl NetdBed {
 
     /// Spawn `netd up` on this bed's file and wait until it is up; return how long it took.
     fn start(&mut self, timeout: Duration) -> Result<Duration> {
+        self.start_with(timeout, &[])
+    }
+
+    /// [`NetdBed::start`] with `more` arguments to `netd up`.
+    fn start_with(&mut self, timeout: Duration, more: &[&str]) -> Result<Duration> {
         let start = Instant::now();
         let mut child = Command::new(env!("CARGO_BIN_EXE_netd"))
             .args(["--log-format", "json", "up"])
             .arg(&self.file)
             .args(&self.extra)
+            .args(more)
             .env("NETD_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -93,6 +99,29 @@ impl NetdBed {
         self.child = Some(child);
         self.wait_up(&rx, timeout)?;
         Ok(start.elapsed())
+    }
+
+    /// Upgrade: start a second netd with `--take-over`, wait until it is up and the old one
+    /// has exited; return the forwarding gap the new one logged.
+    pub fn take_over(&mut self, timeout: Duration) -> Result<Duration> {
+        let mut old = self.child.take().context("netd is not running")?;
+        self.lines.lock().map(|mut l| l.clear()).ok();
+        let started = self.start_with(timeout, &["--take-over"]);
+        let old_exit = old.wait().context("waiting for the old netd")?;
+        started?;
+        if !old_exit.success() {
+            bail!("the old netd exited with {old_exit} after the hand-over");
+        }
+        let log = self.log();
+        let line = log
+            .lines()
+            .find(|l| l.contains("took the ports over"))
+            .with_context(|| format!("no hand-over logged:\n{log}"))?;
+        let value: serde_json::Value = serde_json::from_str(line)?;
+        let gap_ms = value["fields"]["gap_ms"]
+            .as_f64()
+            .context("no gap_ms in the hand-over line")?;
+        Ok(Duration::from_secs_f64(gap_ms / 1e3))
     }
 
     /// SIGKILL netd (no tear-down: its servers stay) and start it again at once on the same

@@ -10,6 +10,11 @@
 //!   (issue 11: "forwarding back within 1 s of the kill when restarted at once");
 //! - TCP connections kept: the connection still delivers both ways after the restart (1 = yes).
 //!
+//! Then upgrades: `netd up FILE --take-over` while one TCP flow (iperf3) runs `s0` → `s1`
+//! beside the probe and the quiet connection. Figures: the forwarding gap seen by the probe
+//! and the one netd logs (old data path lets go → new one polls), target < 50 ms (issue 11);
+//! whether the flow and the connection survived; the flow's retransmits.
+//!
 //! The kernel has no column here: a bridge is not a process that can be killed; its "gap" is
 //! nil by construction, which is the point of adopting rather than re-creating.
 
@@ -24,6 +29,7 @@ use anyhow::{Context, Result};
 use serde_json::json;
 
 use crate::Ctx;
+use crate::iperf::{Client, IperfServer, Load, settle};
 use crate::netd_side::NetdBed;
 use crate::proc::{check_stop, sleep};
 use crate::report::{Figures, Side, Target};
@@ -33,6 +39,7 @@ use crate::topo::BenchTopo;
 const NAME: &str = "11 restart";
 const PROBE_PORT: u16 = 7101;
 const TCP_PORT: u16 = 7102;
+const IPERF_PORT: u16 = 7103;
 const PROBE_EVERY: Duration = Duration::from_millis(1);
 
 /// Run the scenario for `ctx.scale` sizes.
@@ -84,6 +91,7 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
                 "tcp_kept": kept,
             }));
         }
+        upgrades(ctx, &topo, &mut netd, n, &mut fig, &mut out)?;
         out.rows
             .push(fig.row(NAME, &format!("N={n}: kill → netd up"), "ms", None));
         out.rows.push(fig.row(
@@ -98,8 +106,104 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
             "of 1",
             Some(Target::AtLeast(1.0)),
         ));
+        for (metric, unit, target) in [
+            (
+                "upgrade: forwarding gap (probe)",
+                "ms",
+                Some(Target::AtMost(50.0)),
+            ),
+            (
+                "upgrade: forwarding gap (netd's log)",
+                "ms",
+                Some(Target::AtMost(50.0)),
+            ),
+            (
+                "upgrade: iperf3 flow and TCP connection kept",
+                "of 1",
+                Some(Target::AtLeast(1.0)),
+            ),
+            ("upgrade: iperf3 retransmits", "segments", None),
+        ] {
+            out.rows
+                .push(fig.row(NAME, &format!("N={n}: {metric}"), unit, target));
+        }
     }
     Ok(out)
+}
+
+/// Upgrade `netd` (`--take-over`) while one TCP flow runs `s0` → `s1` at full speed beside the
+/// probe and a quiet TCP connection; record the gaps and whether every connection survived.
+fn upgrades(
+    ctx: &Ctx,
+    topo: &BenchTopo,
+    netd: &mut NetdBed,
+    n: usize,
+    fig: &mut Figures,
+    out: &mut Outcome,
+) -> Result<()> {
+    let timeout = Duration::from_secs(60 + n as u64 / 5);
+    let target: SocketAddr = format!("{}:{PROBE_PORT}", topo.addr("s1")?).parse()?;
+    let secs = if ctx.reps > 1 { 6.0 } else { 4.0 };
+    for rep in 0..ctx.reps {
+        check_stop()?;
+        let _server = IperfServer::start(&netd.ns("s1"), IPERF_PORT)?;
+        settle()?;
+        let load = Load {
+            secs,
+            flows: 1,
+            udp_len: None,
+            cc: ctx.cc.clone(),
+        };
+        let flow = Client::start(&netd.ns("s0"), &topo.addr("s1")?, IPERF_PORT, &load)?;
+        let probe = Probe::start(&netd.ns("s0"), &netd.ns("s1"), target)?;
+        let mut tcp = TcpPair::open(&netd.ns("s0"), &netd.ns("s1"), target.ip().to_string())?;
+        sleep(Duration::from_secs_f64(secs / 2.0))?;
+        let logged = netd.take_over(timeout)?;
+        let gap = probe.finish()?;
+        let flow = flow.finish();
+        let kept = tcp.still_delivers() && flow.is_ok();
+        let retransmits = flow.as_ref().ok().and_then(|f| f.retransmits).unwrap_or(0);
+        let goodput = flow.as_ref().map_or(0.0, |f| f.goodput_bps);
+        eprintln!(
+            "  {NAME} N={n} upgrade rep {rep}: gap {:.1} ms (probe), {:.1} ms (netd), TCP {}, iperf3 {:.2} Gbit/s, {retransmits} retransmits{}",
+            gap.longest.as_secs_f64() * 1e3,
+            logged.as_secs_f64() * 1e3,
+            if kept { "kept" } else { "LOST" },
+            goodput / 1e9,
+            flow.as_ref()
+                .err()
+                .map(|e| format!(" ({e:#})"))
+                .unwrap_or_default(),
+        );
+        let metric = |m: &str| format!("N={n}: upgrade: {m}");
+        fig.add(
+            &metric("forwarding gap (probe)"),
+            Side::Netd,
+            gap.longest.as_secs_f64() * 1e3,
+        );
+        fig.add(
+            &metric("forwarding gap (netd's log)"),
+            Side::Netd,
+            logged.as_secs_f64() * 1e3,
+        );
+        fig.add(
+            &metric("iperf3 flow and TCP connection kept"),
+            Side::Netd,
+            f64::from(u8::from(kept)),
+        );
+        fig.add(
+            &metric("iperf3 retransmits"),
+            Side::Netd,
+            retransmits as f64,
+        );
+        out.runs.push(json!({
+            "scenario": NAME, "servers": n, "rep": rep, "upgrade": true,
+            "gap_probe_ms": gap.longest.as_secs_f64() * 1e3,
+            "gap_logged_ms": logged.as_secs_f64() * 1e3,
+            "kept": kept, "retransmits": retransmits, "goodput_bps": goodput,
+        }));
+    }
+    Ok(())
 }
 
 /// What the probe saw.
