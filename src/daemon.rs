@@ -55,6 +55,8 @@ pub struct UpOptions {
     pub datapath_priority: Option<Priority>,
     /// Take the TAPs over from the netd running this topology ([`crate::handover`]).
     pub take_over: bool,
+    /// How this daemon was started, so `netd upgrade` can start the installed binary alike.
+    pub relaunch: Option<control::Relaunch>,
 }
 
 impl Default for UpOptions {
@@ -70,6 +72,7 @@ impl Default for UpOptions {
             datapath_cpu: None,
             datapath_priority: None,
             take_over: false,
+            relaunch: None,
         }
     }
 }
@@ -247,13 +250,17 @@ pub async fn up(
     else {
         unreachable!("bound above on both paths");
     };
-    let control = Arc::new(Control::new(
+    let mut control = Control::new(
         topology.clone(),
         std::mem::take(&mut plumbing),
         updates,
         offload,
         stats.clone(),
-    ));
+    );
+    if let Some(relaunch) = options.relaunch.clone() {
+        control = control.with_relaunch(relaunch);
+    }
+    let control = Arc::new(control);
     let _socket_task = Task(tokio::spawn(control::socket::serve(
         listener,
         control.clone(),
@@ -310,9 +317,13 @@ pub async fn up(
     let mut handed_over = false;
     let result = loop {
         tokio::select! {
-            () = control.handed_over() => {
+            successor = control.handed_over() => {
                 // The new netd polls the TAPs now; ours are closed. Only gateways are left.
                 handed_over = true;
+                // Under systemd the new netd becomes the unit's main process.
+                if let Some(pid) = successor {
+                    notify(notifier.as_deref(), &format!("MAINPID={pid}"));
+                }
                 stop.stop();
                 let _ = (&mut finished).await;
                 break Ok(());

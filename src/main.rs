@@ -127,6 +127,11 @@ enum Command {
         #[arg(long)]
         uplink: bool,
     },
+    /// Upgrade in place: the daemon starts the netd binary now installed at its path with
+    /// `up … --take-over`, which takes the servers' TAPs over (forwarding pauses for
+    /// milliseconds, no connection is lost) while the old daemon exits. Waits until the new
+    /// one serves the control socket.
+    Upgrade,
     /// Re-read the topology file and apply only the difference (as SIGHUP does). Servers
     /// added live that the file no longer lists are removed only with --prune.
     Reload {
@@ -306,6 +311,7 @@ fn main() -> ExitCode {
                 datapath_cpu,
                 datapath_priority,
                 take_over,
+                relaunch: relaunch(),
             };
             match run_up(topology, options) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -346,6 +352,35 @@ fn find_socket(socket: Option<PathBuf>, topology: Option<PathBuf>) -> anyhow::Re
         return Ok(socket::socket_path(&name));
     }
     Ok(client::discover(&socket::run_dir())?)
+}
+
+/// How this process was started, for `netd upgrade` to start the installed binary alike.
+fn relaunch() -> Option<netd::control::Relaunch> {
+    Some(netd::control::Relaunch {
+        exe: std::env::current_exe().ok()?,
+        args: std::env::args_os().skip(1).collect(),
+    })
+}
+
+/// Wait until the process listening on the control socket `path` is `pid`.
+fn wait_for_server_pid(path: &Path, pid: u64, within: Duration) -> anyhow::Result<()> {
+    use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let serving = std::os::unix::net::UnixStream::connect(path)
+            .ok()
+            .and_then(|s| getsockopt(&s, PeerCredentials).ok())
+            .map(|cred| u64::try_from(cred.pid()).unwrap_or_default());
+        if serving == Some(pid) {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!(
+                "netd (pid {pid}) did not take over within {within:?}; see its log (the old netd goes on when a hand-over fails)"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Send one request; return its result or fail with the daemon's error.
@@ -403,6 +438,13 @@ fn client_command(
             } else {
                 print_stats(&serde_json::from_value(value)?);
             }
+            return Ok(());
+        }
+        Command::Upgrade => {
+            let started = call(&path, &Request::Upgrade)?;
+            let pid = started["pid"].as_u64().unwrap_or_default();
+            wait_for_server_pid(&path, pid, Duration::from_secs(30))?;
+            println!("upgraded: netd (pid {pid}) serves {}", path.display());
             return Ok(());
         }
         Command::Reload { prune } => {

@@ -140,3 +140,62 @@ fn the_shipped_unit_file_verifies() {
         "warnings about the unit: {text}"
     );
 }
+
+/// Stops a netd that no test helper started (the one `netd upgrade` made): SIGTERM, then
+/// waits up to 10 s for it to go, SIGKILL after that.
+struct StopPidOnDrop(u32);
+
+impl Drop for StopPidOnDrop {
+    fn drop(&mut self) {
+        let pid = self.0.to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            if Instant::now() > deadline {
+                let _ = Command::new("kill").args(["-KILL", &pid]).status();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Issue 11, upgrade under systemd: `netd upgrade` makes the daemon start the installed
+/// binary with `--take-over` in its own environment (so in the unit's cgroup, with its notify
+/// socket); the old one tells systemd the new main pid, and the new one says READY=1 and pets
+/// the watchdog.
+#[test]
+fn netd_upgrade_hands_over_and_tells_systemd_the_new_main_pid() {
+    require_privileges();
+    let topo = TestTopology::new(TOPOLOGY);
+    let dir = TempDir::new(&topo.prefix);
+    let path = dir.0.join("notify");
+    let socket = UnixDatagram::bind(&path).unwrap();
+    let path = path.to_str().unwrap().to_string();
+    let mut old = Daemon::spawn_with_env(
+        &topo,
+        &[],
+        &[("NOTIFY_SOCKET", &path), ("WATCHDOG_USEC", "200000")],
+    );
+    wait_for(&socket, "READY=1", Duration::from_secs(30));
+
+    let (ok, out, err) = common::netd_cli(&topo, &["upgrade"]);
+    assert!(ok, "{out}{err}\n{}", old.log());
+    let pid: u32 = out
+        .split("pid ")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .and_then(|pid| pid.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {out:?}"));
+    let new = StopPidOnDrop(pid);
+    let seen = wait_for(&socket, &format!("MAINPID={pid}"), Duration::from_secs(10));
+    assert!(!seen.iter().any(|s| s.contains("STOPPING=1")), "{seen:?}");
+    wait_for(&socket, "READY=1", Duration::from_secs(10));
+    wait_for(&socket, "WATCHDOG=1", Duration::from_secs(1));
+    assert!(common::netns_exists(&topo.name("a1")));
+    // Stopping the new netd tears down as ever (its log goes to the old one's stderr).
+    drop(new);
+    assert_eq!(old.wait_exit(), Some(0), "{}", old.log());
+    assert!(old.log().contains("took the ports over"), "{}", old.log());
+    assert!(!common::netns_exists(&topo.name("a1")), "a1 left behind");
+}

@@ -136,6 +136,8 @@ pub enum Request {
     /// Hand the TAPs and TUNs to the asking process, a new netd taking over (control socket
     /// only; see [`crate::handover`]).
     HandOver,
+    /// Start the netd binary as installed now, with `--take-over`: an upgrade in place.
+    Upgrade,
 }
 
 /// The daemon's answer: `{"ok":true,"result":...}` or `{"ok":false,"error":"..."}`.
@@ -210,6 +212,19 @@ pub struct Control {
     started: Instant,
     /// Told once the ports went to a new netd: the daemon then exits without tearing down.
     handed_over: tokio::sync::Notify,
+    /// The pid of the netd the ports went to.
+    successor: Mutex<Option<u32>>,
+    /// How to start this daemon again (`netd upgrade`), when known.
+    relaunch: Option<Relaunch>,
+}
+
+/// The command line that started this daemon, to start the installed binary the same way.
+#[derive(Debug, Clone)]
+pub struct Relaunch {
+    /// The binary's path as it was at start (an upgrade installs the new one there).
+    pub exe: PathBuf,
+    /// `netd up`'s arguments, program name excluded.
+    pub args: Vec<std::ffi::OsString>,
 }
 
 impl Control {
@@ -238,6 +253,8 @@ impl Control {
             rates: Mutex::new(RateMeter::default()),
             started: Instant::now(),
             handed_over: tokio::sync::Notify::new(),
+            successor: Mutex::new(None),
+            relaunch: None,
         }
     }
 
@@ -265,16 +282,48 @@ impl Control {
         self.state.lock().await.plumbing.tear_down();
     }
 
-    /// Wait until the ports went to a new netd ([`Control::hand_over`]).
-    pub async fn handed_over(&self) {
+    /// Say how this daemon was started, for `netd upgrade`.
+    #[must_use]
+    pub fn with_relaunch(mut self, relaunch: Relaunch) -> Control {
+        self.relaunch = Some(relaunch);
+        self
+    }
+
+    /// Wait until the ports went to a new netd ([`Control::hand_over`]); return its pid.
+    pub async fn handed_over(&self) -> Option<u32> {
         self.handed_over.notified().await;
+        *self.successor.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Start the binary installed at this daemon's path as `netd up … --take-over`; it then
+    /// takes the ports over on its own connection. Return its pid. It inherits this daemon's
+    /// environment (systemd's notify socket too) except `WATCHDOG_PID`, which names this one.
+    pub fn upgrade(&self, origin: &str) -> Result<u32, String> {
+        let relaunch = self
+            .relaunch
+            .as_ref()
+            .ok_or("This daemon does not know how it was started")?;
+        let mut command = std::process::Command::new(&relaunch.exe);
+        command
+            .args(&relaunch.args)
+            .env_remove("WATCHDOG_PID")
+            .stdin(std::process::Stdio::null());
+        if !relaunch.args.iter().any(|a| a == "--take-over") {
+            command.arg("--take-over");
+        }
+        let child = command
+            .spawn()
+            .map_err(|e| format!("Cannot start {}: {e}", relaunch.exe.display()))?;
+        info!(origin, pid = child.id(), exe = %relaunch.exe.display(), "upgrade: started the installed netd to take over");
+        Ok(child.id())
     }
 
     /// Hand every TAP and TUN to the new netd at the other end of `stream` (see
     /// [`crate::handover`]); on success let go of the kernel state and tell
     /// [`Control::handed_over`], otherwise put the ports back and carry on.
     pub async fn hand_over(&self, stream: tokio::net::UnixStream, origin: &str) {
-        let root = stream.peer_cred().is_ok_and(|cred| cred.uid() == 0);
+        let peer = stream.peer_cred().ok();
+        let root = peer.is_some_and(|cred| cred.uid() == 0);
         let mut stream = match stream.into_std() {
             Ok(stream) => stream,
             Err(err) => return warn!(origin, cause = %err, "hand-over: bad connection"),
@@ -321,6 +370,9 @@ impl Control {
                 );
                 state.plumbing.release();
                 drop(ports);
+                *self.successor.lock().unwrap_or_else(|e| e.into_inner()) = peer
+                    .and_then(|cred| cred.pid())
+                    .and_then(|pid| u32::try_from(pid).ok());
                 // Closed by our exit, which is what the new netd waits for.
                 std::mem::forget(stream);
                 self.handed_over.notify_one();
@@ -354,6 +406,10 @@ impl Control {
             Request::Reload { prune } => result(self.reload(origin, prune).await),
             Request::Apply { change } => result(self.apply(*change, origin).await),
             Request::HandOver => Response::failure("A hand-over is asked on the control socket"),
+            Request::Upgrade => match self.upgrade(origin) {
+                Ok(pid) => Response::ok(serde_json::json!({ "pid": pid })),
+                Err(message) => Response::failure(message),
+            },
         }
     }
 
