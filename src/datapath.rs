@@ -54,6 +54,7 @@ use tracing::{info, warn};
 use crate::kernel::sys::TimerFd;
 use crate::pool::{self, BufferPool};
 use crate::port::{Offload, Port};
+use crate::quarantine::{self, Quarantine};
 use crate::shaper::{Admit, Nanos, Shaper, Shaping};
 use crate::stats::{DropReason, Stats};
 use crate::storm::StormControl;
@@ -333,6 +334,8 @@ pub struct DataPath {
     /// no further frame comes, or readers would see counters stale until the next frame.
     unpublished: bool,
     storm: StormControl,
+    /// Ports muted for flooding netd with frames it drops.
+    quarantine: Quarantine,
     updates: mpsc::Receiver<Update>,
     update_handle: UpdateHandle,
     /// The priority the thread was given (set by [`DataPath::spawn`]).
@@ -399,6 +402,7 @@ impl DataPath {
                 last_publish: 0,
                 unpublished: false,
                 storm,
+                quarantine: Quarantine::default(),
                 updates,
                 update_handle,
                 priority: Priority::Normal,
@@ -454,7 +458,7 @@ impl DataPath {
     pub fn run(mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
         loop {
-            let busy = self.egress.ready.iter().any(|&r| r);
+            let busy = self.readable(self.now());
             let timeout = if busy {
                 Some(Duration::ZERO)
             } else if self.unpublished {
@@ -502,13 +506,15 @@ impl DataPath {
             if !self.egress.deadline_slots.is_empty() {
                 self.poll_deadline_ports(self.now());
             }
+            let now = self.now();
             for slot in 0..self.egress.ready.len() {
-                if self.egress.ready[slot] {
+                // A muted port keeps its frames (and its mark) until its quarantine ends.
+                if self.egress.ready[slot] && !self.is_muted(slot, now) {
                     self.egress.ready[slot] = self.drain(slot);
                 }
             }
             let now = self.now();
-            self.check_overload(now, self.egress.ready.iter().any(|&r| r));
+            self.check_overload(now, self.readable(now));
             // Frames released from the queues change the shaper's counters too.
             self.unpublished |= self.shapers.next_release().is_some();
             self.shapers.release(now, &mut self.egress);
@@ -656,15 +662,27 @@ impl DataPath {
         }
     }
 
-    /// Arm the timer for the shaper's next release or the earliest port deadline, unless it
-    /// is already armed for it.
+    /// Return true when a port not in quarantine may have frames to read.
+    fn readable(&self, now: Nanos) -> bool {
+        let ready = &self.egress.ready;
+        (0..ready.len()).any(|slot| ready[slot] && !self.is_muted(slot, now))
+    }
+
+    /// Return true while the port in `slot` is in quarantine.
+    fn is_muted(&self, slot: usize, now: Nanos) -> bool {
+        self.quarantine.is_muted(self.egress.ports[slot].id(), now)
+    }
+
+    /// Arm the timer for the shaper's next release, the earliest port deadline or the end of
+    /// a quarantine, unless it is already armed for it.
     fn arm_timer(&mut self, now: Nanos) -> io::Result<()> {
+        let unmute = self.quarantine.release(now);
         let egress = &self.egress;
         let ports = egress
             .deadline_slots
             .iter()
             .filter_map(|&slot| egress.ports[slot].poll_at());
-        let next = ports.chain(self.shapers.next_release()).min();
+        let next = ports.chain(self.shapers.next_release()).chain(unmute).min();
         if let Some(at) = next
             && self.timer_target != Some(at)
         {
@@ -698,8 +716,21 @@ impl DataPath {
             let (ingress, offload) = (port.id(), port.offload());
             self.unpublished = true;
             self.receive(ingress, offload, len);
+            if self.quarantine.is_muted(ingress, self.now()) {
+                return true;
+            }
         }
         true
+    }
+
+    /// Count a drop `ingress` caused against its quarantine budget.
+    fn hostile(&mut self, ingress: PortId, reason: DropReason, now: Nanos) {
+        if quarantine::is_hostile(reason)
+            && self.quarantine.count(ingress, now)
+            && let Some(counters) = self.egress.stats.ports.get(ingress.index())
+        {
+            counters.count_quarantine();
+        }
     }
 
     /// Count and decide the frame in `self.rx[..len]` from `ingress` (with the port's
@@ -717,6 +748,7 @@ impl DataPath {
         };
         let Some(vnet) = vnet else {
             egress.drop_received(ingress, frame.len(), DropReason::Malformed);
+            self.hostile(ingress, DropReason::Malformed, now);
             return;
         };
         let decision = if vnet.is_gso() {
@@ -729,6 +761,7 @@ impl DataPath {
             Decision::Unicast(tenant, _) | Decision::Flood(tenant) => tenant,
             Decision::Drop(reason) => {
                 egress.drop_received(ingress, frame.len(), reason);
+                self.hostile(ingress, reason, now);
                 return;
             }
         };
@@ -750,6 +783,7 @@ impl DataPath {
             && !self.storm.allow(ingress)
         {
             egress.count_drop(ingress, DropReason::StormControl);
+            self.hostile(ingress, DropReason::StormControl, now);
             return;
         }
         // The shaper is charged what the frame will be on a wire (a GSO frame's segments

@@ -36,6 +36,7 @@ pub mod handover;
 pub mod kernel;
 pub mod pool;
 pub mod port;
+pub mod quarantine;
 pub mod shaper;
 pub mod stats;
 pub mod storm;

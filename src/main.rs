@@ -718,7 +718,7 @@ fn print_stats(stats: &netd::control::report::StatsReport) {
     for p in &stats.ports {
         let c = &p.counters;
         println!(
-            "  {:<16} ({}) rx {} frames / {} B, tx {} frames / {} B; read errors {}; drops: {}",
+            "  {:<16} ({}) rx {} frames / {} B, tx {} frames / {} B; read errors {}; quarantines {}; drops: {}",
             p.server,
             p.tenant,
             c.rx_frames,
@@ -726,6 +726,7 @@ fn print_stats(stats: &netd::control::report::StatsReport) {
             c.tx_frames,
             c.tx_bytes,
             c.read_errors,
+            c.quarantines,
             drops(&c.drops)
         );
     }

@@ -126,6 +126,9 @@ pub struct Counters {
     /// Reads from the port that failed (other than "nothing to read"). The data path gives a
     /// port up at its first, so a port is down exactly when this is not zero.
     pub read_errors: AtomicU64,
+    /// Times the port was muted for sending more frames netd had to drop than its budget
+    /// (see [`crate::quarantine`]).
+    pub quarantines: AtomicU64,
 }
 
 /// A point-in-time copy of [`Counters`], for printing and serialising.
@@ -136,6 +139,7 @@ pub struct CounterSnapshot {
     pub tx_frames: u64,
     pub tx_bytes: u64,
     pub read_errors: u64,
+    pub quarantines: u64,
     /// Non-zero drop counts by reason name.
     pub drops: std::collections::BTreeMap<&'static str, u64>,
 }
@@ -166,6 +170,11 @@ impl Counters {
         self.read_errors.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Count a quarantine of the port.
+    pub fn count_quarantine(&self) {
+        self.quarantines.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Return true while the data path serves the port: no read of it has failed.
     pub fn is_up(&self) -> bool {
         self.read_errors.load(Ordering::Relaxed) == 0
@@ -184,6 +193,7 @@ impl Counters {
             tx_frames: self.tx_frames.load(Ordering::Relaxed),
             tx_bytes: self.tx_bytes.load(Ordering::Relaxed),
             read_errors: self.read_errors.load(Ordering::Relaxed),
+            quarantines: self.quarantines.load(Ordering::Relaxed),
             drops: DropReason::ALL
                 .iter()
                 .map(|&r| (r.as_str(), self.drops(r)))

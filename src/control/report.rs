@@ -154,6 +154,9 @@ pub struct Counts {
     /// Failed reads of a port (zero for tenants; failed writes are `drops.write_failed`).
     #[serde(default)]
     pub read_errors: u64,
+    /// Times a port was muted for flooding netd with frames it drops (zero for tenants).
+    #[serde(default)]
+    pub quarantines: u64,
     pub drops: BTreeMap<String, u64>,
 }
 
@@ -165,6 +168,7 @@ impl From<CounterSnapshot> for Counts {
             tx_frames: s.tx_frames,
             tx_bytes: s.tx_bytes,
             read_errors: s.read_errors,
+            quarantines: s.quarantines,
             drops: DropReason::ALL
                 .iter()
                 .map(|r| {
@@ -369,6 +373,17 @@ pub fn prometheus(status: &Status, stats: &StatsReport) -> String {
             .ports
             .iter()
             .map(|p| (port(&p.server, &p.tenant), p.counters.read_errors))
+            .collect(),
+    );
+    family(
+        "netd_port_quarantines_total",
+        "counter",
+        "Times a port was muted (not read for the rest of a 100 ms window) for sending more \
+         frames netd had to drop than its budget, per port (server).",
+        stats
+            .ports
+            .iter()
+            .map(|p| (port(&p.server, &p.tenant), p.counters.quarantines))
             .collect(),
     );
     family(
