@@ -364,6 +364,10 @@ pub async fn up(
     log_stats(&control.topology().await, &control.stats());
     if handed_over {
         info!("handed over: the servers run on under the new netd");
+    } else if result.is_err() {
+        // A failure is a crash, not a stop: the servers stay for the next netd to adopt.
+        control.release().await;
+        error!("the servers stay up: `netd up FILE` adopts them, `netd down FILE` removes them");
     } else {
         control.tear_down().await;
         info!("removed every namespace and TAP netd created");

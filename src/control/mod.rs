@@ -396,6 +396,12 @@ impl Control {
         }
     }
 
+    /// Let go of the namespaces, TAPs and routers without tearing them down (after a
+    /// failure: the next netd adopts them).
+    pub async fn release(&self) {
+        self.state.lock().await.plumbing.release();
+    }
+
     /// Answer one request; `origin` says who asked (for the logs).
     pub async fn handle(&self, request: Request, origin: &str) -> Response {
         match request {
