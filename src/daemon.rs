@@ -143,113 +143,84 @@ pub async fn up(
         .map(|_| read_operator_tokens(&options))
         .transpose()?;
     let mut sighup = signal(SignalKind::hangup()).map_err(DaemonError::Signal)?;
-    let (topology, offload, mut taken) = if options.take_over {
-        let (topology, taken) = take_over(topology, &socket_path)?;
-        let offload = if taken.offer.vnet_header {
-            Offload::VnetHeader
-        } else {
-            Offload::None
-        };
-        (topology, offload, Some(taken))
+    // Claim the socket before creating anything: a second daemon for the same topology stops
+    // here. Taking over, the old daemon still holds it: bound once it has gone (below).
+    let (topology, prepared, start, mut plumbing) = if options.take_over {
+        let (topology, prepared, taken) = take_over(topology, &socket_path)?;
+        (
+            topology,
+            prepared,
+            Start::TakingOver(taken),
+            Plumbing::default(),
+        )
     } else {
+        let endpoints = Endpoints::bind(
+            &socket_path,
+            &options,
+            operator_tokens.as_ref(),
+            &topology.name,
+        )
+        .await?;
         let offload = if options.offload {
             Offload::VnetHeader
         } else {
             Offload::None
         };
-        (topology, offload, None)
+        let mut plumbing = kernel::bring_up(&topology, offload)?;
+        let ports = kernel_ports(&mut plumbing, offload);
+        let prepared = prepare(&topology, ports, offload)?;
+        (topology, prepared, Start::Fresh(endpoints), plumbing)
     };
-    // Claim the socket before creating anything: a second daemon for the same topology stops
-    // here. Taking over, the old daemon still holds it: bound once it has gone (below).
-    let mut endpoints = match taken {
-        None => Some(
-            Endpoints::bind(
-                &socket_path,
-                &options,
-                operator_tokens.as_ref(),
-                &topology.name,
-            )
-            .await?,
-        ),
-        Some(_) => None,
-    };
-    let (mut plumbing, mut ports) = match taken.take() {
-        Some(mut handed) => match handed_ports(&topology, &mut handed, offload) {
-            Ok(ports) => {
-                taken = Some(handed);
-                (Plumbing::default(), ports)
-            }
-            Err(err) => {
-                handed.abort();
-                return Err(err);
-            }
-        },
-        None => {
-            let mut plumbing = kernel::bring_up(&topology, offload)?;
-            let ports = kernel_ports(&mut plumbing, offload);
-            (plumbing, ports)
-        }
-    };
-    for tenant in &topology.tenants {
-        if let Some(gateway) = GatewayPort::of(&topology, tenant.id) {
-            ports.push(Box::new(gateway));
-        }
-    }
-    let stats = Arc::new(Stats::new(
-        topology.port_id_bound(),
-        topology.tenant_id_bound(),
-    ));
-    let (datapath, stop) = DataPath::new(
-        Switch::new(&topology),
-        Shaping::from_topology(&topology),
-        ports,
-        stats.clone(),
-    )
-    .map_err(DaemonError::StartDataPath)?;
+    let Prepared {
+        datapath,
+        stop,
+        stats,
+        offload,
+    } = prepared;
     let updates = datapath.update_handle();
     let (thread, priority) = datapath
         .spawn(options.datapath_cpu, options.datapath_priority)
         .map_err(DaemonError::StartDataPath)?;
     info!(%priority, cpu = options.datapath_cpu, "data path running");
     let mut finished = tokio::task::spawn_blocking(move || thread.join());
-    if let Some(taken) = taken.take() {
-        let stopped_at = taken.offer.stopped_at_usec;
-        let gap_us = kernel::sys::monotonic_usec().saturating_sub(stopped_at);
-        info!(
-            gap_ms = gap_us as f64 / 1000.0,
-            ports = taken.offer.ports.len(),
-            "took the ports over: forwarding again"
-        );
-        // From here the servers are ours: whatever fails, they must not be torn down.
-        taken
-            .confirm()
-            .map_err(|e| DaemonError::HandOver(e.into()))?;
-        plumbing = Plumbing::handed_over(&topology);
-        match Endpoints::bind(
-            &socket_path,
-            &options,
-            operator_tokens.as_ref(),
-            &topology.name,
-        )
-        .await
-        {
-            Ok(bound) => endpoints = Some(bound),
-            Err(err) => {
-                plumbing.release();
-                error!("servers left running: `netd up FILE` adopts them");
-                return Err(err);
+    let endpoints = match start {
+        Start::Fresh(endpoints) => endpoints,
+        Start::TakingOver(taken) => {
+            let stopped_at = taken.offer.stopped_at_usec;
+            let gap_us = kernel::sys::monotonic_usec().saturating_sub(stopped_at);
+            info!(
+                gap_ms = gap_us as f64 / 1000.0,
+                ports = taken.offer.ports.len(),
+                "took the ports over: forwarding again"
+            );
+            // From here the servers are ours: whatever fails, they must not be torn down.
+            taken
+                .confirm()
+                .map_err(|e| DaemonError::HandOver(e.into()))?;
+            plumbing = Plumbing::handed_over(&topology);
+            match Endpoints::bind(
+                &socket_path,
+                &options,
+                operator_tokens.as_ref(),
+                &topology.name,
+            )
+            .await
+            {
+                Ok(bound) => bound,
+                Err(err) => {
+                    plumbing.release();
+                    error!("servers left running: `netd up FILE` adopts them");
+                    return Err(err);
+                }
             }
         }
-    }
-    let Some(Endpoints {
+    };
+    let Endpoints {
         listener,
         http,
         http_auth,
         _socket_file,
-    }) = endpoints
-    else {
-        unreachable!("bound above on both paths");
-    };
+    } = endpoints;
     let mut control = Control::new(
         topology.clone(),
         std::mem::take(&mut plumbing),
@@ -375,19 +346,100 @@ pub async fn up(
     result.map(|()| control.stats())
 }
 
+/// How `up` starts: from nothing, its endpoints bound; or taking the ports over from a
+/// running netd, binding its endpoints once that one has gone.
+enum Start {
+    Fresh(Endpoints),
+    TakingOver(handover::Taken),
+}
+
+/// A data path built and ready to spawn, with its counters.
+struct Prepared {
+    datapath: DataPath,
+    stop: crate::datapath::StopHandle,
+    stats: Arc<Stats>,
+    /// What the servers' TAPs carry.
+    offload: Offload,
+}
+
+/// Build the data path of `topology` around `ports` (plus the tenants' gateways).
+fn prepare(
+    topology: &Topology,
+    mut ports: Vec<Box<dyn Port>>,
+    offload: Offload,
+) -> Result<Prepared, DaemonError> {
+    for tenant in &topology.tenants {
+        if let Some(gateway) = GatewayPort::of(topology, tenant.id) {
+            ports.push(Box::new(gateway));
+        }
+    }
+    let stats = Arc::new(Stats::new(
+        topology.port_id_bound(),
+        topology.tenant_id_bound(),
+    ));
+    let (datapath, stop) = DataPath::new(
+        Switch::new(topology),
+        Shaping::from_topology(topology),
+        ports,
+        stats.clone(),
+    )
+    .map_err(DaemonError::StartDataPath)?;
+    Ok(Prepared {
+        datapath,
+        stop,
+        stats,
+        offload,
+    })
+}
+
 /// Take the ports over from the daemon on `socket_path`; return the topology it runs (live
-/// changes included, read as if from `file_topology`'s file) and what it handed over.
+/// changes included, read as if from `file_topology`'s file), the data path with them
+/// attached, ready to spawn, and the hand-over to confirm once it runs.
+///
+/// Everything that does not need the ports is built before asking for them (the shapers'
+/// queues of a thousand servers take 20 ms to allocate): usually the running state is the
+/// file, as live changes are written back to it; if not, it is built again from the state.
 fn take_over(
     file_topology: Topology,
     socket_path: &std::path::Path,
-) -> Result<(Topology, handover::Taken), DaemonError> {
-    let taken = handover::take(socket_path)?;
-    match crate::topology::parse(&file_topology.source, &taken.offer.topology) {
-        Ok(topology) => Ok((topology, taken)),
-        Err(errors) => {
+) -> Result<(Topology, Prepared, handover::Taken), DaemonError> {
+    let file_text = toml::to_string(&file_topology.to_file()).unwrap_or_default();
+    let early = prepare(&file_topology, Vec::new(), Offload::None)?;
+    let mut taken = handover::take(socket_path)?;
+    let offload = if taken.offer.vnet_header {
+        Offload::VnetHeader
+    } else {
+        Offload::None
+    };
+    let built = if taken.offer.topology == file_text {
+        Ok((file_topology, early))
+    } else {
+        drop(early);
+        warn!("the running topology differs from the file: building its data path in the gap");
+        crate::topology::parse(&file_topology.source, &taken.offer.topology)
+            .map_err(|errors| {
+                let errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
+                DaemonError::HandedTopology(errors.join("; "))
+            })
+            .and_then(|topology| {
+                let prepared = prepare(&topology, Vec::new(), offload)?;
+                Ok((topology, prepared))
+            })
+    };
+    let attached = built.and_then(|(topology, mut prepared)| {
+        let ports = handed_ports(&topology, &mut taken, offload)?;
+        prepared
+            .datapath
+            .attach(ports)
+            .map_err(DaemonError::StartDataPath)?;
+        prepared.offload = offload;
+        Ok((topology, prepared))
+    });
+    match attached {
+        Ok((topology, prepared)) => Ok((topology, prepared, taken)),
+        Err(err) => {
             taken.abort();
-            let errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
-            Err(DaemonError::HandedTopology(errors.join("; ")))
+            Err(err)
         }
     }
 }

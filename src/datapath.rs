@@ -412,6 +412,17 @@ impl DataPath {
         ))
     }
 
+    /// Add `ports` to a data path that does not run yet (an upgrade prepares the loop first
+    /// and adds the ports it was handed last, so they wait as little as possible).
+    pub fn attach(&mut self, ports: Vec<Box<dyn Port>>) -> io::Result<()> {
+        let registry = self.poll.registry();
+        for port in ports {
+            self.egress.add_port(registry, port)?;
+        }
+        self.egress.deadline_slots = deadline_slots(&self.egress.ports);
+        Ok(())
+    }
+
     /// Return a handle that sends live changes to this data path.
     pub fn update_handle(&self) -> UpdateHandle {
         self.update_handle.clone()
@@ -568,18 +579,10 @@ impl DataPath {
             egress.stats = stats;
         }
         for port in update.add {
-            let slot = egress.ports.len();
             let id = port.id();
-            if let Err(err) = register(registry, port.as_ref(), slot) {
+            if let Err(err) = egress.add_port(registry, port) {
                 warn!(port = %id, cause = %err, "cannot poll new port");
-                continue;
             }
-            if egress.slot_of.len() <= id.index() {
-                egress.slot_of.resize(id.index() + 1, None);
-            }
-            egress.slot_of[id.index()] = Some(slot);
-            egress.ports.push(port);
-            egress.ready.push(true);
         }
         if let Some(config) = update.shaper {
             // Frames of removed tenants come back: recycle their buffers.
@@ -983,6 +986,20 @@ impl Egress {
     }
 
     /// Count a drop on the ingress port and its tenant.
+    /// Poll `port` in a new slot, marked ready (it may hold frames already).
+    fn add_port(&mut self, registry: &Registry, port: Box<dyn Port>) -> io::Result<()> {
+        let slot = self.ports.len();
+        let id = port.id();
+        register(registry, port.as_ref(), slot)?;
+        if self.slot_of.len() <= id.index() {
+            self.slot_of.resize(id.index() + 1, None);
+        }
+        self.slot_of[id.index()] = Some(slot);
+        self.ports.push(port);
+        self.ready.push(true);
+        Ok(())
+    }
+
     fn count_drop(&self, ingress: PortId, reason: DropReason) {
         self.stats.ports[ingress.index()].count_drop(reason);
         // A queued frame of a port removed since has no tenant any more.

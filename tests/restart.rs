@@ -199,3 +199,29 @@ fn take_over_without_a_running_netd_is_refused_and_creates_nothing() {
     );
     assert!(!netns_exists(&topo.name("a1")));
 }
+
+/// The running state wins over a file edited since: the new netd takes over what the old one
+/// runs (here a guarantee the file no longer says), not what the file says.
+#[test]
+fn take_over_runs_the_running_state_not_a_file_edited_since() {
+    require_privileges();
+    let topo = TestTopology::new(TOPOLOGY);
+    let mut old = Daemon::start(&topo, &[]);
+    let text = std::fs::read_to_string(&topo.path).unwrap();
+    std::fs::write(&topo.path, text.replacen("400mbit", "300mbit", 1)).unwrap();
+    let new = Daemon::start(&topo, &["--take-over"]);
+    assert_eq!(old.wait_exit(), Some(0), "{}", old.log());
+    assert!(new.log().contains("differs from the file"), "{}", new.log());
+    let (ok, out, err) = common::netd_cli(&topo, &["status", "--json"]);
+    assert!(ok, "{err}");
+    let status: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let a = status["tenants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == topo.name("a"))
+        .unwrap_or_else(|| panic!("no tenant a in {status}"))
+        .clone();
+    assert_eq!(a["guaranteed_bps"], 400_000_000, "{a}");
+    assert!(ping(&topo.name("a1"), "10.67.0.2", 2));
+}

@@ -336,6 +336,8 @@ impl Control {
             return;
         }
         let mut state = self.state.lock().await;
+        // Written before the data path lets go: the gap is only what must be in it.
+        let topology = toml::to_string(&state.topology.to_file()).unwrap_or_default();
         let ports = match detach_fd_ports(&state).await {
             Ok(ports) => ports,
             Err(refusal) => {
@@ -347,7 +349,7 @@ impl Control {
         };
         let stopped_at_usec = kernel::sys::monotonic_usec();
         let offer = handover::Offer {
-            topology: toml::to_string(&state.topology.to_file()).unwrap_or_default(),
+            topology,
             ports: ports
                 .iter()
                 .map(|p| handed_port(&state.topology, p.id()))
