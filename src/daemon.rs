@@ -161,11 +161,7 @@ pub async fn up(
             &topology.name,
         )
         .await?;
-        let offload = if options.offload {
-            Offload::VnetHeader
-        } else {
-            Offload::None
-        };
+        let offload = Offload::with_header(options.offload);
         let mut plumbing = kernel::bring_up(&topology, offload)?;
         let ports = kernel_ports(&mut plumbing, offload);
         let prepared = prepare(&topology, ports, offload)?;
@@ -406,11 +402,7 @@ fn take_over(
     let file_text = toml::to_string(&file_topology.to_file()).unwrap_or_default();
     let early = prepare(&file_topology, Vec::new(), Offload::None)?;
     let mut taken = handover::take(socket_path)?;
-    let offload = if taken.offer.vnet_header {
-        Offload::VnetHeader
-    } else {
-        Offload::None
-    };
+    let offload = Offload::with_header(taken.offer.vnet_header);
     let built = if taken.offer.topology == file_text {
         Ok((file_topology, early))
     } else {

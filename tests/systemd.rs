@@ -23,6 +23,21 @@ tenant = "{p}-a"
 ip = "10.79.0.10/24"
 "#;
 
+/// Start netd as a `Type=notify` unit with `WatchdogSec=` would: a notify socket the test
+/// holds (returned, with the directory it lives in) and a 200 ms watchdog.
+fn spawn_as_systemd_would(topo: &TestTopology) -> (Daemon, UnixDatagram, TempDir) {
+    let dir = TempDir::new(&topo.prefix);
+    let path = dir.0.join("notify");
+    let socket = UnixDatagram::bind(&path).unwrap();
+    let path = path.to_str().unwrap().to_string();
+    let netd = Daemon::spawn_with_env(
+        topo,
+        &[],
+        &[("NOTIFY_SOCKET", &path), ("WATCHDOG_USEC", "200000")],
+    );
+    (netd, socket, dir)
+}
+
 /// Wait for a notification containing `want`; return every datagram seen until then.
 fn wait_for(socket: &UnixDatagram, want: &str, within: Duration) -> Vec<String> {
     let deadline = Instant::now() + within;
@@ -51,22 +66,16 @@ fn wait_for(socket: &UnixDatagram, want: &str, within: Duration) -> Vec<String> 
 fn netd_tells_systemd_ready_watchdog_reloading_and_stopping() {
     require_privileges();
     let topo = TestTopology::new(TOPOLOGY);
-    let dir = TempDir::new(&topo.prefix);
-    let path = dir.0.join("notify");
-    let socket = UnixDatagram::bind(&path).unwrap();
-    let path = path.to_str().unwrap().to_string();
-    let mut netd = Daemon::spawn_with_env(
-        &topo,
-        &[],
-        &[("NOTIFY_SOCKET", &path), ("WATCHDOG_USEC", "200000")],
-    );
+    let (mut netd, socket, _dir) = spawn_as_systemd_would(&topo);
     let ready = wait_for(&socket, "READY=1", Duration::from_secs(30));
     assert!(
         ready.last().unwrap().contains("STATUS=serving 1 servers"),
         "{ready:?}"
     );
+    // netd logs "netd is up" before it sends READY=1; the log line may still be in the pipe.
     assert!(
-        netd.log().contains("netd is up"),
+        netd.wait_for("netd is up", Duration::from_secs(2))
+            .is_some(),
         "READY=1 before the servers were up"
     );
     // The watchdog at half of 200 ms: several pings in a second.
@@ -168,15 +177,7 @@ impl Drop for StopPidOnDrop {
 fn netd_upgrade_hands_over_and_tells_systemd_the_new_main_pid() {
     require_privileges();
     let topo = TestTopology::new(TOPOLOGY);
-    let dir = TempDir::new(&topo.prefix);
-    let path = dir.0.join("notify");
-    let socket = UnixDatagram::bind(&path).unwrap();
-    let path = path.to_str().unwrap().to_string();
-    let mut old = Daemon::spawn_with_env(
-        &topo,
-        &[],
-        &[("NOTIFY_SOCKET", &path), ("WATCHDOG_USEC", "200000")],
-    );
+    let (mut old, socket, _dir) = spawn_as_systemd_would(&topo);
     wait_for(&socket, "READY=1", Duration::from_secs(30));
 
     let (ok, out, err) = common::netd_cli(&topo, &["upgrade"]);

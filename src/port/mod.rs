@@ -48,6 +48,15 @@ pub enum Offload {
 }
 
 impl Offload {
+    /// [`Offload::VnetHeader`] when `vnet_header`, else [`Offload::None`].
+    pub fn with_header(vnet_header: bool) -> Offload {
+        if vnet_header {
+            Offload::VnetHeader
+        } else {
+            Offload::None
+        }
+    }
+
     /// Return the bytes before each frame.
     pub fn header_len(self) -> usize {
         match self {
