@@ -72,11 +72,15 @@ fn netd_tells_systemd_ready_watchdog_reloading_and_stopping() {
         ready.last().unwrap().contains("STATUS=serving 1 servers"),
         "{ready:?}"
     );
-    // netd logs "netd is up" before it sends READY=1; the log line may still be in the pipe.
+    // At READY=1 the server's eth0 is there and has carrier (netd holds its TAP).
+    let link = Command::new("ip")
+        .args(["-n", &topo.name("a1"), "link", "show", "eth0"])
+        .output()
+        .unwrap();
+    let link = String::from_utf8_lossy(&link.stdout);
     assert!(
-        netd.wait_for("netd is up", Duration::from_secs(2))
-            .is_some(),
-        "READY=1 before the servers were up"
+        link.contains("LOWER_UP"),
+        "READY=1 before the servers were up: {link}"
     );
     // The watchdog at half of 200 ms: several pings in a second.
     let start = Instant::now();
