@@ -110,10 +110,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Change a tenant's rates or weight live.
+    /// Change tenants' rates or weights live: one tenant with flags (`set-rate acme
+    /// --guaranteed 300mbit`), or several as one change validated as a whole, so guarantee
+    /// can move between tenants at full capacity (`set-rate acme.guaranteed=200mbit
+    /// globex.guaranteed=300mbit`; keys guaranteed, ceiling, weight, and uplink.KEY).
     SetRate {
-        /// The tenant's name.
-        tenant: String,
+        /// The tenant's name, or TENANT.KEY=VALUE assignments.
+        #[arg(required = true, value_name = "TENANT | TENANT.KEY=VALUE")]
+        tenant: Vec<String>,
         /// New guaranteed rate, e.g. 200mbit.
         #[arg(long, value_name = "RATE")]
         guaranteed: Option<String>,
@@ -458,12 +462,23 @@ fn client_command(
             ceiling,
             weight,
             uplink,
-        } => Change::SetRate {
-            tenant,
-            guaranteed,
-            ceiling,
-            weight,
-            uplink,
+        } => match tenant.as_slice() {
+            [one] if !one.contains('=') => Change::SetRate {
+                tenant: one.clone(),
+                guaranteed,
+                ceiling,
+                weight,
+                uplink,
+            },
+            _ if guaranteed.is_some() || ceiling.is_some() || weight.is_some() || uplink => {
+                anyhow::bail!(
+                    "give one tenant with --guaranteed/--ceiling/--weight/--uplink, or TENANT.KEY=VALUE assignments, not both"
+                )
+            }
+            assignments => Change::SetRates {
+                rates: netd::control::change::parse_assignments(assignments)
+                    .map_err(anyhow::Error::msg)?,
+            },
         },
         Command::AddTenant {
             name,

@@ -707,3 +707,68 @@ fn live_changes_survive_reload_and_restart_and_pruning_is_explicit() {
     netd_ok(&topo, &["reload", "--prune"]);
     assert!(!netns_exists(&s));
 }
+
+/// Issue 12 (its control-plane part): several tenants' rates in one change, validated as a
+/// whole, so guarantee moves between tenants at full capacity, from the CLI and over HTTP;
+/// one bad member refuses it all.
+#[test]
+fn set_rate_moves_guarantee_between_tenants_in_one_change() {
+    require_privileges();
+    let topo = TestTopology::new(TOPOLOGY);
+    let mut netd = Daemon::start(&topo, &["--http", "127.0.0.1:0"]);
+    let (a, b) = (topo.name("a"), topo.name("b"));
+    let guarantees = |topo: &TestTopology| {
+        let s = status(topo);
+        (
+            tenant(&s, &a)["guaranteed_bps"].as_u64().unwrap(),
+            tenant(&s, &b)["guaranteed_bps"].as_u64().unwrap(),
+        )
+    };
+    // 400 + 400 of 1000: a to 700 alone would pass the capacity, with b to 300 it does not.
+    let (ok, _, err) = netd_cli(&topo, &["set-rate", &a, "--guaranteed", "700mbit"]);
+    assert!(!ok, "{err}");
+    let (ok, out, err) = netd_cli(
+        &topo,
+        &[
+            "set-rate",
+            &format!("{a}.guaranteed=700mbit"),
+            &format!("{b}.guaranteed=300mbit"),
+            &format!("{b}.weight=3"),
+        ],
+    );
+    assert!(ok, "{out}{err}");
+    assert_eq!(guarantees(&topo), (700_000_000, 300_000_000));
+    let file = std::fs::read_to_string(&topo.path).unwrap();
+    assert!(
+        file.contains("700mbit") && file.contains("300mbit"),
+        "not written back: {file}"
+    );
+    // One bad member (a ceiling below its guarantee) refuses the whole change.
+    let (ok, _, err) = netd_cli(
+        &topo,
+        &[
+            "set-rate",
+            &format!("{a}.guaranteed=400mbit"),
+            &format!("{b}.ceiling=100mbit"),
+        ],
+    );
+    assert!(
+        !ok && err.contains("ceiling is below the guarantee"),
+        "{err}"
+    );
+    assert_eq!(guarantees(&topo), (700_000_000, 300_000_000));
+    // Flags and assignments do not mix.
+    let (ok, _, err) = netd_cli(
+        &topo,
+        &["set-rate", &format!("{a}.weight=2"), "--weight", "2"],
+    );
+    assert!(!ok && err.contains("not both"), "{err}");
+    // The same over HTTP, in one POST.
+    let api = http_api(&mut netd);
+    let body = format!(
+        r#"{{"rates":[{{"tenant":"{b}","guaranteed":"400mbit"}},{{"tenant":"{a}","guaranteed":"400mbit"}}]}}"#
+    );
+    let (code, answer) = http(&api, "POST", "/api/set-rates", Some(&body));
+    assert_eq!(code, 200, "{answer}");
+    assert_eq!(guarantees(&topo), (400_000_000, 400_000_000));
+}

@@ -33,6 +33,9 @@ pub enum Change {
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         uplink: bool,
     },
+    /// Change several tenants' rates at once, validated as a whole: guarantee moves from one
+    /// tenant to another without the sum passing the capacity half-way.
+    SetRates { rates: Vec<RateChange> },
     /// Add a tenant (keys as in a `[tenants.NAME]` table).
     AddTenant { name: String, tenant: FileTenant },
     /// Remove a tenant that has no servers.
@@ -41,6 +44,22 @@ pub enum Change {
     AddServer { name: String, server: FileServer },
     /// Remove a server.
     RemoveServer { name: String },
+}
+
+/// One tenant's new rates in a [`Change::SetRates`]; absent fields keep their value.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateChange {
+    pub tenant: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guaranteed: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ceiling: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<i64>,
+    /// The tenant's rates on the uplink rather than its own.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub uplink: bool,
 }
 
 /// Build the topology that `change` leads to, validated and renumbered against `running`.
@@ -60,28 +79,22 @@ pub fn propose(
             ceiling,
             weight,
             uplink,
-        } => {
-            let entry = file
-                .tenants
-                .get_mut(tenant)
-                .ok_or_else(|| ControlError::UnknownTenant(tenant.clone()))?;
-            if guaranteed.is_none() && ceiling.is_none() && weight.is_none() {
-                return Err(ControlError::NothingToChange(tenant.clone()));
+        } => set_rate(
+            &mut file,
+            &RateChange {
+                tenant: tenant.clone(),
+                guaranteed: guaranteed.clone(),
+                ceiling: ceiling.clone(),
+                weight: *weight,
+                uplink: *uplink,
+            },
+        )?,
+        Change::SetRates { rates } => {
+            if rates.is_empty() {
+                return Err(ControlError::NothingToChange("(none named)".into()));
             }
-            let (g_slot, c_slot, w_slot) = if *uplink {
-                let rates = entry.uplink.get_or_insert_default();
-                (&mut rates.guaranteed, &mut rates.ceiling, &mut rates.weight)
-            } else {
-                (&mut entry.guaranteed, &mut entry.ceiling, &mut entry.weight)
-            };
-            if let Some(g) = guaranteed {
-                *g_slot = Some(g.clone());
-            }
-            if let Some(c) = ceiling {
-                *c_slot = Some(c.clone());
-            }
-            if let Some(w) = weight {
-                *w_slot = Some(*w);
+            for rate in rates {
+                set_rate(&mut file, rate)?;
             }
         }
         Change::AddTenant { name, tenant } => {
@@ -116,6 +129,88 @@ pub fn propose(
         }
     }
     accept(running, &running.source, &file, next_tenant, next_port)
+}
+
+/// Parse the CLI's `TENANT.KEY=VALUE` assignments into one [`RateChange`] per tenant (and
+/// per uplink or not), in the order tenants first appear. Keys: `guaranteed`, `ceiling`,
+/// `weight`, and the same after `uplink.` for the tenant's rates on the uplink.
+pub fn parse_assignments(args: &[String]) -> Result<Vec<RateChange>, String> {
+    let mut rates: Vec<RateChange> = Vec::new();
+    for arg in args {
+        let (lhs, value) = arg
+            .split_once('=')
+            .ok_or_else(|| format!("{arg:?}: expected TENANT.KEY=VALUE"))?;
+        let (tenant, uplink, key) = ["guaranteed", "ceiling", "weight"]
+            .iter()
+            .find_map(|key| {
+                if let Some(tenant) = lhs.strip_suffix(&format!(".uplink.{key}")) {
+                    Some((tenant, true, *key))
+                } else {
+                    lhs.strip_suffix(&format!(".{key}"))
+                        .map(|tenant| (tenant, false, *key))
+                }
+            })
+            .filter(|(tenant, _, _)| !tenant.is_empty())
+            .ok_or_else(|| {
+                format!("{arg:?}: expected TENANT.KEY=VALUE with KEY guaranteed, ceiling, weight or uplink.<one of those>")
+            })?;
+        let index = match rates
+            .iter()
+            .position(|r| r.tenant == tenant && r.uplink == uplink)
+        {
+            Some(index) => index,
+            None => {
+                rates.push(RateChange {
+                    tenant: tenant.to_string(),
+                    guaranteed: None,
+                    ceiling: None,
+                    weight: None,
+                    uplink,
+                });
+                rates.len() - 1
+            }
+        };
+        let rate = &mut rates[index];
+        match key {
+            "guaranteed" => rate.guaranteed = Some(value.to_string()),
+            "ceiling" => rate.ceiling = Some(value.to_string()),
+            _ => {
+                rate.weight = Some(
+                    value
+                        .parse()
+                        .map_err(|_| format!("{arg:?}: a weight is a whole number"))?,
+                );
+            }
+        }
+    }
+    Ok(rates)
+}
+
+/// Write one tenant's new rates into `file` (validated later, with the whole file).
+fn set_rate(file: &mut FileTopology, rate: &RateChange) -> Result<(), ControlError> {
+    let entry = file
+        .tenants
+        .get_mut(&rate.tenant)
+        .ok_or_else(|| ControlError::UnknownTenant(rate.tenant.clone()))?;
+    if rate.guaranteed.is_none() && rate.ceiling.is_none() && rate.weight.is_none() {
+        return Err(ControlError::NothingToChange(rate.tenant.clone()));
+    }
+    let (g_slot, c_slot, w_slot) = if rate.uplink {
+        let rates = entry.uplink.get_or_insert_default();
+        (&mut rates.guaranteed, &mut rates.ceiling, &mut rates.weight)
+    } else {
+        (&mut entry.guaranteed, &mut entry.ceiling, &mut entry.weight)
+    };
+    if let Some(g) = &rate.guaranteed {
+        *g_slot = Some(g.clone());
+    }
+    if let Some(c) = &rate.ceiling {
+        *c_slot = Some(c.clone());
+    }
+    if let Some(w) = rate.weight {
+        *w_slot = Some(w);
+    }
+    Ok(())
 }
 
 /// Validate `file` as if read from `path` and renumber it against `running`.
@@ -246,6 +341,67 @@ mod tests {
             ceiling: None,
             weight: None,
             uplink: false,
+        }
+    }
+
+    #[test]
+    fn set_rates_moves_guarantee_that_one_step_at_a_time_could_not() {
+        let (t, mut nt, mut np) = base();
+        let capacity = t.capacity.bits_per_sec();
+        let a = t.tenant_by_name("a").unwrap().guaranteed.bits_per_sec();
+        let c = t.tenant_by_name("c").unwrap().guaranteed.bits_per_sec();
+        let spare = capacity
+            - t.tenants
+                .iter()
+                .map(|t| t.guaranteed.bits_per_sec())
+                .sum::<u64>();
+        // Give c all the spare and 100 Mbit/s of a's: alone, that passes the capacity.
+        let c_new = format!("{}bit", c + spare + 100_000_000);
+        let a_new = format!("{}bit", a - 100_000_000);
+        assert!(propose(&t, &set_rate("c", &c_new), &mut nt, &mut np).is_err());
+        let both = Change::SetRates {
+            rates: parse_assignments(&[
+                format!("a.guaranteed={a_new}"),
+                format!("c.guaranteed={c_new}"),
+            ])
+            .unwrap(),
+        };
+        let new = propose(&t, &both, &mut nt, &mut np).unwrap();
+        assert_eq!(
+            new.tenant_by_name("c").unwrap().guaranteed.bits_per_sec(),
+            c + spare + 100_000_000
+        );
+        // One bad member refuses the whole change.
+        let bad = Change::SetRates {
+            rates: parse_assignments(&[format!("a.guaranteed={a_new}"), "nobody.weight=2".into()])
+                .unwrap(),
+        };
+        assert!(matches!(
+            propose(&t, &bad, &mut nt, &mut np),
+            Err(ControlError::UnknownTenant(_))
+        ));
+    }
+
+    #[test]
+    fn assignments_group_by_tenant_and_direction() {
+        let args: Vec<String> = [
+            "a.guaranteed=1mbit",
+            "web.eu.ceiling=2mbit",
+            "a.weight=3",
+            "a.uplink.ceiling=4mbit",
+        ]
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+        let rates = parse_assignments(&args).unwrap();
+        assert_eq!(rates.len(), 3, "{rates:?}");
+        assert_eq!(rates[0].tenant, "a");
+        assert_eq!(rates[0].guaranteed.as_deref(), Some("1mbit"));
+        assert_eq!(rates[0].weight, Some(3));
+        assert_eq!(rates[1].tenant, "web.eu");
+        assert!(rates[2].uplink && rates[2].ceiling.as_deref() == Some("4mbit"));
+        for bad in ["a", "a.colour=red", ".weight=1", "a.weight=x"] {
+            assert!(parse_assignments(&[bad.to_string()]).is_err(), "{bad}");
         }
     }
 

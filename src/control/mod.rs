@@ -40,7 +40,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tracing::{error, info, warn};
 
-pub use change::{Change, Diff};
+pub use change::{Change, Diff, RateChange};
 use rates::{LONG, Meter, RateMeter, SHORT};
 use report::{
     Counts, DataPathStats, Demand, DirectionStatus, PortState, PortStats, Rates, ServerStatus,
@@ -608,6 +608,7 @@ impl Control {
             change::propose(&state.topology, &change, &mut nt, &mut np).map(|new| (new, nt, np));
         let action = match &change {
             Change::SetRate { .. } => "set-rate",
+            Change::SetRates { .. } => "set-rates",
             Change::AddTenant { .. } => "add-tenant",
             Change::RemoveTenant { .. } => "remove-tenant",
             Change::AddServer { .. } => "add-server",

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use toml_edit::{DocumentMut, Item, Table};
 
-use super::Change;
+use super::{Change, RateChange};
 use crate::topology::{self, LoadError, Topology};
 
 /// The comment netd puts above a server it added live, so a later daemon (after a restart)
@@ -93,6 +93,30 @@ pub fn restore(path: &Path, text: &str) -> Result<(), PersistError> {
     replace(path, text)
 }
 
+/// Write one tenant's new rates into the document.
+fn edit_rate(doc: &mut DocumentMut, rate: &RateChange) -> Result<(), String> {
+    let tenant = &rate.tenant;
+    let mut entry = entry_mut(doc, "tenants", tenant)?;
+    if rate.uplink {
+        // `[tenants.NAME.uplink]`, created if absent.
+        entry = entry
+            .entry("uplink")
+            .or_insert(toml_edit::table())
+            .as_table_like_mut()
+            .ok_or_else(|| format!("tenants.{tenant}.uplink is not a table"))?;
+    }
+    if let Some(g) = &rate.guaranteed {
+        set(entry, "guaranteed", g.as_str().into());
+    }
+    if let Some(c) = &rate.ceiling {
+        set(entry, "ceiling", c.as_str().into());
+    }
+    if let Some(w) = rate.weight {
+        set(entry, "weight", w.into());
+    }
+    Ok(())
+}
+
 /// Apply `change` to the document.
 fn edit(doc: &mut DocumentMut, change: &Change) -> Result<(), String> {
     match change {
@@ -102,24 +126,19 @@ fn edit(doc: &mut DocumentMut, change: &Change) -> Result<(), String> {
             ceiling,
             weight,
             uplink,
-        } => {
-            let mut entry = entry_mut(doc, "tenants", tenant)?;
-            if *uplink {
-                // `[tenants.NAME.uplink]`, created if absent.
-                entry = entry
-                    .entry("uplink")
-                    .or_insert(toml_edit::table())
-                    .as_table_like_mut()
-                    .ok_or_else(|| format!("tenants.{tenant}.uplink is not a table"))?;
-            }
-            if let Some(g) = guaranteed {
-                set(entry, "guaranteed", g.as_str().into());
-            }
-            if let Some(c) = ceiling {
-                set(entry, "ceiling", c.as_str().into());
-            }
-            if let Some(w) = weight {
-                set(entry, "weight", (*w).into());
+        } => edit_rate(
+            doc,
+            &RateChange {
+                tenant: tenant.clone(),
+                guaranteed: guaranteed.clone(),
+                ceiling: ceiling.clone(),
+                weight: *weight,
+                uplink: *uplink,
+            },
+        )?,
+        Change::SetRates { rates } => {
+            for rate in rates {
+                edit_rate(doc, rate)?;
             }
         }
         Change::AddTenant { name, tenant } => insert(doc, "tenants", name, tenant, None)?,
