@@ -597,7 +597,7 @@ fn http_auth(
         }
     };
     Ok(HttpAuthSetup {
-        auth: HttpAuth::new(admin, tokens.metrics),
+        auth: HttpAuth::new(admin, tokens.metrics)?,
         token_file,
         _generated: generated,
     })

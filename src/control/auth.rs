@@ -150,12 +150,37 @@ pub enum Access {
 pub struct HttpAuth {
     admin: Token,
     metrics: Option<Token>,
+    /// The console's session cookie: made at start, handed out for the admin token.
+    session: Token,
 }
 
 impl HttpAuth {
-    /// Accept `admin` for everything and `metrics`, if any, for `GET /metrics`.
-    pub fn new(admin: Token, metrics: Option<Token>) -> HttpAuth {
-        HttpAuth { admin, metrics }
+    /// Accept `admin` for everything and `metrics`, if any, for `GET /metrics`; make a
+    /// fresh session secret for the console's cookie.
+    pub fn new(admin: Token, metrics: Option<Token>) -> Result<HttpAuth, AuthError> {
+        Ok(HttpAuth {
+            admin,
+            metrics,
+            session: Token::generate()?,
+        })
+    }
+
+    /// Return true when `presented` is the admin token.
+    pub fn is_admin(&self, presented: &str) -> bool {
+        self.admin.matches(presented)
+    }
+
+    /// Return the session secret a browser gets for the admin token.
+    pub fn session(&self) -> &str {
+        &self.session.0
+    }
+
+    /// Return what a session cookie's value grants.
+    pub fn cookie_access(&self, value: Option<&str>) -> Access {
+        match value {
+            Some(value) if self.session.matches(value) => Access::Admin,
+            _ => Access::None,
+        }
     }
 
     /// Return what an `Authorization` header value grants.
@@ -240,7 +265,7 @@ mod tests {
     fn access_needs_the_exact_bearer_token() {
         let admin = Token("a".repeat(32));
         let metrics = Token("m".repeat(32));
-        let auth = HttpAuth::new(admin, Some(metrics));
+        let auth = HttpAuth::new(admin, Some(metrics)).unwrap();
         assert_eq!(auth.access(None), Access::None);
         assert_eq!(auth.access(Some(&"a".repeat(32))), Access::None); // no scheme
         assert_eq!(

@@ -28,6 +28,17 @@
 //! | `POST /api/remove-tenant` | `{"name":"x"}` | what changed |
 //! | `POST /api/add-server` | `{"name":"s","server":{"tenant":"x","ip":"10.0.0.5/24"}}` | what changed |
 //! | `POST /api/remove-server` | `{"name":"s"}` | what changed |
+//! | `POST /api/set-rates` | `{"rates":[{"tenant":"a","guaranteed":"100mbit"},…]}` | what changed (one change) |
+//! | `GET /api/changes` | | the change log: who changed what, when ([`super::journal`]) |
+//! | `GET /` and `/console/…` | | the console page and its assets (no data; no session needed) |
+//! | `GET /api/session` | | `{"signed_in":…}` (no session needed) |
+//! | `POST /api/login` | `{"token":"…"}` | the console's session cookie |
+//! | `POST /api/logout` | | an expired cookie |
+//! | `GET /api/events` | | server-sent events: a snapshot every 250 ms ([`super::console`]) |
+//!
+//! A browser authenticates with the session cookie instead of the token; then (and for
+//! the login itself) a state-changing request must be JSON and carry this host's own
+//! `Origin`, or it is refused with 403: nothing another site makes a browser send passes.
 //!
 //! Errors answer 400 with `{"ok":false,"error":"..."}`.
 
@@ -48,6 +59,7 @@ use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 
 use super::auth::{Access, HttpAuth};
+use super::console::{self, Feed};
 use super::{Change, Control, ControlError, Request, Response};
 
 /// Bounds that keep one client from hurting the daemon.
@@ -95,7 +107,28 @@ struct Gate {
 
 /// Build the API's routes over `control`, behind authentication and the body bounds.
 pub fn router(control: Arc<Control>, auth: HttpAuth, limits: HttpLimits) -> Router {
+    let feed = Feed::start(control.clone());
+    let gate_state = Arc::new(Gate { auth, limits });
+    let session = gate_state.auth.session().to_string();
     Router::new()
+        .route("/", get(|| async { console::asset("/") }))
+        .route(
+            "/console/{file}",
+            get(|Path(file): Path<String>| async move { console::asset(&format!("/console/{file}")) }),
+        )
+        .route(
+            "/api/login",
+            post(move |gate: axum::Extension<Arc<Gate>>, body: axum::body::Bytes| {
+                login(gate, body, session.clone())
+            }),
+        )
+        .route("/api/logout", post(logout))
+        .route("/api/session", get(session_state))
+        .route("/api/events", get(move || async move { feed.events() }))
+        .route(
+            "/api/changes",
+            get(|s: State<Arc<Control>>| read(s, Request::Changes)),
+        )
         .route("/metrics", get(metrics))
         .route(
             "/api/status",
@@ -109,11 +142,57 @@ pub fn router(control: Arc<Control>, auth: HttpAuth, limits: HttpLimits) -> Rout
         .route("/api/reload", post(reload))
         .route("/api/{change}", post(change))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "No such endpoint") })
-        .layer(middleware::from_fn_with_state(
-            Arc::new(Gate { auth, limits }),
-            gate,
-        ))
+        .layer(middleware::from_fn_with_state(gate_state.clone(), gate))
+        .layer(axum::Extension(gate_state))
         .with_state(control)
+}
+
+/// `POST /api/login` `{"token":"…"}`: the admin token buys the console's session cookie.
+async fn login(
+    axum::Extension(gate): axum::Extension<Arc<Gate>>,
+    body: axum::body::Bytes,
+    session: String,
+) -> HttpResponse {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Login {
+        token: String,
+    }
+    let login: Login = match serde_json::from_slice(&body) {
+        Ok(login) => login,
+        Err(err) => return malformed(&format!("login: {err}")),
+    };
+    if !gate.auth.is_admin(login.token.trim()) {
+        return error(StatusCode::UNAUTHORIZED, "Wrong token");
+    }
+    (
+        [(header::SET_COOKIE, console::session_cookie(&session))],
+        axum::Json(Response::ok("signed in")),
+    )
+        .into_response()
+}
+
+/// `GET /api/session`: whether this browser is signed in (so the page can ask without an
+/// error).
+async fn session_state(
+    axum::Extension(gate): axum::Extension<Arc<Gate>>,
+    headers: axum::http::HeaderMap,
+) -> HttpResponse {
+    let cookie = headers
+        .get(header::COOKIE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(console::cookie_value);
+    let signed_in = gate.auth.cookie_access(cookie) == Access::Admin;
+    answer(Response::ok(serde_json::json!({ "signed_in": signed_in })))
+}
+
+/// `POST /api/logout`: forget the session cookie.
+async fn logout() -> HttpResponse {
+    (
+        [(header::SET_COOKIE, console::expired_cookie())],
+        axum::Json(Response::ok("signed out")),
+    )
+        .into_response()
 }
 
 /// Serve `listener` until the task is dropped, within `limits`.
@@ -159,14 +238,39 @@ pub async fn serve(listener: TcpListener, router: Router, limits: HttpLimits) {
 /// The answer to a connection over the cap (written before reading its request).
 const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: 66\r\nConnection: close\r\n\r\n{\"ok\":false,\"error\":\"Busy: too many HTTP connections; try again\"}\n";
 
-/// Authenticate, then read the body within the bounds, before any route sees the request.
+/// Authenticate, refuse cross-site requests, then read the body within the bounds, before
+/// any route sees the request.
 async fn gate(State(gate): State<Arc<Gate>>, request: HttpRequest, next: Next) -> HttpResponse {
-    let authorization = request
-        .headers()
+    let headers = request.headers();
+    let authorization = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    let metrics_only = request.method() == Method::GET && request.uri().path() == "/metrics";
-    match gate.auth.access(authorization) {
+    let (method, path) = (request.method().clone(), request.uri().path().to_string());
+    let metrics_only = method == Method::GET && path == "/metrics";
+    // The page and its assets hold no data; signing in needs the token in the body.
+    let public = (method == Method::GET && (console::is_asset(&path) || path == "/api/session"))
+        || (method == Method::POST && path == "/api/login");
+    // A browser sends the cookie by itself (the bearer token it never does): only a
+    // cookie-authenticated or public state-changing request can be a cross-site one.
+    let access = match authorization {
+        Some(_) => gate.auth.access(authorization),
+        None => gate.auth.cookie_access(
+            headers
+                .get(header::COOKIE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(console::cookie_value),
+        ),
+    };
+    let browser = authorization.is_none() && (public || access == Access::Admin);
+    if browser
+        && method != Method::GET
+        && method != Method::HEAD
+        && let Err(why) = same_origin_json(headers)
+    {
+        return error(StatusCode::FORBIDDEN, why);
+    }
+    match access {
+        _ if public => {}
         Access::Admin => {}
         Access::Metrics if metrics_only => {}
         Access::Metrics => {
@@ -214,6 +318,26 @@ async fn gate(State(gate): State<Arc<Gate>>, request: HttpRequest, next: Next) -
     };
     next.run(HttpRequest::from_parts(parts, Body::from(bytes)))
         .await
+}
+
+/// Check a browser's state-changing request: a JSON body (a cross-site form cannot send one
+/// without a preflight) and an `Origin` that is this very host.
+fn same_origin_json(headers: &axum::http::HeaderMap) -> Result<(), &'static str> {
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().starts_with("application/json"));
+    if !json {
+        return Err(
+            "Refused: a change from a browser must be JSON (Content-Type: application/json)",
+        );
+    }
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
+    match (origin, host) {
+        (Some(origin), Some(host)) if origin == format!("http://{host}") => Ok(()),
+        _ => Err("Refused: cross-origin request (the Origin header must be this console's own)"),
+    }
 }
 
 /// An error of the HTTP layer, in the API's JSON shape.

@@ -25,7 +25,9 @@
 pub mod auth;
 pub mod change;
 pub mod client;
+pub mod console;
 pub mod http;
+pub mod journal;
 pub mod persist;
 pub mod rates;
 pub mod report;
@@ -133,6 +135,8 @@ pub enum Request {
     },
     /// Apply one change.
     Apply { change: Box<Change> },
+    /// The last changes asked, applied or refused, with who and when ([`journal`]).
+    Changes,
     /// Hand the TAPs and TUNs to the asking process, a new netd taking over (control socket
     /// only; see [`crate::handover`]).
     HandOver,
@@ -216,6 +220,8 @@ pub struct Control {
     successor: Mutex<Option<u32>>,
     /// How to start this daemon again (`netd upgrade`), when known.
     relaunch: Option<Relaunch>,
+    /// The last changes asked.
+    journal: journal::Journal,
 }
 
 /// The command line that started this daemon, to start the installed binary the same way.
@@ -255,6 +261,7 @@ impl Control {
             handed_over: tokio::sync::Notify::new(),
             successor: Mutex::new(None),
             relaunch: None,
+            journal: journal::Journal::default(),
         }
     }
 
@@ -413,6 +420,7 @@ impl Control {
             Request::Metrics => Response::ok(self.metrics().await),
             Request::Reload { prune } => result(self.reload(origin, prune).await),
             Request::Apply { change } => result(self.apply(*change, origin).await),
+            Request::Changes => Response::ok(self.journal.recent()),
             Request::HandOver => Response::failure("A hand-over is asked on the control socket"),
             Request::Upgrade => match self.upgrade(origin) {
                 Ok(pid) => Response::ok(serde_json::json!({ "pid": pid })),
@@ -621,6 +629,21 @@ impl Control {
     /// Apply a validated new topology (or log the rejection). A `change` is written back to
     /// the topology file first, and the file restored if applying it fails.
     async fn commit(
+        &self,
+        state: &mut Running,
+        proposed: Result<(Topology, u32, u32), ControlError>,
+        origin: &str,
+        action: &str,
+        change: Option<&Change>,
+    ) -> Result<Applied, ControlError> {
+        let outcome = self
+            .commit_unlogged(state, proposed, origin, action, change)
+            .await;
+        self.journal.record(origin, action, &outcome);
+        outcome
+    }
+
+    async fn commit_unlogged(
         &self,
         state: &mut Running,
         proposed: Result<(Topology, u32, u32), ControlError>,
