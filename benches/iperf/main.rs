@@ -52,7 +52,7 @@ struct Args {
     #[arg(long)]
     quick: bool,
     /// Scenarios to run (comma-separated): throughput, shaped, guarantee, loans, aggressor, latency,
-    /// realloc, ratechange, scale, uplink, restart. Default: all.
+    /// realloc, ratechange, scale, uplink, restart, console. Default: all.
     #[arg(long, value_delimiter = ',')]
     scenario: Vec<String>,
     /// Repetitions per side (default 3, 1 with --quick).

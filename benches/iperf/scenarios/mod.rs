@@ -17,7 +17,9 @@
 //! | `scale` | 10/100/1000 servers: start-up, netd RSS, 2-server throughput | [`scale`] |
 //! | `uplink` | routed uplink: 1 flow each way via NAT and public; 3-tenant split each way | [`uplink`] |
 //! | `restart` | `kill -9` and restart: forwarding gap, TCP kept (10/100/1000 servers) | [`restart`] |
+//! | `console` | what 10 open console pages cost netd's CPU | [`console`] |
 
+pub mod console;
 pub mod restart;
 pub mod scale;
 pub mod shaping;
@@ -29,7 +31,7 @@ use serde::Serialize;
 use crate::report::Row;
 
 /// Every scenario, in run order.
-pub const ALL: [&str; 11] = [
+pub const ALL: [&str; 12] = [
     "throughput",
     "shaped",
     "guarantee",
@@ -41,6 +43,7 @@ pub const ALL: [&str; 11] = [
     "scale",
     "uplink",
     "restart",
+    "console",
 ];
 
 /// What a scenario produced.
@@ -69,6 +72,7 @@ pub fn run(ctx: &crate::Ctx, name: &str) -> anyhow::Result<Outcome> {
         "scale" => scale::run(ctx),
         "uplink" => uplink::run(ctx),
         "restart" => restart::run(ctx),
+        "console" => console::run(ctx),
         other => anyhow::bail!("unknown scenario {other:?}; known: {}", ALL.join(", ")),
     }
 }
