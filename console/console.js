@@ -136,14 +136,23 @@ function record(snapshot) {
   const t = snapshot.unix_ms / 1000;
   for (const tenant of snapshot.status.tenants) {
     let s = state.series.get(tenant.name);
-    if (!s) state.series.set(tenant.name, (s = { t: [], rate: [], entitlement: [] }));
-    s.t.push(t);
-    s.rate.push(tenant.rates.out_1s_bps / MBIT);
-    s.entitlement.push(tenant.entitlement_bps / MBIT);
+    if (!s) {
+      s = { t: [], rate: [], entitlement: [], up: [], upEntitlement: [], down: [], downEntitlement: [] };
+      state.series.set(tenant.name, s);
+    }
+    const uplink = tenant.uplink || { upload: {}, download: {} };
+    const values = {
+      t,
+      rate: tenant.rates.out_1s_bps / MBIT,
+      entitlement: tenant.entitlement_bps / MBIT,
+      up: (uplink.upload.rate_1s_bps ?? 0) / MBIT,
+      upEntitlement: (uplink.upload.entitlement_bps ?? 0) / MBIT,
+      down: (uplink.download.rate_1s_bps ?? 0) / MBIT,
+      downEntitlement: (uplink.download.entitlement_bps ?? 0) / MBIT,
+    };
+    for (const [key, value] of Object.entries(values)) s[key].push(value);
     while (s.t.length && s.t[0] < t - HISTORY_S) {
-      s.t.shift();
-      s.rate.shift();
-      s.entitlement.shift();
+      for (const key of Object.keys(values)) s[key].shift();
     }
   }
 }
@@ -235,8 +244,10 @@ function renderTenants(snapshot) {
   const names = new Set(snapshot.status.tenants.map((t) => t.name));
   for (const card of [...container.children]) {
     if (!names.has(card.dataset.tenant)) {
-      state.charts.get(card.dataset.tenant)?.destroy();
-      state.charts.delete(card.dataset.tenant);
+      for (const key of [card.dataset.tenant, `${card.dataset.tenant}\u0000uplink`]) {
+        state.charts.get(key)?.destroy();
+        state.charts.delete(key);
+      }
       card.remove();
     }
   }
@@ -251,7 +262,8 @@ function newTenantCard(name, container) {
   const remove = el('button', { type: 'button', textContent: 'remove' });
   remove.addEventListener('click', () => change('/api/remove-tenant', { name }));
   const plot = el('div', { className: 'plot' });
-  const card = el('div', { className: 'tenant' }, el('h3', {}, el('span', { textContent: name }), remove), plot, el('table', { className: 'numbers' }));
+  const uplinkPlot = el('div', { className: 'plot uplink' });
+  const card = el('div', { className: 'tenant' }, el('h3', {}, el('span', { textContent: name }), remove), plot, uplinkPlot, el('table', { className: 'numbers' }));
   card.dataset.tenant = name;
   container.append(card);
   const chart = new uPlot({
@@ -268,9 +280,32 @@ function newTenantCard(name, container) {
   return card;
 }
 
+// The uplink's plot, made the first time a snapshot shows the tenant routed.
+function uplinkChart(card, name) {
+  const key = `${name}\u0000uplink`;
+  if (!state.charts.has(key)) {
+    state.charts.set(key, new uPlot({
+      width: 400,
+      height: 150,
+      series: [
+        {},
+        { label: 'upload Mbit/s', stroke: '#2e7d32', width: 2 },
+        { label: 'upload entitlement', stroke: '#2e7d32', dash: [6, 4] },
+        { label: 'download Mbit/s', stroke: '#6a1b9a', width: 2 },
+        { label: 'download entitlement', stroke: '#6a1b9a', dash: [6, 4] },
+      ],
+      axes: [{}, { size: 50 }],
+    }, [[], [], [], [], []], card.querySelector('.plot.uplink')));
+  }
+  return state.charts.get(key);
+}
+
 function fillTenantCard(card, tenant, snapshot) {
   const s = state.series.get(tenant.name);
   state.charts.get(tenant.name)?.setData([s.t, s.rate, s.entitlement]);
+  if (tenant.uplink) {
+    uplinkChart(card, tenant.name).setData([s.t, s.up, s.upEntitlement, s.down, s.downEntitlement]);
+  }
   const counters = snapshot.stats.tenants.find((t) => t.tenant === tenant.name);
   const drops = counters ? dropsText(counters.counters.drops) : '';
   const rows = [

@@ -21,12 +21,21 @@ const TOPOLOGY: &str = r#"
 [host]
 capacity = "400mbit"
 
+[uplink]
+interface = "eth1"
+netns = "{p}-edge"
+capacity = "400mbit"
+
 [tenants.{p}-a]
 guaranteed = "150mbit"
+gateway = "10.91.0.254/24"
+nat = true
 
 [tenants.{p}-b]
 guaranteed = "150mbit"
 ceiling = "300mbit"
+gateway = "10.91.0.254/24"
+nat = true
 
 [servers.{p}-a1]
 tenant = "{p}-a"
@@ -79,6 +88,8 @@ fn the_console_shows_live_rates_and_moves_guarantee_by_drag_and_drop() {
     let dir = script_dir();
     npm_ci(&dir);
     let topo = TestTopology::new(TOPOLOGY);
+    // Both tenants are routed (NAT) through an emulated edge, so their uplink plots show.
+    let _edge = common::edge::EmulatedEdge::new(&topo);
     let mut netd = Daemon::start(&topo, &["--http", "127.0.0.1:0"]);
     let api = http_api(&mut netd);
     let _servers = [

@@ -1108,13 +1108,20 @@ pub fn describe(old: &Topology, new: &Topology, diff: &Diff) -> Vec<String> {
                 a.broadcast_pps, b.broadcast_pps
             ));
         }
-        if let (Some(x), Some(y)) = (&a.uplink, &b.uplink)
-            && (x.guaranteed, x.ceiling, x.weight) != (y.guaranteed, y.ceiling, y.weight)
-        {
-            parts.push(format!(
-                "uplink guaranteed {} → {}, ceiling {} → {}, weight {} → {}",
-                x.guaranteed, y.guaranteed, x.ceiling, y.ceiling, x.weight, y.weight
-            ));
+        if let (Some(x), Some(y)) = (&a.uplink, &b.uplink) {
+            // Only what changed, as for the tenant's own rates.
+            if x.guaranteed != y.guaranteed {
+                parts.push(format!(
+                    "uplink guaranteed {} → {}",
+                    x.guaranteed, y.guaranteed
+                ));
+            }
+            if x.ceiling != y.ceiling {
+                parts.push(format!("uplink ceiling {} → {}", x.ceiling, y.ceiling));
+            }
+            if x.weight != y.weight {
+                parts.push(format!("uplink weight {} → {}", x.weight, y.weight));
+            }
         }
         lines.push(format!("tenant {}: {}", b.name, parts.join(", ")));
     }

@@ -122,6 +122,7 @@ pub fn with_uplink() -> Topology {
         guaranteed: mbit(10),
         ceiling: mbit(100),
         weight: 1,
+        set: crate::topology::uplink::UplinkOverrides::default(),
     });
     topology
 }

@@ -347,11 +347,16 @@ impl Topology {
                             .as_ref()
                             .filter(|g| !g.dns.is_empty())
                             .map(|g| g.dns.iter().map(ToString::to_string).collect()),
-                        uplink: t.uplink.as_ref().map(|u| file::FileRates {
-                            guaranteed: Some(u.guaranteed.to_string()),
-                            ceiling: Some(u.ceiling.to_string()),
-                            weight: Some(i64::from(u.weight)),
-                        }),
+                        // Only what the file set: the rest follows the tenant's own rates.
+                        uplink: t
+                            .uplink
+                            .as_ref()
+                            .map(|u| file::FileRates {
+                                guaranteed: u.set.guaranteed.then(|| u.guaranteed.to_string()),
+                                ceiling: u.set.ceiling.then(|| u.ceiling.to_string()),
+                                weight: u.set.weight.then(|| i64::from(u.weight)),
+                            })
+                            .filter(|r| *r != file::FileRates::default()),
                     };
                     (t.name.clone(), tenant)
                 })

@@ -41,6 +41,17 @@ pub struct TenantUplink {
     pub guaranteed: Rate,
     pub ceiling: Rate,
     pub weight: u32,
+    /// Which rates `[tenants.NAME.uplink]` sets; the others follow the tenant's own, so a
+    /// change to those carries over to the uplink as it would in the file.
+    pub set: UplinkOverrides,
+}
+
+/// Which of a tenant's uplink rates its file sets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct UplinkOverrides {
+    pub guaranteed: bool,
+    pub ceiling: bool,
+    pub weight: bool,
 }
 
 /// Check `[uplink]` and every `[tenants.NAME.uplink]`; give each tenant with a gateway its
@@ -105,6 +116,11 @@ pub(super) fn check(
             guaranteed: rates.0,
             ceiling: rates.1,
             weight: rates.2,
+            set: UplinkOverrides {
+                guaranteed: raw.is_some_and(|r| r.guaranteed.is_some()),
+                ceiling: raw.is_some_and(|r| r.ceiling.is_some()),
+                weight: raw.is_some_and(|r| r.weight.is_some()),
+            },
         });
         next_port += 1;
     }
@@ -222,6 +238,35 @@ ip = "10.1.0.10/24"
             .iter()
             .map(ToString::to_string)
             .collect()
+    }
+
+    /// The running state written back as a file keeps the uplink rates the file left out
+    /// implicit, so a change to the tenant's own rates carries over to the uplink (found by
+    /// the console test: a drag on a routed tenant could not be written back).
+    #[test]
+    fn uplink_rates_the_file_leaves_out_stay_out_of_the_running_state() {
+        let text = BASE.replace(
+            "[tenants.plain]",
+            "[tenants.blue.uplink]\nweight = 2\n\n[tenants.plain]",
+        );
+        let file = parse(Path::new("t.toml"), &text).unwrap().to_file();
+        assert_eq!(file.tenants["acme"].uplink, None);
+        assert_eq!(
+            file.tenants["blue"].uplink,
+            Some(crate::topology::file::FileRates {
+                weight: Some(2),
+                ..Default::default()
+            })
+        );
+        // A new guarantee of acme's own reaches its uplink rate.
+        let mut file = file;
+        file.tenants.get_mut("acme").unwrap().guaranteed = Some("40mbit".into());
+        let again = crate::topology::validate(Path::new("t.toml"), &file).unwrap();
+        let acme = again.tenants.iter().find(|t| t.name == "acme").unwrap();
+        assert_eq!(
+            acme.uplink.as_ref().unwrap().guaranteed,
+            "40mbit".parse().unwrap()
+        );
     }
 
     #[test]

@@ -1,6 +1,6 @@
 // The console in a real browser: Debian's Chromium driven by playwright-core. Run by
-// tests/console.rs, which starts `netd up --http` on a topology of its own, saturates both
-// tenants with iperf3 and passes what this script needs in the environment:
+// tests/console.rs, which starts `netd up --http` on a topology of its own (both tenants
+// routed through an emulated uplink), saturates both tenants with iperf3 and passes what this script needs in the environment:
 //   NETD_URL, NETD_TOKEN, NETD_PID, TENANT_A, TENANT_B, SERVERS (comma-separated),
 //   CAPACITY_BPS, SCREENSHOT (where to write the PNG).
 // Every check prints one line; the first failure throws (exit code 1).
@@ -86,6 +86,13 @@ try {
     check(await page.locator(`tr[data-server="${server}"]`).count() === 1, `server ${server} is listed`);
   }
   check(await page.locator('#conn.up').count() === 1, 'the page says it is live');
+  // Routed tenants: their uplink, per direction, plotted and in their table.
+  for (const tenant of [A, B]) {
+    const card = page.locator(`.tenant[data-tenant="${tenant}"]`);
+    check(await card.locator('.plot.uplink .uplot').count() === 1, `${tenant} has its uplink plot`);
+    const numbers = await card.locator('table.numbers').textContent();
+    check(numbers.includes('uplink upload') && numbers.includes('uplink download'), `${tenant} shows its uplink per direction`);
+  }
 
   // The plotted rates follow `netd status` while iperf3 saturates both tenants.
   await sleep(3000);
@@ -113,7 +120,7 @@ try {
   await page.mouse.up();
   await waitFor('the drag applied', async () => {
     const s = await status();
-    return (tenantOf(s, A).guaranteed_bps === gA - 100 * MBIT && tenantOf(s, B).guaranteed_bps === gB + 100 * MBIT) || [tenantOf(s, A).guaranteed_bps, tenantOf(s, B).guaranteed_bps];
+    return (tenantOf(s, A).guaranteed_bps === gA - 100 * MBIT && tenantOf(s, B).guaranteed_bps === gB + 100 * MBIT) || [tenantOf(s, A).guaranteed_bps, tenantOf(s, B).guaranteed_bps, await page.textContent('#error')];
   });
   check(true, `the drag moved 100 Mbit/s: ${A} ${gA / MBIT} → ${(gA - 100 * MBIT) / MBIT}, ${B} ${gB / MBIT} → ${(gB + 100 * MBIT) / MBIT}`);
   check(await page.textContent('#error') === '', 'no error shown for an applied drag');
