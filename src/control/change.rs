@@ -62,6 +62,29 @@ pub struct RateChange {
     pub uplink: bool,
 }
 
+impl Change {
+    /// The tenants' new rates a `set-rate` or `set-rates` carries (none for other changes).
+    pub fn rate_changes(&self) -> Vec<RateChange> {
+        match self {
+            Change::SetRate {
+                tenant,
+                guaranteed,
+                ceiling,
+                weight,
+                uplink,
+            } => vec![RateChange {
+                tenant: tenant.clone(),
+                guaranteed: guaranteed.clone(),
+                ceiling: ceiling.clone(),
+                weight: *weight,
+                uplink: *uplink,
+            }],
+            Change::SetRates { rates } => rates.clone(),
+            _ => Vec::new(),
+        }
+    }
+}
+
 /// Build the topology that `change` leads to, validated and renumbered against `running`.
 ///
 /// `next_tenant`/`next_port` are the next fresh ids; they advance only on success.
@@ -73,27 +96,12 @@ pub fn propose(
 ) -> Result<Topology, ControlError> {
     let mut file = running.to_file();
     match change {
-        Change::SetRate {
-            tenant,
-            guaranteed,
-            ceiling,
-            weight,
-            uplink,
-        } => set_rate(
-            &mut file,
-            &RateChange {
-                tenant: tenant.clone(),
-                guaranteed: guaranteed.clone(),
-                ceiling: ceiling.clone(),
-                weight: *weight,
-                uplink: *uplink,
-            },
-        )?,
-        Change::SetRates { rates } => {
+        Change::SetRate { .. } | Change::SetRates { .. } => {
+            let rates = change.rate_changes();
             if rates.is_empty() {
                 return Err(ControlError::NothingToChange("(none named)".into()));
             }
-            for rate in rates {
+            for rate in &rates {
                 set_rate(&mut file, rate)?;
             }
         }

@@ -120,24 +120,8 @@ fn edit_rate(doc: &mut DocumentMut, rate: &RateChange) -> Result<(), String> {
 /// Apply `change` to the document.
 fn edit(doc: &mut DocumentMut, change: &Change) -> Result<(), String> {
     match change {
-        Change::SetRate {
-            tenant,
-            guaranteed,
-            ceiling,
-            weight,
-            uplink,
-        } => edit_rate(
-            doc,
-            &RateChange {
-                tenant: tenant.clone(),
-                guaranteed: guaranteed.clone(),
-                ceiling: ceiling.clone(),
-                weight: *weight,
-                uplink: *uplink,
-            },
-        )?,
-        Change::SetRates { rates } => {
-            for rate in rates {
+        Change::SetRate { .. } | Change::SetRates { .. } => {
+            for rate in &change.rate_changes() {
                 edit_rate(doc, rate)?;
             }
         }
