@@ -48,7 +48,7 @@ pub fn servers(
 
 /// Attach to `server`'s TAP in its namespace and check it is the server's; say why not.
 fn adopt_server(server: &Server, offload: Offload) -> Result<File, String> {
-    let vnet = (offload != Offload::None).then_some(offload.header_len());
+    let vnet = offload.vnet_header_len();
     let (identity, tap) = netns::run_in(&server.netns, || {
         // Look before attaching: TUNSETIFF on a missing name would create a new TAP.
         let identity = sys::interface_identity(SERVER_IFNAME)?;

@@ -422,7 +422,7 @@ pub fn relink(server: &Server, router: Routers) -> Result<(), KernelError> {
 /// address detection on it: the topology already guarantees unique addresses within a
 /// tenant, and DAD would leave the link-local address unusable for the first second or two.
 fn open_server_tap(offload: Offload) -> std::io::Result<File> {
-    let vnet_hdr_len = (offload != Offload::None).then_some(offload.header_len());
+    let vnet_hdr_len = offload.vnet_header_len();
     let tap = sys::open_tap(SERVER_IFNAME, vnet_hdr_len)?;
     // Persistent: the TAP goes with the namespace (in one batch at teardown), not with the
     // fd, so closing a thousand of them does not cost a thousand RCU waits.

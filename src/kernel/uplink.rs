@@ -211,7 +211,7 @@ impl Edge {
                 tenant.name
             )])
         };
-        let vnet = (offload != Offload::None).then_some(offload.header_len());
+        let vnet = offload.vnet_header_len();
         let tun = netns::run_in(&router, || {
             // Look first: TUNSETIFF on a missing name would create a new TUN.
             sys::interface_identity(ROUTER_TUN)?;
@@ -292,7 +292,7 @@ impl Edge {
         let gateway = tenant.gateway.as_ref().ok_or_else(|| KernelError::Uplink {
             detail: format!("tenant {:?} has no gateway to route", tenant.name),
         })?;
-        let vnet = (offload != Offload::None).then_some(offload.header_len());
+        let vnet = offload.vnet_header_len();
         // Persistent, like servers' TAPs: a killed netd leaves the router running and the next
         // one attaches to it again (see `adopt_router`).
         let tun = netns::run_in(router, || {

@@ -57,6 +57,11 @@ impl Offload {
         }
     }
 
+    /// The virtio-net header length to open a TAP or TUN with (`None`: plain frames).
+    pub fn vnet_header_len(self) -> Option<usize> {
+        (self != Offload::None).then_some(self.header_len())
+    }
+
     /// Return the bytes before each frame.
     pub fn header_len(self) -> usize {
         match self {
