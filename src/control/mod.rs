@@ -337,22 +337,15 @@ impl Control {
         };
         if !root {
             warn!(origin, "hand-over refused: the peer is not root");
-            let refusal = Response::failure("Only root may take over netd");
-            let _ = tokio::task::spawn_blocking(move || handover::give(&mut stream, &refusal, &[]))
+            return refuse_hand_over(stream, Response::failure("Only root may take over netd"))
                 .await;
-            return;
         }
         let mut state = self.state.lock().await;
         // Written before the data path lets go: the gap is only what must be in it.
         let topology = toml::to_string(&state.topology.to_file()).unwrap_or_default();
         let ports = match detach_fd_ports(&state).await {
             Ok(ports) => ports,
-            Err(refusal) => {
-                let _ =
-                    tokio::task::spawn_blocking(move || handover::give(&mut stream, &refusal, &[]))
-                        .await;
-                return;
-            }
+            Err(refusal) => return refuse_hand_over(stream, refusal).await,
         };
         let stopped_at_usec = kernel::sys::monotonic_usec();
         let offer = handover::Offer {
@@ -831,6 +824,11 @@ impl Control {
         }
         Ok(us)
     }
+}
+
+/// Answer a hand-over with `refusal` (blocking I/O, off the runtime).
+async fn refuse_hand_over(mut stream: std::os::unix::net::UnixStream, refusal: Response) {
+    let _ = tokio::task::spawn_blocking(move || handover::give(&mut stream, &refusal, &[])).await;
 }
 
 /// Take every port with an fd (servers' TAPs, routers' TUNs) out of the data path; return

@@ -203,9 +203,8 @@ impl Plumbing {
         }
         let adopted = std::mem::take(&mut self.adopted);
         self.namespaces.retain(|n| !adopted.contains(n));
-        if let Some(edge) = self.edge.take() {
-            edge.release();
-        }
+        // Dropping an edge undoes nothing (only `tear_down` does): its set-up stays.
+        self.edge = None;
     }
 
     /// Take over what a netd that handed over its fds (see [`crate::handover`]) made for
@@ -232,9 +231,8 @@ impl Plumbing {
         self.uplinks.clear();
         self.namespaces.clear();
         self.adopted.clear();
-        if let Some(edge) = self.edge.take() {
-            edge.release();
-        }
+        // Dropping an edge undoes nothing (only `tear_down` does): its set-up stays.
+        self.edge = None;
     }
 
     /// Remove a routed tenant's router (close its TUN first).

@@ -257,10 +257,6 @@ impl Edge {
         }
     }
 
-    /// Forget this edge without undoing it: what it set up stays for the routers that keep
-    /// running on it (adopted ones, when a start that adopted them fails).
-    pub fn release(self) {}
-
     /// Create a routed tenant's router namespace, TUN, veth, routes and NAT; return the TUN
     /// (with `offload`'s header or not). All or nothing: on failure the namespace goes again.
     pub fn add_router(
