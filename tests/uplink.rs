@@ -156,7 +156,7 @@ fn sigterm_leaves_no_router_namespace_route_rule_or_forwarding_behind() {
     require_privileges();
     let topo = TestTopology::new(TOPOLOGY);
     let edge = EmulatedEdge::new(&topo);
-    let forwarding = || sh(&edge.edge, "cat /proc/sys/net/ipv4/conf/eth1/forwarding").1;
+    let forwarding = || edge.uplink_forwarding();
     let before = forwarding();
     let mut netd = Daemon::start(&topo, &[]);
     let routers: Vec<String> = ["a", "b", "c", "d"]
@@ -346,7 +346,7 @@ fn a_nat_servers_connection_to_the_internet_survives_kill_restart_and_upgrade() 
     require_privileges();
     let topo = TestTopology::new(TOPOLOGY);
     let edge = EmulatedEdge::new(&topo);
-    let forwarding = || sh(&edge.edge, "cat /proc/sys/net/ipv4/conf/eth1/forwarding").1;
+    let forwarding = || edge.uplink_forwarding();
     let before = forwarding();
     let mut netd = Daemon::start(&topo, &[]);
     let internet = format!("{INTERNET_HOST}:7071");

@@ -51,6 +51,13 @@ impl EmulatedEdge {
     }
 }
 
+impl EmulatedEdge {
+    /// The host's `forwarding` setting on the uplink interface (what netd sets and restores).
+    pub fn uplink_forwarding(&self) -> String {
+        sh(&self.edge, "cat /proc/sys/net/ipv4/conf/eth1/forwarding").1
+    }
+}
+
 impl Drop for EmulatedEdge {
     fn drop(&mut self) {
         for ns in [&self.edge, &self.net] {
