@@ -113,6 +113,23 @@ impl Drop for RemoveOnDrop {
     }
 }
 
+/// Stops the data path when dropped, unless disarmed.
+struct StopOnDrop(Option<crate::datapath::StopHandle>);
+
+impl StopOnDrop {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        if let Some(stop) = self.0.take() {
+            stop.stop();
+        }
+    }
+}
+
 /// Aborts a task when dropped.
 struct Task(tokio::task::JoinHandle<()>);
 
@@ -179,6 +196,9 @@ pub async fn up(
         .map_err(DaemonError::StartDataPath)?;
     info!(%priority, cpu = options.datapath_cpu, "data path running");
     let mut finished = tokio::task::spawn_blocking(move || thread.join());
+    // Until the loop below owns it: an early return stops the data path, or the process
+    // would wait for its thread forever, still reading the TAPs.
+    let early_exit = StopOnDrop(Some(stop.clone()));
     let endpoints = match start {
         Start::Fresh(endpoints) => endpoints,
         Start::TakingOver(taken) => {
@@ -211,6 +231,7 @@ pub async fn up(
             }
         }
     };
+    early_exit.disarm();
     let Endpoints {
         listener,
         http,
@@ -450,19 +471,11 @@ fn handed_ports(
         let unknown = || DaemonError::HandedTopology(format!("{name:?} is not in the topology"));
         match name {
             handover::HandedPort::Server { name } => {
-                let server = topology
-                    .servers
-                    .iter()
-                    .find(|s| s.name == *name)
-                    .ok_or_else(unknown)?;
+                let server = topology.server_by_name(name).ok_or_else(unknown)?;
                 ports.push(Box::new(TapPort::new(server.id, file, offload)));
             }
             handover::HandedPort::Uplink { tenant } => {
-                let tenant = topology
-                    .tenants
-                    .iter()
-                    .find(|t| t.name == *tenant)
-                    .ok_or_else(unknown)?;
+                let tenant = topology.tenant_by_name(tenant).ok_or_else(unknown)?;
                 let (Some(routed), Some(gateway)) = (&tenant.uplink, &tenant.gateway) else {
                     return Err(unknown());
                 };

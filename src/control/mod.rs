@@ -33,7 +33,7 @@ pub mod rates;
 pub mod report;
 pub mod socket;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
@@ -318,11 +318,19 @@ impl Control {
         if !relaunch.args.iter().any(|a| a == "--take-over") {
             command.arg("--take-over");
         }
-        let child = command
+        let mut child = command
             .spawn()
             .map_err(|e| format!("Cannot start {}: {e}", relaunch.exe.display()))?;
-        info!(origin, pid = child.id(), exe = %relaunch.exe.display(), "upgrade: started the installed netd to take over");
-        Ok(child.id())
+        let pid = child.id();
+        info!(origin, pid, exe = %relaunch.exe.display(), "upgrade: started the installed netd to take over");
+        // Reaped here if it ends while this daemon still runs (a take-over that failed);
+        // once the hand-over succeeds this process exits and it is reparented.
+        std::thread::spawn(move || {
+            if let Ok(status) = child.wait() {
+                warn!(pid, %status, "the netd started to take over exited");
+            }
+        });
+        Ok(pid)
     }
 
     /// Hand every TAP and TUN to the new netd at the other end of `stream` (see
@@ -341,23 +349,25 @@ impl Control {
                 .await;
         }
         let mut state = self.state.lock().await;
-        // Written before the data path lets go: the gap is only what must be in it.
+        // Made before the data path lets go: the gap is only what must be in it.
         let topology = toml::to_string(&state.topology.to_file()).unwrap_or_default();
-        let ports = match detach_fd_ports(&state).await {
+        let names = handed_ports(&state.topology);
+        let ports = match detach_fd_ports(&state, &names).await {
             Ok(ports) => ports,
             Err(refusal) => return refuse_hand_over(stream, refusal).await,
         };
         let stopped_at_usec = kernel::sys::monotonic_usec();
+        // One pass, so each name goes with its fd.
+        let (handed, fds): (Vec<_>, Vec<_>) = ports
+            .iter()
+            .filter_map(|p| Some((names.get(&p.id())?.clone(), p.fd()?)))
+            .unzip();
         let offer = handover::Offer {
             topology,
-            ports: ports
-                .iter()
-                .map(|p| handed_port(&state.topology, p.id()))
-                .collect(),
+            ports: handed,
             vnet_header: state.offload != Offload::None,
             stopped_at_usec,
         };
-        let fds: Vec<_> = ports.iter().filter_map(|p| p.fd()).collect();
         let exchange = tokio::task::spawn_blocking(move || {
             let answer = handover::give(&mut stream, &Response::ok(offer), &fds);
             (answer, stream)
@@ -619,8 +629,9 @@ impl Control {
             .await
     }
 
-    /// Apply a validated new topology (or log the rejection). A `change` is written back to
-    /// the topology file first, and the file restored if applying it fails.
+    /// Apply a validated new topology (or log the rejection) and record the outcome in the
+    /// change log. A `change` is written back to the topology file first, and the file
+    /// restored if applying it fails.
     async fn commit(
         &self,
         state: &mut Running,
@@ -630,13 +641,14 @@ impl Control {
         change: Option<&Change>,
     ) -> Result<Applied, ControlError> {
         let outcome = self
-            .commit_unlogged(state, proposed, origin, action, change)
+            .apply_proposed(state, proposed, origin, action, change)
             .await;
         self.journal.record(origin, action, &outcome);
         outcome
     }
 
-    async fn commit_unlogged(
+    /// [`Control::commit`] but for the change log.
+    async fn apply_proposed(
         &self,
         state: &mut Running,
         proposed: Result<(Topology, u32, u32), ControlError>,
@@ -833,46 +845,41 @@ async fn refuse_hand_over(mut stream: std::os::unix::net::UnixStream, refusal: R
 
 /// Take every port with an fd (servers' TAPs, routers' TUNs) out of the data path; return
 /// them, or the refusal to send when the data path does not let go.
-async fn detach_fd_ports(state: &Running) -> Result<Vec<Box<dyn Port>>, Response> {
-    let topology = &state.topology;
-    let mut remove: Vec<topology::PortId> = topology.servers.iter().map(|s| s.id).collect();
-    remove.extend(
-        topology
-            .tenants
-            .iter()
-            .filter_map(|t| t.uplink.as_ref().map(|u| u.port)),
-    );
+async fn detach_fd_ports(
+    state: &Running,
+    names: &HashMap<topology::PortId, handover::HandedPort>,
+) -> Result<Vec<Box<dyn Port>>, Response> {
     let (done, detached) = tokio::sync::oneshot::channel();
     let update = Update {
-        remove,
-        switch: Some(Switch::new(topology)),
+        remove: names.keys().copied().collect(),
+        switch: Some(Switch::new(&state.topology)),
         done: Some(done),
         ..Update::default()
     };
     if state.datapath.send(update).is_err() {
         return Err(Response::error(&ControlError::DataPathGone));
     }
-    match tokio::time::timeout(APPLY_TIMEOUT, detached).await {
-        Ok(Ok(ports)) => Ok(ports),
-        _ => Err(Response::error(&ControlError::DataPathGone)),
-    }
+    // No timeout: once sent, the update is applied whatever we do, and giving up here
+    // would leave the ports unpolled and closed. A data path that is gone drops `done`.
+    detached
+        .await
+        .map_err(|_| Response::error(&ControlError::DataPathGone))
 }
 
-/// Name port `id` of `topology` for a hand-over.
-fn handed_port(topology: &Topology, id: topology::PortId) -> handover::HandedPort {
-    match topology.servers.iter().find(|s| s.id == id) {
-        Some(server) => handover::HandedPort::Server {
-            name: server.name.clone(),
-        },
-        None => handover::HandedPort::Uplink {
-            tenant: topology
-                .tenants
-                .iter()
-                .find(|t| t.uplink.as_ref().is_some_and(|u| u.port == id))
-                .map(|t| t.name.clone())
-                .unwrap_or_default(),
-        },
-    }
+/// Name every port with an fd (servers' TAPs, routers' TUNs) as a hand-over names it.
+fn handed_ports(topology: &Topology) -> HashMap<topology::PortId, handover::HandedPort> {
+    let servers = topology.servers.iter().map(|s| {
+        let name = s.name.clone();
+        (s.id, handover::HandedPort::Server { name })
+    });
+    let routers = topology.tenants.iter().filter_map(|t| {
+        let tenant = t.name.clone();
+        Some((
+            t.uplink.as_ref()?.port,
+            handover::HandedPort::Uplink { tenant },
+        ))
+    });
+    servers.chain(routers).collect()
 }
 
 /// A routed tenant's uplink status from its uplink port's counters and `rates` (upload
