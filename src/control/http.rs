@@ -109,19 +109,13 @@ struct Gate {
 pub fn router(control: Arc<Control>, auth: HttpAuth, limits: HttpLimits) -> Router {
     let feed = Feed::start(control.clone());
     let gate_state = Arc::new(Gate { auth, limits });
-    let session = gate_state.auth.session().to_string();
     Router::new()
         .route("/", get(|| async { console::asset("/") }))
         .route(
             "/console/{file}",
             get(|Path(file): Path<String>| async move { console::asset(&format!("/console/{file}")) }),
         )
-        .route(
-            "/api/login",
-            post(move |gate: axum::Extension<Arc<Gate>>, body: axum::body::Bytes| {
-                login(gate, body, session.clone())
-            }),
-        )
+        .route("/api/login", post(login))
         .route("/api/logout", post(logout))
         .route("/api/session", get(session_state))
         .route("/api/events", get(move || async move { feed.events() }))
@@ -151,7 +145,6 @@ pub fn router(control: Arc<Control>, auth: HttpAuth, limits: HttpLimits) -> Rout
 async fn login(
     axum::Extension(gate): axum::Extension<Arc<Gate>>,
     body: axum::body::Bytes,
-    session: String,
 ) -> HttpResponse {
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]
@@ -166,7 +159,10 @@ async fn login(
         return error(StatusCode::UNAUTHORIZED, "Wrong token");
     }
     (
-        [(header::SET_COOKIE, console::session_cookie(&session))],
+        [(
+            header::SET_COOKIE,
+            console::session_cookie(gate.auth.session()),
+        )],
         axum::Json(Response::ok("signed in")),
     )
         .into_response()
