@@ -105,6 +105,8 @@ pub struct Plumbing {
     edge: Option<uplink::Edge>,
     /// Namespaces the start under way adopted from a killed netd rather than created.
     adopted: Vec<String>,
+    /// Whether routers are among them (they depend on the uplink's set-up).
+    routers_adopted: bool,
 }
 
 impl Plumbing {
@@ -186,6 +188,7 @@ impl Plumbing {
         };
         let file = edge.adopt_router(topology, tenant, offload)?;
         self.adopted.push(router.clone());
+        self.routers_adopted = true;
         self.namespaces.push(router);
         Ok(UplinkTun {
             port: routed.port,
@@ -203,8 +206,11 @@ impl Plumbing {
         }
         let adopted = std::mem::take(&mut self.adopted);
         self.namespaces.retain(|n| !adopted.contains(n));
-        // Dropping an edge undoes nothing (only `tear_down` does): its set-up stays.
-        self.edge = None;
+        if std::mem::take(&mut self.routers_adopted) {
+            // Dropping an edge undoes nothing (only `tear_down` does): its set-up stays
+            // for the adopted routers. Otherwise it goes with the rest.
+            self.edge = None;
+        }
     }
 
     /// Take over what a netd that handed over its fds (see [`crate::handover`]) made for
@@ -231,6 +237,7 @@ impl Plumbing {
         self.uplinks.clear();
         self.namespaces.clear();
         self.adopted.clear();
+        self.routers_adopted = false;
         // Dropping an edge undoes nothing (only `tear_down` does): its set-up stays.
         self.edge = None;
     }
@@ -345,6 +352,7 @@ pub fn bring_up(topology: &Topology, offload: Offload) -> Result<Plumbing, Kerne
     );
     // From here on they are netd's like the rest: a stop removes them.
     plumbing.adopted.clear();
+    plumbing.routers_adopted = false;
     Ok(plumbing)
 }
 

@@ -186,7 +186,9 @@ impl Edge {
             interface: uplink.interface.clone(),
             table,
             forwarding_before: left_behind.unwrap_or(current),
-            veths: Vec::new(),
+            // The routers a killed netd left keep their rules while the start adopts them,
+            // and after it if it fails.
+            veths: existing_router_veths(topology),
         };
         if let Err(err) = edge.write_table() {
             let _ = sysctl(netns, &key, &edge.forwarding_before);
@@ -227,8 +229,10 @@ impl Edge {
         if let Err(err) = in_netns(self.netns.as_deref(), || sys::interface_identity(&veth)) {
             return Err(refuse(format!("the host's end of its veth, {veth}: {err}")));
         }
-        self.veths.push((veth, tenant.nat));
-        self.write_table()?;
+        if !self.veths.iter().any(|(v, _)| *v == veth) {
+            self.veths.push((veth, tenant.nat));
+            self.write_table()?;
+        }
         debug!(tenant = %tenant.name, netns = %router, "router adopted");
         Ok(File::from(tun))
     }
@@ -242,18 +246,12 @@ impl Edge {
             warn!(%table, "the uplink's old forwarding is not recorded; a stop will set 0");
             "0".to_string()
         });
-        let veths = topology
-            .tenants
-            .iter()
-            .filter(|t| t.uplink.is_some())
-            .map(|t| (host_veth(topology, t), t.nat))
-            .collect();
         Edge {
             netns: uplink.netns.clone(),
             interface: uplink.interface.clone(),
             table,
             forwarding_before,
-            veths,
+            veths: existing_router_veths(topology),
         }
     }
 
@@ -441,6 +439,17 @@ fn stored_forwarding(netns: Option<&str>, table: &str) -> Option<String> {
     // Only what `sysctl` can have read back: a small number.
     (!value.is_empty() && value.len() <= 3 && value.bytes().all(|b| b.is_ascii_digit()))
         .then(|| value.to_string())
+}
+
+/// The host's veth ends of the routed tenants whose router namespace exists (left by a
+/// killed netd, or handed over), and whether each is NAT.
+fn existing_router_veths(topology: &Topology) -> Vec<(String, bool)> {
+    topology
+        .tenants
+        .iter()
+        .filter(|t| t.uplink.is_some() && netns::exists(&router_netns(topology, t)))
+        .map(|t| (host_veth(topology, t), t.nat))
+        .collect()
 }
 
 /// Delete interface `name` in `netns` if it exists (a veth: both ends go).
