@@ -336,6 +336,8 @@ pub struct DataPath {
     storm: StormControl,
     /// Ports muted for flooding netd with frames it drops.
     quarantine: Quarantine,
+    /// The frame just received muted its port: stop reading it.
+    just_muted: bool,
     updates: mpsc::Receiver<Update>,
     update_handle: UpdateHandle,
     /// The priority the thread was given (set by [`DataPath::spawn`]).
@@ -403,6 +405,7 @@ impl DataPath {
                 unpublished: false,
                 storm,
                 quarantine: Quarantine::default(),
+                just_muted: false,
                 updates,
                 update_handle,
                 priority: Priority::Normal,
@@ -520,7 +523,7 @@ impl DataPath {
             let now = self.now();
             for slot in 0..self.egress.ready.len() {
                 // A muted port keeps its frames (and its mark) until its quarantine ends.
-                if self.egress.ready[slot] && !(self.quarantine.any() && self.is_muted(slot, now)) {
+                if self.egress.ready[slot] && !self.is_muted(slot, now) {
                     self.egress.ready[slot] = self.drain(slot);
                 }
             }
@@ -678,7 +681,8 @@ impl DataPath {
 
     /// Return true while the port in `slot` is in quarantine.
     fn is_muted(&self, slot: usize, now: Nanos) -> bool {
-        self.quarantine.is_muted(self.egress.ports[slot].id(), now)
+        // `any` first: the usual turn looks up no port.
+        self.quarantine.any() && self.quarantine.is_muted(self.egress.ports[slot].id(), now)
     }
 
     /// Arm the timer for the shaper's next release, the earliest port deadline or the end of
@@ -724,8 +728,8 @@ impl DataPath {
             let (ingress, offload) = (port.id(), port.offload());
             self.unpublished = true;
             self.receive(ingress, offload, len);
-            // Only this port's own frames can have muted it; the clock is read only then.
-            if self.quarantine.any() && self.quarantine.is_muted(ingress, self.now()) {
+            // Only this port's own frames can mute it, and `hostile` says when one did.
+            if std::mem::take(&mut self.just_muted) {
                 return true;
             }
         }
@@ -734,11 +738,11 @@ impl DataPath {
 
     /// Count a drop `ingress` caused against its quarantine budget.
     fn hostile(&mut self, ingress: PortId, reason: DropReason, now: Nanos) {
-        if quarantine::is_hostile(reason)
-            && self.quarantine.count(ingress, now)
-            && let Some(counters) = self.egress.stats.ports.get(ingress.index())
-        {
-            counters.count_quarantine();
+        if quarantine::is_hostile(reason) && self.quarantine.count(ingress, now) {
+            self.just_muted = true;
+            if let Some(counters) = self.egress.stats.ports.get(ingress.index()) {
+                counters.count_quarantine();
+            }
         }
     }
 

@@ -58,6 +58,8 @@ pub struct Quarantine {
     ports: Vec<Window>,
     /// How many ports are muted now or were at the last look (to skip the scan when none).
     muted: usize,
+    /// The earliest end of a mute (0: none): no port needs looking at before it.
+    earliest_end: Nanos,
 }
 
 impl Quarantine {
@@ -86,6 +88,11 @@ impl Quarantine {
         window.muted_until = window.start + (WINDOW << window.repeats);
         window.last_mute_end = window.muted_until;
         self.muted += 1;
+        let until = window.muted_until;
+        self.earliest_end = match self.earliest_end {
+            0 => until,
+            end => end.min(until),
+        };
         true
     }
 
@@ -108,6 +115,10 @@ impl Quarantine {
         if self.muted == 0 {
             return None;
         }
+        // A flood keeps a port muted for up to 1.6 s: scan only when a mute may have ended.
+        if now < self.earliest_end {
+            return Some(self.earliest_end);
+        }
         let mut next: Option<Nanos> = None;
         let mut still = 0;
         for window in self.ports.iter_mut().filter(|w| w.muted_until != 0) {
@@ -119,6 +130,7 @@ impl Quarantine {
             }
         }
         self.muted = still;
+        self.earliest_end = next.unwrap_or(0);
         next
     }
 }
