@@ -29,15 +29,26 @@ pub const MAX_DOUBLINGS: u32 = 4;
 
 /// Return true for drops the sender caused (and could cause at line rate on purpose), as
 /// opposed to netd's own limits on the way out (a full queue, a failed write, a frame too
-/// big for its destination).
+/// big for its destination). Exhaustive: a new reason must be placed on one side.
 pub fn is_hostile(reason: DropReason) -> bool {
-    !matches!(
-        reason,
+    match reason {
+        DropReason::Truncated
+        | DropReason::Malformed
+        | DropReason::Oversized
+        | DropReason::UnsupportedEtherType
+        | DropReason::SpoofedMac
+        | DropReason::SpoofedIpv4
+        | DropReason::SpoofedArp
+        | DropReason::SpoofedIpv6
+        | DropReason::UnknownDestination
+        | DropReason::Hairpin
+        | DropReason::StormControl
+        | DropReason::RogueDhcp => true,
         DropReason::QueueFull
-            | DropReason::WriteFailed
-            | DropReason::GsoUnsupported
-            | DropReason::TooBig
-    )
+        | DropReason::WriteFailed
+        | DropReason::GsoUnsupported
+        | DropReason::TooBig => false,
+    }
 }
 
 /// One port's window.
