@@ -358,14 +358,6 @@ impl DataPath {
         let timer = TimerFd::new()?;
         poll.registry()
             .register(&mut SourceFd(&timer.as_raw_fd()), TIMER, Interest::READABLE)?;
-        let mut slot_of = vec![None; switch.port_count()];
-        for (slot, port) in ports.iter().enumerate() {
-            register(poll.registry(), port.as_ref(), slot)?;
-            if slot_of.len() <= port.id().index() {
-                slot_of.resize(port.id().index() + 1, None);
-            }
-            slot_of[port.id().index()] = Some(slot);
-        }
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, updates) = mpsc::channel();
         let update_handle = UpdateHandle {
@@ -377,46 +369,46 @@ impl DataPath {
             waker,
         };
         let storm = StormControl::new(&switch);
-        let ready = vec![false; ports.len()];
         let mut pool = BufferPool::default();
         let rx = pool.take_large();
         let scratch = pool.take_large();
-        let deadline_slots = deadline_slots(&ports);
-        Ok((
-            DataPath {
-                poll,
-                egress: Egress {
-                    ports,
-                    slot_of,
-                    ready,
-                    deadline_slots,
-                    switch,
-                    stats,
-                    pool,
-                    scratch,
-                },
-                shapers: Shapers::new(shaping),
-                timer,
-                timer_target: None,
-                clock: Instant::now(),
-                stop,
-                rx,
-                last_publish: 0,
-                unpublished: false,
-                storm,
-                quarantine: Quarantine::default(),
-                just_muted: false,
-                updates,
-                update_handle,
-                priority: Priority::Normal,
-                overload: Overload::default(),
+        let slot_of = vec![None; switch.port_count()];
+        let mut datapath = DataPath {
+            poll,
+            egress: Egress {
+                ports: Vec::with_capacity(ports.len()),
+                slot_of,
+                ready: Vec::with_capacity(ports.len()),
+                deadline_slots: Vec::new(),
+                switch,
+                stats,
+                pool,
+                scratch,
             },
-            handle,
-        ))
+            shapers: Shapers::new(shaping),
+            timer,
+            timer_target: None,
+            clock: Instant::now(),
+            stop,
+            rx,
+            last_publish: 0,
+            unpublished: false,
+            storm,
+            quarantine: Quarantine::default(),
+            just_muted: false,
+            updates,
+            update_handle,
+            priority: Priority::Normal,
+            overload: Overload::default(),
+        };
+        // The same registration as ports added later.
+        datapath.attach(ports)?;
+        Ok((datapath, handle))
     }
 
-    /// Add `ports` to a data path that does not run yet (an upgrade prepares the loop first
-    /// and adds the ports it was handed last, so they wait as little as possible).
+    /// Add `ports` to a data path that does not run yet (`new` does; an upgrade prepares
+    /// the loop first and adds the ports it was handed last, so they wait as little as
+    /// possible).
     pub fn attach(&mut self, ports: Vec<Box<dyn Port>>) -> io::Result<()> {
         let registry = self.poll.registry();
         for port in ports {
@@ -995,7 +987,6 @@ impl Egress {
         self.count_drop(ingress, reason);
     }
 
-    /// Count a drop on the ingress port and its tenant.
     /// Poll `port` in a new slot, marked ready (it may hold frames already).
     fn add_port(&mut self, registry: &Registry, port: Box<dyn Port>) -> io::Result<()> {
         let slot = self.ports.len();
@@ -1010,6 +1001,7 @@ impl Egress {
         Ok(())
     }
 
+    /// Count a drop on the ingress port and its tenant.
     fn count_drop(&self, ingress: PortId, reason: DropReason) {
         self.stats.ports[ingress.index()].count_drop(reason);
         // A queued frame of a port removed since has no tenant any more.
