@@ -16,7 +16,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use axum::http::{StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -152,9 +152,7 @@ impl Feed {
                     continue;
                 }
                 let snapshot = Snapshot {
-                    unix_ms: SystemTime::now()
-                        .duration_since(UNIX_EPOCH)
-                        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+                    unix_ms: super::journal::unix_ms(),
                     status: control.status().await,
                     stats: control.stats_report().await,
                     changes: control.journal.recent(),

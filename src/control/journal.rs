@@ -32,6 +32,13 @@ pub struct ChangeRecord {
     pub error: Option<String>,
 }
 
+/// Milliseconds since the Unix epoch now (the time the console shows).
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// The last [`KEEP`] changes.
 #[derive(Debug, Default)]
 pub struct Journal {
@@ -41,9 +48,7 @@ pub struct Journal {
 impl Journal {
     /// Record the outcome of one change.
     pub fn record(&self, origin: &str, action: &str, outcome: &Result<Applied, ControlError>) {
-        let unix_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let unix_ms = unix_ms();
         let (ok, changes, error) = match outcome {
             Ok(applied) => (true, applied.changes.clone(), None),
             Err(err) => (
