@@ -152,20 +152,7 @@ impl Plumbing {
         tenant: &crate::topology::Tenant,
         offload: Offload,
     ) -> Result<UplinkTun, KernelError> {
-        let (Some(edge), Some(routed), Some(gateway)) =
-            (self.edge.as_mut(), &tenant.uplink, &tenant.gateway)
-        else {
-            return Err(KernelError::Uplink {
-                detail: format!("tenant {:?} is not routed through an uplink", tenant.name),
-            });
-        };
-        let file = edge.add_router(topology, tenant, offload)?;
-        self.namespaces.push(uplink::router_netns(topology, tenant));
-        Ok(UplinkTun {
-            port: routed.port,
-            file,
-            gateway_mac: gateway.mac,
-        })
+        self.router(topology, tenant, offload, false)
     }
 
     /// Adopt the router a killed netd left for `tenant`, or create it if there is none.
@@ -175,10 +162,18 @@ impl Plumbing {
         tenant: &crate::topology::Tenant,
         offload: Offload,
     ) -> Result<UplinkTun, KernelError> {
-        let router = uplink::router_netns(topology, tenant);
-        if !netns::exists(&router) {
-            return self.add_router(topology, tenant, offload);
-        }
+        let adopt = netns::exists(&uplink::router_netns(topology, tenant));
+        self.router(topology, tenant, offload, adopt)
+    }
+
+    /// Create or `adopt` a routed tenant's router; it then belongs to this plumbing.
+    fn router(
+        &mut self,
+        topology: &Topology,
+        tenant: &crate::topology::Tenant,
+        offload: Offload,
+        adopt: bool,
+    ) -> Result<UplinkTun, KernelError> {
         let (Some(edge), Some(routed), Some(gateway)) =
             (self.edge.as_mut(), &tenant.uplink, &tenant.gateway)
         else {
@@ -186,9 +181,16 @@ impl Plumbing {
                 detail: format!("tenant {:?} is not routed through an uplink", tenant.name),
             });
         };
-        let file = edge.adopt_router(topology, tenant, offload)?;
-        self.adopted.push(router.clone());
-        self.routers_adopted = true;
+        let file = if adopt {
+            edge.adopt_router(topology, tenant, offload)?
+        } else {
+            edge.add_router(topology, tenant, offload)?
+        };
+        let router = uplink::router_netns(topology, tenant);
+        if adopt {
+            self.adopted.push(router.clone());
+            self.routers_adopted = true;
+        }
         self.namespaces.push(router);
         Ok(UplinkTun {
             port: routed.port,
