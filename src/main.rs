@@ -238,8 +238,12 @@ fn main() -> ExitCode {
     }
     init_logging(cli.log_format);
     match cli.command {
-        Command::Check { file } => match topology::load(&file) {
-            Ok(topology) => {
+        Command::Check { file } => match topology::load_any(&file) {
+            Ok(topology::AnyTopology::Cluster(cluster)) => {
+                print_cluster_summary(&cluster);
+                ExitCode::SUCCESS
+            }
+            Ok(topology::AnyTopology::Single(topology)) => {
                 // What `up` needs of the host that the file cannot say: the uplink exists.
                 if let Some(Err(err)) = topology.uplink.as_ref().map(netd::kernel::uplink::check) {
                     eprintln!("error: {}: {err}", file.display());
@@ -502,6 +506,7 @@ fn client_command(
                 nat: nat.then_some(true),
                 dns: (!dns.is_empty()).then_some(dns),
                 uplink: None,
+                vni: None,
             },
         },
         Command::RemoveTenant { name } => Change::RemoveTenant { name },
@@ -809,6 +814,33 @@ fn init_logging(format: LogFormat) {
     match format {
         LogFormat::Human => builder.init(),
         LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn print_cluster_summary(cluster: &topology::Cluster) {
+    let servers = cluster.servers_per_host();
+    println!(
+        "cluster {}: {} hosts, {} servers",
+        cluster.name,
+        cluster.hosts.len(),
+        servers.values().sum::<usize>()
+    );
+    for host in &cluster.hosts {
+        println!(
+            "  host {}: underlay {}, capacity {}, mtu {}, {} servers",
+            host.name,
+            host.underlay,
+            host.capacity,
+            host.mtu,
+            servers.get(host.name.as_str()).copied().unwrap_or(0)
+        );
+    }
+    for (name, guaranteed, ceiling) in cluster.tenants() {
+        let ceiling = ceiling.unwrap_or("each host's capacity");
+        println!(
+            "  tenant {name}: guaranteed {} on each of its hosts, ceiling {ceiling}",
+            guaranteed.unwrap_or("?")
+        );
     }
 }
 

@@ -294,3 +294,27 @@ fn the_outside_demo_loads_with_its_uplink_rates() {
     assert_eq!(globex.uplink.as_ref().unwrap().guaranteed, mbit(100));
     assert!(t.server_by_name("acme-db").unwrap().dhcp);
 }
+
+#[test]
+fn the_cluster_example_validates_and_each_host_sees_its_part() {
+    let netd::topology::AnyTopology::Cluster(cluster) =
+        netd::topology::load_any(&path("cluster.toml")).expect("valid")
+    else {
+        panic!("cluster.toml is a cluster topology");
+    };
+    assert_eq!(cluster.hosts.len(), 3);
+    let c = cluster.view("c", |_| true).expect("c's part");
+    assert_eq!(c.servers.len(), 1);
+    let remote: Vec<_> = c
+        .cluster
+        .unwrap()
+        .remote
+        .into_iter()
+        .map(|r| r.name)
+        .collect();
+    assert_eq!(remote, ["acme-a", "acme-b"]);
+    // Run as one host's file, it is refused with what to do instead.
+    let errors = load_errors("cluster.toml");
+    assert_eq!(errors.len(), 1);
+    assert!(errors[0].to_string().contains("netd push"), "{}", errors[0]);
+}

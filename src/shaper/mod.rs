@@ -343,6 +343,7 @@ mod tests {
             gateway: None,
             nat: false,
             uplink: None,
+            vni: None,
         };
         let topology = Topology {
             name: "t".into(),
@@ -350,6 +351,7 @@ mod tests {
             capacity: mbit(1000),
             shaping: Default::default(),
             uplink: None,
+            cluster: None,
             tenants: vec![tenant(0, "a", 300, 1000, 2), tenant(1, "b", 200, 500, 1)],
             servers: vec![
                 server(0, 0, Some(mbit(100)), None),

@@ -42,6 +42,7 @@ pub fn topology() -> Topology {
         gateway: None,
         nat: false,
         uplink: None,
+        vni: None,
     };
     let server = |id, name: &str, tenant, mac, ip: &str, ipv6: Option<&str>, mtu| Server {
         id: PortId(id),
@@ -62,6 +63,7 @@ pub fn topology() -> Topology {
         capacity: gbit,
         shaping: Default::default(),
         uplink: None,
+        cluster: None,
         tenants: vec![tenant(0, "acme"), tenant(1, "blue"), tenant(2, "idle")],
         servers: vec![
             server(

@@ -13,7 +13,11 @@
 //! panics and never allocates.
 //!
 //! - Group destinations (I/G bit set: broadcast and multicast) → `Flood(tenant)`; the data
-//!   path sends a copy to each of the tenant's ports except the ingress.
+//!   path sends a copy to each of the tenant's flood members except the ingress: every local
+//!   port, and one remote server per other host of the cluster (head-end replication: that
+//!   host floods its own servers, and never floods back over the tunnel).
+//! - A frame from a remote server (over the tunnel) for another remote server →
+//!   `Drop(UnknownDestination)`: each host delivers only to its own ports.
 //! - A unicast destination owned by the ingress itself → `Drop(Hairpin)`; owned by another
 //!   port of the tenant → `Unicast(tenant, port)`; otherwise → `Drop(UnknownDestination)`.
 //!
@@ -43,8 +47,10 @@ pub(crate) struct ForwardTable {
 /// One tenant's ports and its MAC → port table.
 #[derive(Clone, Debug, Default)]
 struct TenantTable {
-    /// The tenant's ports, in port order.
+    /// The ports a flood reaches, in port order (see [`ForwardTable::members`]).
     members: Box<[PortId]>,
+    /// The tenant's remote servers (ports on other hosts), sorted.
+    remote: Box<[PortId]>,
     /// MAC keys ([`mac_key`]), sorted ascending.
     macs: Box<[u64]>,
     /// `ports[i]` owns `macs[i]`.
@@ -76,19 +82,36 @@ impl ForwardTable {
             .max()
             .unwrap_or(0);
         let mut entries: Vec<Vec<(u64, PortId)>> = vec![Vec::new(); count];
+        let mut members: Vec<Vec<PortId>> = vec![Vec::new(); count];
+        let mut remote: Vec<Vec<PortId>> = vec![Vec::new(); count];
+        // (tenant, remote host) pairs that have a flood member already.
+        let mut hosts_reached = std::collections::BTreeSet::new();
         for port in topology.ports().filter(|p| p.kind() != PortKind::Uplink) {
-            entries[port.tenant().index()].push((mac_key(port.mac()), port.id()));
+            let tenant = port.tenant().index();
+            entries[tenant].push((mac_key(port.mac()), port.id()));
+            match port {
+                // Head-end replication: one copy per host, which floods its own servers.
+                PortSpec::Remote(r) => {
+                    remote[tenant].push(port.id());
+                    if hosts_reached.insert((tenant, r.underlay)) {
+                        members[tenant].push(port.id());
+                    }
+                }
+                _ => members[tenant].push(port.id()),
+            }
         }
         let mut routes = routes(topology, count);
         let tenants = entries
             .into_iter()
+            .zip(members.into_iter().zip(remote))
             .zip(routes.drain(..))
-            .map(|(mut entries, routes)| {
-                let mut members: Vec<PortId> = entries.iter().map(|&(_, port)| port).collect();
+            .map(|((mut entries, (mut members, mut remote)), routes)| {
                 members.sort_unstable();
+                remote.sort_unstable();
                 entries.sort_unstable();
                 TenantTable {
                     members: members.into(),
+                    remote: remote.into(),
                     macs: entries.iter().map(|&(mac, _)| mac).collect(),
                     ports: entries.iter().map(|&(_, port)| port).collect(),
                     routes,
@@ -110,6 +133,11 @@ impl ForwardTable {
             return self.routed_down(tenant, eth);
         }
         match self.forward(ingress, tenant, MacAddr::from(eth.dst_addr())) {
+            // A host delivers what comes over the tunnel to its own ports only: another
+            // host's server is that host's to reach (and a relay would double its frames).
+            Decision::Unicast(_, to) if kind == PortKind::Remote && self.is_remote(tenant, to) => {
+                Decision::Drop(DropReason::UnknownDestination)
+            }
             Decision::Unicast(tenant, to) => self
                 .routed_up(tenant, to, eth)
                 .unwrap_or(Decision::Unicast(tenant, to)),
@@ -155,7 +183,16 @@ impl ForwardTable {
         }
     }
 
-    /// Return the ports of `tenant`, in port order (empty for an unknown tenant).
+    /// Return true if `port` is one of `tenant`'s remote servers.
+    pub(crate) fn is_remote(&self, tenant: TenantId, port: PortId) -> bool {
+        self.tenants
+            .get(tenant.index())
+            .is_some_and(|t| t.remote.binary_search(&port).is_ok())
+    }
+
+    /// Return the ports a flood of `tenant` reaches, in port order (empty for an unknown
+    /// tenant): every local port, and one remote server per other host (that host floods
+    /// its own servers).
     pub(crate) fn members(&self, tenant: TenantId) -> &[PortId] {
         self.tenants
             .get(tenant.index())

@@ -89,6 +89,16 @@ impl PortFacts {
     pub(crate) fn new(port: PortSpec<'_>) -> PortFacts {
         match port {
             PortSpec::Server(server) => PortFacts::of_server(server),
+            // A server of another host: checked as if its TAP were here.
+            PortSpec::Remote(remote) => PortFacts {
+                kind: PortKind::Remote,
+                mac: remote.mac,
+                ipv4: remote.ip.ip(),
+                ipv6: remote.ipv6.map(|net| net.ip()),
+                ipv6_link_local: remote.mac.ipv6_link_local(),
+                max_frame_len: usize::from(remote.mtu) + ETHERNET_HEADER_LEN,
+                tenant: remote.tenant,
+            },
             PortSpec::Gateway(tenant, gateway) => PortFacts {
                 kind: PortKind::Gateway,
                 mac: gateway.mac,
@@ -154,7 +164,7 @@ pub(crate) fn check_with_limit<'a>(
     if MacAddr::from(eth.src_addr()) != port.mac {
         return Err(DropReason::SpoofedMac);
     }
-    if port.kind != PortKind::Server {
+    if !matches!(port.kind, PortKind::Server | PortKind::Remote) {
         return check_trusted(eth);
     }
     match eth.ethertype() {

@@ -34,6 +34,10 @@ pub struct FileTopology {
     /// `[uplink]`: optional.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub uplink: Option<FileUplink>,
+    /// `[hosts.<name>]`, by name: present only in a cluster topology (see
+    /// [`super::cluster`]); a file without it is a single-host topology.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub hosts: BTreeMap<String, FileClusterHost>,
     /// Unknown keys and mistyped values found while reading; the keys were dropped.
     #[serde(skip)]
     pub problems: Vec<ValidationError>,
@@ -50,6 +54,24 @@ pub struct FileHost {
     pub queue_delay: Option<String>,
     /// Token-bucket size as time at the bucket's rate, e.g. `"1ms"`; optional.
     pub burst: Option<String>,
+}
+
+/// `[hosts.<name>]`: one host of a cluster topology.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileClusterHost {
+    /// The host's tunnel endpoint (its VXLAN underlay address), `"192.0.2.1"`: required.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub underlay: Option<String>,
+    /// The namespace standing in for the host's own stack; default: netd's own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub netns: Option<String>,
+    /// The host's local capacity, as `[host] capacity` of a single host: required.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<String>,
+    /// The underlay's MTU; default 1500. Tenant frames are at most this minus 50 bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<i64>,
 }
 
 /// `[tenants.<name>]`.
@@ -85,6 +107,9 @@ pub struct FileTenant {
     /// `[tenants.<name>.uplink]`: the tenant's rates on the uplink, per direction; optional.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub uplink: Option<FileRates>,
+    /// The tenant's VXLAN network identifier in a cluster; derived from the name when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vni: Option<i64>,
 }
 
 /// `[uplink]`.
@@ -145,6 +170,10 @@ pub struct FileServer {
     /// Leave `eth0` unconfigured: the server gets its address by DHCP from the gateway.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dhcp: Option<bool>,
+    /// In a cluster topology, the host that runs the server: required there, refused
+    /// elsewhere.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
 }
 
 impl FileTopology {
@@ -221,6 +250,7 @@ fn plain_words(message: &str) -> String {
         ("expected struct FileHost", "expected a table"),
         ("expected struct FileTenant", "expected a table"),
         ("expected struct FileServer", "expected a table"),
+        ("expected struct FileClusterHost", "expected a table"),
         ("expected struct FileTopology", "expected a table"),
         ("expected a map", "expected a table"),
         ("invalid type: sequence", "invalid type: array"),

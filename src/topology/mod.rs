@@ -13,6 +13,7 @@
 //! [`Topology::with_ids_from`]). So an id is **not** an index into [`Topology::tenants`] or
 //! [`Topology::servers`]: look objects up with [`Topology::tenant`] and [`Topology::server`].
 
+pub mod cluster;
 pub mod file;
 pub mod gateway;
 pub mod rate;
@@ -25,6 +26,7 @@ use std::path::{Path, PathBuf};
 use ipnetwork::{Ipv4Network, Ipv6Network};
 use serde::Serialize;
 
+pub use cluster::{Cluster, ClusterView, Host, RemoteServer};
 pub use gateway::Gateway;
 pub use rate::{MIN_RATE, Rate};
 pub use uplink::{TenantUplink, Uplink};
@@ -71,6 +73,9 @@ pub enum PortKind {
     Gateway,
     /// A tenant's side of the routed uplink: one tenant, trusted (the host's routing).
     Uplink,
+    /// A server on another host of the cluster, reached over VXLAN: one tenant, checked as
+    /// a server's port (its frames must carry that server's own addresses).
+    Remote,
 }
 
 impl PortKind {
@@ -80,6 +85,7 @@ impl PortKind {
             PortKind::Server => "server",
             PortKind::Gateway => "gateway",
             PortKind::Uplink => "uplink",
+            PortKind::Remote => "remote",
         }
     }
 }
@@ -93,6 +99,8 @@ pub enum PortSpec<'a> {
     Gateway(&'a Tenant, &'a Gateway),
     /// A routed tenant's side of the uplink.
     Uplink(&'a Tenant, &'a TenantUplink),
+    /// A server of another host, behind the VXLAN tunnel.
+    Remote(&'a RemoteServer),
 }
 
 impl PortSpec<'_> {
@@ -102,6 +110,7 @@ impl PortSpec<'_> {
             PortSpec::Server(server) => server.id,
             PortSpec::Gateway(_, gateway) => gateway.port,
             PortSpec::Uplink(_, uplink) => uplink.port,
+            PortSpec::Remote(remote) => remote.id,
         }
     }
 
@@ -109,6 +118,7 @@ impl PortSpec<'_> {
     pub fn tenant(&self) -> TenantId {
         match self {
             PortSpec::Server(server) => server.tenant,
+            PortSpec::Remote(remote) => remote.tenant,
             PortSpec::Gateway(tenant, _) | PortSpec::Uplink(tenant, _) => tenant.id,
         }
     }
@@ -119,6 +129,7 @@ impl PortSpec<'_> {
             PortSpec::Server(_) => PortKind::Server,
             PortSpec::Gateway(..) => PortKind::Gateway,
             PortSpec::Uplink(..) => PortKind::Uplink,
+            PortSpec::Remote(_) => PortKind::Remote,
         }
     }
 
@@ -128,6 +139,7 @@ impl PortSpec<'_> {
     pub fn mac(&self) -> MacAddr {
         match self {
             PortSpec::Server(server) => server.mac,
+            PortSpec::Remote(remote) => remote.mac,
             PortSpec::Gateway(_, gateway) => gateway.mac,
             PortSpec::Uplink(tenant, _) => {
                 tenant.gateway.as_ref().map_or(MacAddr([0; 6]), |g| g.mac)
@@ -160,6 +172,9 @@ pub struct Topology {
     pub servers: Vec<Server>,
     /// Where routed tenants leave the host, if anywhere.
     pub uplink: Option<Uplink>,
+    /// This host's part of a cluster: the other hosts and the servers they run for this
+    /// host's tenants. `None` for a single-host topology.
+    pub cluster: Option<ClusterView>,
 }
 
 /// The shaper's time constants, from `[host] queue_delay` and `[host] burst`.
@@ -203,6 +218,8 @@ pub struct Tenant {
     pub nat: bool,
     /// Its uplink port and rates: a tenant with a gateway, on a host with an uplink.
     pub uplink: Option<TenantUplink>,
+    /// Its VXLAN network identifier, in a cluster topology.
+    pub vni: Option<u32>,
 }
 
 /// A server's default routers (its tenant's gateway), per address family.
@@ -315,6 +332,18 @@ impl Topology {
                 _ => fresh_port(next_port),
             };
         }
+        // A remote server keeps its port while it stays on the same host.
+        if let Some(cluster) = &mut self.cluster {
+            for r in &mut cluster.remote {
+                r.tenant = tenant_map[&r.tenant];
+                let kept = running
+                    .cluster
+                    .as_ref()
+                    .and_then(|c| c.remote.iter().find(|o| o.name == r.name))
+                    .filter(|old| old.host == r.host);
+                r.id = kept.map_or_else(|| fresh_port(next_port), |old| old.id);
+            }
+        }
         self
     }
 
@@ -357,6 +386,7 @@ impl Topology {
                                 weight: u.set.weight.then(|| i64::from(u.weight)),
                             })
                             .filter(|r| *r != file::FileRates::default()),
+                        vni: t.vni.map(i64::from),
                     };
                     (t.name.clone(), tenant)
                 })
@@ -375,6 +405,7 @@ impl Topology {
                         guaranteed: s.guaranteed.map(|r| r.to_string()),
                         ceiling: s.ceiling.map(|r| r.to_string()),
                         dhcp: s.dhcp.then_some(true),
+                        host: None,
                     };
                     (s.name.clone(), server)
                 })
@@ -384,6 +415,7 @@ impl Topology {
                 netns: u.netns.clone(),
                 capacity: Some(u.capacity.to_string()),
             }),
+            hosts: std::collections::BTreeMap::new(),
             problems: Vec::new(),
         }
     }
@@ -404,8 +436,12 @@ impl Topology {
     }
 
     /// Return every port of the switch: one per server, then one per tenant gateway, then
-    /// one per tenant uplink.
+    /// one per tenant uplink, then one per remote server.
     pub fn ports(&self) -> impl Iterator<Item = PortSpec<'_>> {
+        let remote = self
+            .cluster
+            .iter()
+            .flat_map(|c| c.remote.iter().map(PortSpec::Remote));
         let gateways = self
             .tenants
             .iter()
@@ -419,6 +455,7 @@ impl Topology {
             .map(PortSpec::Server)
             .chain(gateways)
             .chain(uplinks)
+            .chain(remote)
     }
 
     /// Return the default routers of a server: its tenant's gateway addresses, IPv6 only
@@ -504,6 +541,28 @@ pub fn read_text(path: &Path) -> Result<String, LoadError> {
         });
     }
     Ok(text)
+}
+
+/// A topology file of either form.
+#[derive(Debug, Clone)]
+pub enum AnyTopology {
+    /// A single host's (no `[hosts]`).
+    Single(Topology),
+    /// A cluster's (with `[hosts]`).
+    Cluster(Cluster),
+}
+
+/// Read, parse and validate a topology file of either form (`netd check`).
+pub fn load_any(path: &Path) -> Result<AnyTopology, LoadError> {
+    let text = read_text(path)?;
+    let file =
+        file::FileTopology::from_toml(path, &text).map_err(|e| LoadError::Invalid(vec![e]))?;
+    if file.hosts.is_empty() {
+        validate(path, &file).map(AnyTopology::Single)
+    } else {
+        cluster::validate(path, &file).map(AnyTopology::Cluster)
+    }
+    .map_err(LoadError::Invalid)
 }
 
 /// Parse and validate topology text; `path` names the source in errors and gives the name.

@@ -236,6 +236,45 @@ pub enum ErrorKind {
     #[error("the tenants' uplink guarantees sum to {sum}, above the uplink capacity")]
     UplinkGuaranteesExceedCapacity { sum: Rate },
 
+    // Clusters.
+    #[error(
+        "this is a cluster topology ([hosts]): `netd check` validates it, `netd push FILE --etcd URL` stores it, and each host runs `netd up --etcd URL --host NAME`"
+    )]
+    ClusterFile,
+    #[error("only a cluster topology has this: add [hosts.<name>] sections")]
+    NeedsHosts,
+    #[error("not supported in a cluster topology (yet): {what}")]
+    NotInCluster { what: &'static str },
+    #[error("no such host in [hosts]")]
+    UnknownHost,
+    #[error("VNI must be an integer from 1 to 16777215 (24 bits)")]
+    VniOutOfRange,
+    #[error("VNI already used by tenant {other:?}")]
+    DuplicateVni { other: String },
+    #[error("underlay address is not a usable unicast IPv4 address")]
+    UnusableUnderlay,
+    #[error("underlay address already used by host {other:?}")]
+    DuplicateUnderlay { other: String },
+    #[error("underlay MTU must be between {} and {MAX_MTU}", MIN_MTU + crate::topology::cluster::VXLAN_OVERHEAD)]
+    UnderlayMtuOutOfRange,
+    #[error(
+        "MTU is above {max}: a tenant's frames must fit the smallest underlay MTU less {} bytes of VXLAN",
+        crate::topology::cluster::VXLAN_OVERHEAD
+    )]
+    MtuAboveTunnel { max: u16 },
+    #[error(
+        "sum of the guarantees of the tenants on host {host:?} is {sum}, above its capacity {capacity}"
+    )]
+    GuaranteesExceedHostCapacity {
+        host: String,
+        sum: Rate,
+        capacity: Rate,
+    },
+    #[error("ceiling is above the capacity {capacity} of host {host:?}, which runs its servers")]
+    CeilingAboveHostCapacity { host: String, capacity: Rate },
+    #[error("a cluster topology sets the capacity per host, in [hosts.<name>] capacity")]
+    CapacityPerHost,
+
     #[error("malformed duration: expected a number and a unit such as 5ms, 500us or 0.01s")]
     MalformedDuration,
     #[error("duration must be between {min:?} and {max:?}")]
@@ -270,18 +309,63 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
 
 /// Check a parsed file and build the typed model, or return every problem found.
 pub fn validate(path: &Path, file: &FileTopology) -> Result<Topology, Vec<ValidationError>> {
+    validate_part(path, file, Part::Whole)
+}
+
+/// What [`validate_part`] judges: a whole single-host file, or a cluster's (see
+/// [`super::cluster`], which adds the rules that span hosts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Part {
+    /// A single-host topology file: no `[hosts]`, `host` or `vni`.
+    Whole,
+    /// Every server of a cluster at once, for the rules that hold across hosts (names,
+    /// MACs, addresses, rates). The capacity rules are the cluster's, per host, so `[host]`
+    /// holds no capacity and the one given stands in for it (the largest host's).
+    Cluster(Option<Rate>),
+    /// One host's part of a validated cluster: it may have no tenants or servers yet.
+    HostView,
+}
+
+impl Part {
+    /// True where the host capacity in the file is the one every tenant shares.
+    fn has_own_capacity(self) -> bool {
+        !matches!(self, Part::Cluster(_))
+    }
+}
+
+/// [`validate`] for one [`Part`].
+pub(super) fn validate_part(
+    path: &Path,
+    file: &FileTopology,
+    part: Part,
+) -> Result<Topology, Vec<ValidationError>> {
     let mut v = Validator {
         path,
         errors: file.problems.clone(),
     };
+    if part == Part::Whole && !file.hosts.is_empty() {
+        // Judged as a single host's, every server's `host` would be wrong: say what it is.
+        v.push("hosts", None, ErrorKind::ClusterFile);
+        return Err(v.errors);
+    }
 
     // [host]
-    let capacity = match &file.host {
-        None => {
+    let capacity = match (&file.host, part) {
+        (host, Part::Cluster(largest)) => {
+            if let Some(text) = host.as_ref().and_then(|h| h.capacity.as_deref()) {
+                v.push(
+                    "host.capacity",
+                    quoted(Some(text)),
+                    ErrorKind::CapacityPerHost,
+                );
+            }
+            largest
+        }
+        (None, _) => {
             v.missing("host");
             None
         }
-        Some(host) => v.rate("host.capacity", host.capacity.as_deref(), true),
+        (Some(host), _) => v.rate("host.capacity", host.capacity.as_deref(), true),
     };
     let defaults = ShapingParams::default();
     let shaping = ShapingParams {
@@ -304,7 +388,7 @@ pub fn validate(path: &Path, file: &FileTopology) -> Result<Topology, Vec<Valida
     };
 
     // [tenants.*]
-    if file.tenants.is_empty() && !v.reported("tenants") {
+    if file.tenants.is_empty() && !v.reported("tenants") && part != Part::HostView {
         v.push("tenants", None, ErrorKind::NoTenants);
     }
     let mut tenants = Vec::with_capacity(file.tenants.len());
@@ -333,6 +417,7 @@ pub fn validate(path: &Path, file: &FileTopology) -> Result<Topology, Vec<Valida
         }
         if let (Some(cap), Some(c)) = (capacity, explicit_ceiling)
             && c > cap
+            && part.has_own_capacity()
         {
             let value = quoted(raw.ceiling.as_deref());
             v.push(
@@ -372,6 +457,7 @@ pub fn validate(path: &Path, file: &FileTopology) -> Result<Topology, Vec<Valida
         if let Some(g) = guaranteed {
             guarantee_sum += u128::from(g.bits_per_sec());
         }
+        let vni = check_vni(&mut v, &key, raw.vni, part);
         let ceiling = match &raw.ceiling {
             Some(_) => explicit_ceiling,
             None => capacity,
@@ -391,11 +477,13 @@ pub fn validate(path: &Path, file: &FileTopology) -> Result<Topology, Vec<Valida
                 gateway: None, // filled in by gateway::check once servers are known
                 nat: false,
                 uplink: None, // filled in by uplink::check once gateways are known
+                vni,
             });
         }
     }
     if let Some(cap) = capacity
         && guarantee_sum > u128::from(cap.bits_per_sec())
+        && part.has_own_capacity()
     {
         let sum = saturating_rate(guarantee_sum);
         v.push(
@@ -406,7 +494,7 @@ pub fn validate(path: &Path, file: &FileTopology) -> Result<Topology, Vec<Valida
     }
 
     // [servers.*]
-    if file.servers.is_empty() && !v.reported("servers") {
+    if file.servers.is_empty() && !v.reported("servers") && part != Part::HostView {
         v.push("servers", None, ErrorKind::NoServers);
     }
     let tenant_index: BTreeMap<&str, usize> = file
@@ -425,6 +513,13 @@ pub fn validate(path: &Path, file: &FileTopology) -> Result<Topology, Vec<Valida
     for (index, (name, raw)) in file.servers.iter().enumerate() {
         let key = format!("servers.{}", key_segment(name));
         v.name(&key, name, MAX_IFNAME_LEN, ErrorKind::InvalidName);
+        if part == Part::Whole && raw.host.is_some() {
+            v.push(
+                &format!("{key}.host"),
+                quoted(raw.host.as_deref()),
+                ErrorKind::NeedsHosts,
+            );
+        }
 
         let tenant_key = format!("{key}.tenant");
         let tenant = match raw.tenant.as_deref() {
@@ -614,16 +709,37 @@ pub fn validate(path: &Path, file: &FileTopology) -> Result<Topology, Vec<Valida
             tenants,
             servers,
             uplink,
+            cluster: None,
         }),
         // No capacity always comes with an error; the guard only avoids an unwrap.
         _ => Err(v.errors),
     }
 }
 
+/// The largest VXLAN network identifier (24 bits).
+pub const MAX_VNI: u32 = (1 << 24) - 1;
+
+/// Check a tenant's `vni`: only in a cluster, 1..=[`MAX_VNI`].
+fn check_vni(v: &mut Validator<'_>, tenant_key: &str, raw: Option<i64>, part: Part) -> Option<u32> {
+    let n = raw?;
+    let key = format!("{tenant_key}.vni");
+    if part == Part::Whole {
+        v.push(&key, Some(n.to_string()), ErrorKind::NeedsHosts);
+        return None;
+    }
+    match u32::try_from(n) {
+        Ok(vni) if (1..=MAX_VNI).contains(&vni) => Some(vni),
+        _ => {
+            v.push(&key, Some(n.to_string()), ErrorKind::VniOutOfRange);
+            None
+        }
+    }
+}
+
 /// Collects errors for one file.
 pub(super) struct Validator<'a> {
-    path: &'a Path,
-    errors: Vec<ValidationError>,
+    pub(super) path: &'a Path,
+    pub(super) errors: Vec<ValidationError>,
 }
 
 impl Validator<'_> {
@@ -987,7 +1103,7 @@ ip = "10.1.0.10/24"
     #[rstest]
     // Reading the TOML.
     #[case::unknown_key(&[("mtu = 1500", "mtu = 1500\ncolour = \"blue\"")], "servers.acme-web.colour", ErrorKind::UnknownKey { expected: String::new() })]
-    #[case::unknown_table(&[("[host]", "[hosts.x]\ny = 1\n[host]")], "hosts", ErrorKind::UnknownKey { expected: String::new() })]
+    #[case::unknown_table(&[("[host]", "[hostz.x]\ny = 1\n[host]")], "hostz", ErrorKind::UnknownKey { expected: String::new() })]
     #[case::wrong_type(&[("mtu = 1500", "mtu = \"big\"")], "servers.acme-web.mtu", ErrorKind::WrongType { message: String::new() })]
     #[case::wrong_type_string(&[("ip = \"10.1.0.11/24\"", "ip = 10")], "servers.acme-db.ip", ErrorKind::WrongType { message: String::new() })]
     // Structure.
