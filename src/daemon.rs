@@ -57,6 +57,16 @@ pub struct UpOptions {
     pub take_over: bool,
     /// How this daemon was started, so `netd upgrade` can start the installed binary alike.
     pub relaunch: Option<control::Relaunch>,
+    /// For a host of a cluster: the store it follows and its name there.
+    pub cluster: Option<ClusterOptions>,
+}
+
+/// How a host of a cluster follows the cluster's state.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    pub store: crate::store::StoreConfig,
+    /// This host's name in `[hosts]`.
+    pub host: String,
 }
 
 impl Default for UpOptions {
@@ -73,6 +83,7 @@ impl Default for UpOptions {
             datapath_priority: None,
             take_over: false,
             relaunch: None,
+            cluster: None,
         }
     }
 }
@@ -248,7 +259,26 @@ pub async fn up(
     if let Some(relaunch) = options.relaunch.clone() {
         control = control.with_relaunch(relaunch);
     }
+    let health = options.cluster.as_ref().map(|c| {
+        let health = crate::store::follow::StoreHealth {
+            host: c.host.clone(),
+            ..Default::default()
+        };
+        Arc::new(std::sync::Mutex::new(health))
+    });
+    if let Some(health) = &health {
+        control = control.with_store_health(health.clone());
+    }
     let control = Arc::new(control);
+    let _follower = options
+        .cluster
+        .clone()
+        .zip(health)
+        .map(|(cluster, health)| {
+            let follow =
+                crate::store::follow::run(control.clone(), cluster.store, cluster.host, health);
+            Task(tokio::spawn(follow))
+        });
     let _socket_task = Task(tokio::spawn(control::socket::serve(
         listener,
         control.clone(),

@@ -39,6 +39,7 @@ pub mod port;
 pub mod quarantine;
 pub mod shaper;
 pub mod stats;
+pub mod store;
 pub mod storm;
 pub mod switch;
 pub mod systemd;

@@ -53,10 +53,34 @@ enum Command {
         /// Topology file (TOML).
         file: PathBuf,
     },
-    /// Create the topology's namespaces and TAPs and run the switch until SIGINT/SIGTERM.
-    Up {
-        /// Topology file (TOML).
+    /// Validate a cluster topology file and store it in etcd in one transaction: every
+    /// host's netd (`up --etcd URL --host NAME`) applies its part at once.
+    Push {
+        /// Cluster topology file (TOML, with [hosts]).
         file: PathBuf,
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Write only if the stored topology is still at this etcd revision (0: only if
+        /// none is stored), so two operators cannot overwrite each other unseen.
+        #[arg(long, value_name = "REVISION")]
+        expect_revision: Option<i64>,
+    },
+    /// Create the topology's namespaces and TAPs and run the switch until SIGINT/SIGTERM.
+    /// With --etcd and --host, run that host's part of the cluster stored in etcd and
+    /// follow its changes.
+    Up {
+        /// Topology file (TOML); none with --etcd.
+        #[arg(required_unless_present = "etcd", conflicts_with = "etcd")]
+        file: Option<PathBuf>,
+        #[command(flatten)]
+        store: StoreArgs,
+        /// This host's name in the cluster's [hosts] (with --etcd).
+        #[arg(long, value_name = "NAME", requires = "etcd")]
+        host: Option<String>,
+        /// How long this host's keys outlive its last keep-alive (with --etcd); the other
+        /// hosts drop its servers when they go.
+        #[arg(long, value_name = "SECONDS", default_value_t = 10, requires = "etcd")]
+        lease_ttl: u64,
         /// Log all counters every this many seconds.
         #[arg(long, value_name = "SECONDS")]
         stats_interval: Option<f64>,
@@ -93,7 +117,13 @@ enum Command {
         take_over: bool,
     },
     /// Show tenants, servers, configured and current rates, queues and entitlements.
+    /// With --cluster and --etcd: every host of the cluster and every tenant across hosts.
     Status {
+        /// Show the whole cluster, from etcd (needs --etcd).
+        #[arg(long, requires = "etcd")]
+        cluster: bool,
+        #[command(flatten)]
+        store: StoreArgs,
         /// Refresh every second until interrupted.
         #[arg(long)]
         watch: bool,
@@ -219,6 +249,28 @@ enum Command {
     },
 }
 
+/// Where a cluster's state is kept.
+#[derive(Debug, Clone, clap::Args)]
+struct StoreArgs {
+    /// etcd endpoint(s), comma-separated, e.g. http://127.0.0.1:2379.
+    #[arg(long, value_name = "URL")]
+    etcd: Option<String>,
+    /// The key prefix in etcd.
+    #[arg(long, value_name = "PREFIX", default_value = netd::store::DEFAULT_PREFIX)]
+    etcd_prefix: String,
+}
+
+impl StoreArgs {
+    fn config(&self) -> Option<netd::store::StoreConfig> {
+        let etcd = self.etcd.as_deref()?;
+        Some(netd::store::StoreConfig {
+            endpoints: etcd.split(',').map(str::to_string).collect(),
+            prefix: self.etcd_prefix.clone(),
+            lease_ttl: netd::store::DEFAULT_LEASE_TTL,
+        })
+    }
+}
+
 /// Parse `--http`: an address and port, or a host name (`localhost:9180`) resolved to its
 /// first address.
 fn parse_http_addr(text: &str) -> Result<SocketAddr, String> {
@@ -259,6 +311,9 @@ fn main() -> ExitCode {
         },
         Command::Up {
             file,
+            store,
+            host,
+            lease_ttl,
             stats_interval,
             no_offload,
             http,
@@ -269,12 +324,30 @@ fn main() -> ExitCode {
             datapath_priority,
             take_over,
         } => {
-            let topology = match topology::load(&file) {
-                Ok(topology) => topology,
-                Err(err) => {
-                    eprintln!("error: {err}");
+            let cluster = match (store.config(), host) {
+                (Some(mut config), Some(host)) => {
+                    config.lease_ttl = Duration::from_secs(lease_ttl.max(1));
+                    Some(daemon::ClusterOptions {
+                        store: config,
+                        host,
+                    })
+                }
+                (Some(_), None) => {
+                    eprintln!("error: --etcd needs --host NAME: which host of the cluster this is");
                     return ExitCode::FAILURE;
                 }
+                _ => None,
+            };
+            let topology = match (&file, &cluster) {
+                (Some(file), _) => match topology::load(file) {
+                    Ok(topology) => Some(topology),
+                    Err(err) => {
+                        eprintln!("error: {err}");
+                        return ExitCode::FAILURE;
+                    }
+                },
+                // Read from the store once the runtime runs.
+                (None, _) => None,
             };
             let stats_interval = match stats_interval {
                 None => None,
@@ -320,6 +393,7 @@ fn main() -> ExitCode {
                 datapath_priority,
                 take_over,
                 relaunch: relaunch(),
+                cluster,
             };
             match run_up(topology, options) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -330,6 +404,29 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Push {
+            file,
+            store,
+            expect_revision,
+        } => match push(&file, &store, expect_revision) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("error: {err:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Status {
+            cluster: true,
+            store,
+            json,
+            ..
+        } => match cluster_status(&store, json) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("error: {err:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Down { file } => match down(&file, cli.socket) {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => {
@@ -408,10 +505,16 @@ fn client_command(
 ) -> anyhow::Result<()> {
     let path = find_socket(socket, topology)?;
     let change = match command {
-        Command::Check { .. } | Command::Up { .. } | Command::Down { .. } => {
+        Command::Check { .. }
+        | Command::Up { .. }
+        | Command::Down { .. }
+        | Command::Push { .. }
+        | Command::Status { cluster: true, .. } => {
             unreachable!("handled by main")
         }
-        Command::Status { watch, json, toml } => {
+        Command::Status {
+            watch, json, toml, ..
+        } => {
             if toml {
                 print!(
                     "{}",
@@ -782,11 +885,19 @@ fn down(file: &std::path::Path, socket: Option<PathBuf>) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run_up(topology: Topology, options: UpOptions) -> anyhow::Result<()> {
+/// Run `topology`, or with `None` this host's part of the cluster in `options.cluster`.
+fn run_up(topology: Option<Topology>, options: UpOptions) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {
+        let topology = match (topology, &options.cluster) {
+            (Some(topology), _) => topology,
+            (None, Some(cluster)) => {
+                netd::store::follow::first_part(&cluster.store, &cluster.host).await?
+            }
+            (None, None) => anyhow::bail!("no topology: give a file, or --etcd and --host"),
+        };
         // Install the handlers before creating anything, so a signal during start-up is
         // remembered and leads to a clean tear-down instead of killing us half-way.
         let mut sigint = signal(SignalKind::interrupt())?;
@@ -800,6 +911,55 @@ fn run_up(topology: Topology, options: UpOptions) -> anyhow::Result<()> {
         daemon::up(topology, options, shutdown).await?;
         Ok(())
     })
+}
+
+/// `netd push`: validate a cluster topology and store it.
+fn push(file: &Path, store: &StoreArgs, expect: Option<i64>) -> anyhow::Result<()> {
+    let config = store
+        .config()
+        .ok_or_else(|| anyhow::anyhow!("--etcd URL is required"))?;
+    let cluster = match topology::load_any(file)? {
+        topology::AnyTopology::Cluster(cluster) => cluster,
+        topology::AnyTopology::Single(_) => anyhow::bail!(
+            "{}: not a cluster topology (no [hosts]): run it with `netd up FILE`",
+            file.display()
+        ),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let revision = runtime.block_on(async {
+        let mut store = netd::store::Store::connect(&config).await?;
+        store.push(&cluster.to_toml(), expect).await
+    })?;
+    let servers: usize = cluster.servers_per_host().values().sum();
+    println!(
+        "pushed {} at etcd revision {revision}: {} hosts, {servers} servers",
+        file.display(),
+        cluster.hosts.len()
+    );
+    Ok(())
+}
+
+/// `netd status --cluster`: every host and tenant of the cluster, from etcd.
+fn cluster_status(store: &StoreArgs, json: bool) -> anyhow::Result<()> {
+    let config = store
+        .config()
+        .ok_or_else(|| anyhow::anyhow!("--etcd URL is required"))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let report = runtime.block_on(async {
+        let mut store = netd::store::Store::connect(&config).await?;
+        store.report().await
+    })?;
+    let status = netd::store::report::cluster_status(&report).map_err(anyhow::Error::msg)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+    } else {
+        print!("{}", netd::store::report::render(&status));
+    }
+    Ok(())
 }
 
 fn init_logging(format: LogFormat) {

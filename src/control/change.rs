@@ -6,7 +6,7 @@
 //! (ids renumbered against the running one, see [`Topology::with_ids_from`]) or an error; the
 //! running state is untouched either way. [`Diff::between`] says what applying it touches.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -254,6 +254,10 @@ pub struct Diff {
     pub capacity_changed: bool,
     /// The `[uplink]` section changed (its capacity; the rest is refused live).
     pub uplink_changed: bool,
+    /// Servers of other hosts (a cluster's) that came, went or changed address.
+    pub remote_added: Vec<PortId>,
+    pub remote_removed: Vec<PortId>,
+    pub remote_changed: Vec<PortId>,
 }
 
 impl Diff {
@@ -278,6 +282,7 @@ impl Diff {
                 &a.gateway,
                 a.nat,
                 &a.uplink,
+                a.vni,
             ) != (
                 b.guaranteed,
                 b.ceiling,
@@ -286,6 +291,7 @@ impl Diff {
                 &b.gateway,
                 b.nat,
                 &b.uplink,
+                b.vni,
             ) {
                 diff.tenants_changed.push(*id);
             }
@@ -306,6 +312,26 @@ impl Diff {
                 diff.servers_changed.push(*id);
             }
         }
+        let remote = |t: &'_ Topology| -> BTreeMap<PortId, crate::topology::RemoteServer> {
+            let servers = t.cluster.iter().flat_map(|c| c.remote.iter());
+            servers.map(|r| (r.id, r.clone())).collect()
+        };
+        let (old_r, new_r) = (remote(old), remote(new));
+        diff.remote_added = new_r
+            .keys()
+            .filter(|id| !old_r.contains_key(id))
+            .copied()
+            .collect();
+        diff.remote_removed = old_r
+            .keys()
+            .filter(|id| !new_r.contains_key(id))
+            .copied()
+            .collect();
+        diff.remote_changed = new_r
+            .iter()
+            .filter(|(id, r)| old_r.get(id).is_some_and(|o| o != *r))
+            .map(|(id, _)| *id)
+            .collect();
         diff
     }
 

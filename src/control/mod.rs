@@ -107,6 +107,10 @@ pub enum ControlError {
     WouldRemoveLiveServers(Vec<String>),
     #[error("Cannot change this live: {0}")]
     NotLive(String),
+    #[error(
+        "This host follows its cluster's topology in etcd: change the cluster file and run `netd push FILE --etcd URL`"
+    )]
+    FollowsCluster,
     #[error(transparent)]
     Persist(#[from] persist::PersistError),
 }
@@ -222,6 +226,8 @@ pub struct Control {
     relaunch: Option<Relaunch>,
     /// The last changes asked.
     journal: journal::Journal,
+    /// How this host follows its cluster's store, for a host of a cluster.
+    store: Option<crate::store::follow::SharedHealth>,
 }
 
 /// The command line that started this daemon, to start the installed binary the same way.
@@ -262,7 +268,15 @@ impl Control {
             successor: Mutex::new(None),
             relaunch: None,
             journal: journal::Journal::default(),
+            store: None,
         }
+    }
+
+    /// Say where this host's store health is kept (a host of a cluster).
+    #[must_use]
+    pub fn with_store_health(mut self, health: crate::store::follow::SharedHealth) -> Control {
+        self.store = Some(health);
+        self
     }
 
     /// Return the current counters.
@@ -544,6 +558,10 @@ impl Control {
             tenants,
             servers,
             uplink_capacity_bps: topology.uplink.as_ref().map(|u| u.capacity.bits_per_sec()),
+            store: self
+                .store
+                .as_ref()
+                .map(|h| h.lock().unwrap_or_else(|e| e.into_inner()).clone()),
         }
     }
 
@@ -586,9 +604,26 @@ impl Control {
         }
     }
 
+    /// Apply this host's part of its cluster, as read from the store (see
+    /// [`crate::store`]): the same diff and apply as a reload, so what did not change is
+    /// not touched.
+    pub async fn follow(&self, part: Topology, origin: &str) -> Result<Applied, ControlError> {
+        let mut state = self.state.lock().await;
+        let (mut nt, mut np) = (state.next_tenant, state.next_port);
+        let mut part = part;
+        // Keep the daemon's name (the socket is named after it).
+        part.name.clone_from(&state.topology.name);
+        let new = part.with_ids_from(&state.topology, &mut nt, &mut np);
+        self.commit(&mut state, Ok((new, nt, np)), origin, "follow", None)
+            .await
+    }
+
     /// Re-read the topology file and apply the difference.
     pub async fn reload(&self, origin: &str, prune: bool) -> Result<Applied, ControlError> {
         let mut state = self.state.lock().await;
+        if state.topology.cluster.is_some() {
+            return Err(ControlError::FollowsCluster);
+        }
         let path = state.topology.source.clone();
         let result = (|| {
             let text = topology::read_text(&path)?;
@@ -614,6 +649,9 @@ impl Control {
     /// Validate and apply one change.
     pub async fn apply(&self, change: Change, origin: &str) -> Result<Applied, ControlError> {
         let mut state = self.state.lock().await;
+        if state.topology.cluster.is_some() {
+            return Err(ControlError::FollowsCluster);
+        }
         let (mut nt, mut np) = (state.next_tenant, state.next_port);
         let result =
             change::propose(&state.topology, &change, &mut nt, &mut np).map(|new| (new, nt, np));
@@ -1132,6 +1170,28 @@ pub fn describe(old: &Topology, new: &Topology, diff: &Diff) -> Vec<String> {
     }
     for &id in &diff.tenants_removed {
         lines.push(format!("tenant {}: removed", old.tenant(id).name));
+    }
+    let remote = |t: &Topology, id| {
+        t.cluster
+            .iter()
+            .flat_map(|c| c.remote.iter())
+            .find(|r| r.id == id)
+            .map(|r| {
+                format!(
+                    "remote server {} on host {} ({}, {})",
+                    r.name, r.host, r.mac, r.ip
+                )
+            })
+            .unwrap_or_default()
+    };
+    for &id in &diff.remote_added {
+        lines.push(format!("{}: reachable", remote(new, id)));
+    }
+    for &id in &diff.remote_changed {
+        lines.push(format!("{}: changed", remote(new, id)));
+    }
+    for &id in &diff.remote_removed {
+        lines.push(format!("{}: gone", remote(old, id)));
     }
     for &id in &diff.servers_added {
         let s = new.server(id);

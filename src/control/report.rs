@@ -29,6 +29,9 @@ pub struct Status {
     /// The uplink's capacity in each direction, when there is an uplink.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uplink_capacity_bps: Option<u64>,
+    /// How this host follows its cluster's store, for a host of a cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<crate::store::follow::StoreHealth>,
 }
 
 /// Measured rates over two sliding windows, in bit/s.
@@ -570,6 +573,29 @@ pub fn prometheus(status: &Status, stats: &StatsReport) -> String {
         "Times the data path stepped down from real time, busy 2 ms without a pause.",
         vec![(String::new(), stats.datapath.step_downs)],
     );
+    if let Some(store) = &status.store {
+        family(
+            "netd_store_connected",
+            "gauge",
+            "1 while this host follows the cluster in etcd; 0 while etcd is unreachable (it forwards with the last state applied).",
+            vec![(String::new(), u64::from(store.connected))],
+        );
+        family(
+            "netd_store_applied_revision",
+            "gauge",
+            "The etcd revision this host's part of the cluster was last applied from.",
+            vec![(
+                String::new(),
+                u64::try_from(store.applied_revision).unwrap_or(0),
+            )],
+        );
+        family(
+            "netd_cluster_hosts_alive",
+            "gauge",
+            "Hosts of the cluster holding their lease, as last seen.",
+            vec![(String::new(), store.alive.len() as u64)],
+        );
+    }
     out
 }
 
@@ -667,6 +693,7 @@ mod tests {
             }],
             servers: vec![],
             uplink_capacity_bps: Some(100 * M),
+            store: None,
         };
         let stats = StatsReport {
             tenants: vec![TenantStats {
