@@ -8,6 +8,7 @@
 pub mod flow;
 pub mod mac;
 pub mod ndisc;
+pub mod segment;
 pub mod vnet;
 
 pub use mac::MacAddr;
