@@ -25,11 +25,12 @@ use crate::datapath::{DataPath, Priority};
 use crate::gateway::GatewayPort;
 use crate::handover;
 use crate::kernel::{self, KernelError, Plumbing};
-use crate::port::{Offload, Port, TapPort, UplinkPort};
+use crate::port::{Offload, Port, TapPort, TunnelTable, UplinkPort, VxlanPort};
 use crate::shaper::Shaping;
 use crate::stats::Stats;
 use crate::switch::Switch;
 use crate::topology::Topology;
+use crate::topology::cluster::VXLAN_PORT;
 
 /// Options of `netd up`.
 #[derive(Debug, Clone)]
@@ -192,7 +193,8 @@ pub async fn up(
         let offload = Offload::with_header(options.offload);
         let mut plumbing = kernel::bring_up(&topology, offload)?;
         let ports = kernel_ports(&mut plumbing, offload);
-        let prepared = prepare(&topology, ports, offload)?;
+        let mut prepared = prepare(&topology, ports, offload)?;
+        attach_tunnel(&topology, &plumbing, &mut prepared)?;
         (topology, prepared, Start::Fresh(endpoints), plumbing)
     };
     let Prepared {
@@ -437,6 +439,29 @@ fn prepare(
         stats,
         offload,
     })
+}
+
+/// Add the VXLAN tunnel to the prepared data path, on a host of a cluster with servers
+/// elsewhere.
+fn attach_tunnel(
+    topology: &Topology,
+    plumbing: &Plumbing,
+    prepared: &mut Prepared,
+) -> Result<(), DaemonError> {
+    let Some(socket) = plumbing.tunnel_socket() else {
+        return Ok(());
+    };
+    let socket = socket.map_err(DaemonError::StartDataPath)?;
+    let table = TunnelTable::new(topology, VXLAN_PORT);
+    let counters = prepared.stats.tunnel.clone();
+    if let Some(port) = VxlanPort::new(socket, table, prepared.offload, counters) {
+        let ports: Vec<Box<dyn Port>> = vec![Box::new(port)];
+        prepared
+            .datapath
+            .attach(ports)
+            .map_err(DaemonError::StartDataPath)?;
+    }
+    Ok(())
 }
 
 /// Take the ports over from the daemon on `socket_path`; return the topology it runs (live

@@ -549,7 +549,11 @@ impl DataPath {
             if let Some(fd) = port.fd() {
                 let _ = registry.deregister(&mut SourceFd(&fd));
             }
-            egress.slot_of[id.index()] = None;
+            for carried in port.carries() {
+                if let Some(entry) = egress.slot_of.get_mut(carried.index()) {
+                    *entry = None;
+                }
+            }
             // The last port moved into `slot`: re-register it under its new token.
             if let Some(moved) = egress.ports.get(slot) {
                 if let Some(fd) = moved.fd()
@@ -558,7 +562,11 @@ impl DataPath {
                 {
                     warn!(port = %moved.id(), cause = %err, "cannot re-register port");
                 }
-                egress.slot_of[moved.id().index()] = Some(slot);
+                for carried in moved.carries() {
+                    if let Some(entry) = egress.slot_of.get_mut(carried.index()) {
+                        *entry = Some(slot);
+                    }
+                }
                 egress.ready[slot] = true;
             }
             removed.push(port);
@@ -717,7 +725,7 @@ impl DataPath {
                     return false;
                 }
             };
-            let (ingress, offload) = (port.id(), port.offload());
+            let (ingress, offload) = (port.last_ingress(), port.offload());
             self.unpublished = true;
             self.receive(ingress, offload, len);
             // Only this port's own frames can mute it, and `hostile` says when one did.
@@ -730,6 +738,11 @@ impl DataPath {
 
     /// Count a drop `ingress` caused against its quarantine budget.
     fn hostile(&mut self, ingress: PortId, reason: DropReason, now: Nanos) {
+        // The tunnel carries every remote server: muting it would silence them all. Each
+        // host quarantines its own servers.
+        if self.egress.switch.kind_of(ingress) == Some(crate::port::PortKind::Remote) {
+            return;
+        }
         if quarantine::is_hostile(reason) && self.quarantine.count(ingress, now) {
             self.just_muted = true;
             if let Some(counters) = self.egress.stats.ports.get(ingress.index()) {
@@ -924,10 +937,15 @@ impl Egress {
         match pending.decision {
             Decision::Unicast(tenant, port) => self.deliver(port, tenant, &pending),
             Decision::Flood(tenant) => {
+                // What came over the tunnel is flooded to this host's ports only: the
+                // sending host replicated it to every other host itself.
+                let remote = Some(crate::port::PortKind::Remote);
+                let from_tunnel = self.switch.kind_of(pending.ingress) == remote;
                 // By index: the member list is the switch's, and delivering needs `self`.
                 for i in 0..self.switch.tenant_ports(tenant).len() {
                     let port = self.switch.tenant_ports(tenant)[i];
-                    if port != pending.ingress {
+                    let skip = from_tunnel && self.switch.kind_of(port) == remote;
+                    if port != pending.ingress && !skip {
                         self.deliver(port, tenant, &pending);
                     }
                 }
@@ -962,8 +980,10 @@ impl Egress {
         }
         let port = &mut self.ports[slot];
         let converted = convert(pending, port.offload(), &mut self.scratch);
-        let written =
-            converted.and_then(|bytes| port.write(bytes).map_err(|_| DropReason::WriteFailed));
+        let written = converted.and_then(|bytes| {
+            port.write_to(to, bytes)
+                .map_err(|_| DropReason::WriteFailed)
+        });
         if port.fd().is_none() {
             self.ready[slot] = true; // a deadline port may answer at once
         }
@@ -990,12 +1010,13 @@ impl Egress {
     /// Poll `port` in a new slot, marked ready (it may hold frames already).
     fn add_port(&mut self, registry: &Registry, port: Box<dyn Port>) -> io::Result<()> {
         let slot = self.ports.len();
-        let id = port.id();
         register(registry, port.as_ref(), slot)?;
-        if self.slot_of.len() <= id.index() {
-            self.slot_of.resize(id.index() + 1, None);
+        for id in port.carries() {
+            if self.slot_of.len() <= id.index() {
+                self.slot_of.resize(id.index() + 1, None);
+            }
+            self.slot_of[id.index()] = Some(slot);
         }
-        self.slot_of[id.index()] = Some(slot);
         self.ports.push(port);
         self.ready.push(true);
         Ok(())

@@ -203,6 +203,76 @@ impl Counters {
     }
 }
 
+/// Why the VXLAN tunnel dropped a datagram before any switch port saw it.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TunnelDrop {
+    /// It came from an address that is not one of the cluster's hosts.
+    NotAHost,
+    /// Too short for a VXLAN header and an Ethernet header, or without a VNI (I flag).
+    Malformed,
+    /// Its VNI is none of this host's tenants'.
+    UnknownVni,
+    /// Its inner source MAC is none of that tenant's servers on the host it came from.
+    UnknownSender,
+}
+
+impl TunnelDrop {
+    pub const ALL: [TunnelDrop; 4] = [
+        TunnelDrop::NotAHost,
+        TunnelDrop::Malformed,
+        TunnelDrop::UnknownVni,
+        TunnelDrop::UnknownSender,
+    ];
+
+    /// Return the reason's name in metrics and JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TunnelDrop::NotAHost => "not_a_host",
+            TunnelDrop::Malformed => "malformed",
+            TunnelDrop::UnknownVni => "unknown_vni",
+            TunnelDrop::UnknownSender => "unknown_sender",
+        }
+    }
+}
+
+/// The VXLAN tunnel's own counters (what its ports' counters cannot say).
+#[derive(Debug, Default)]
+pub struct TunnelCounters {
+    pub rx_datagrams: AtomicU64,
+    pub rx_bytes: AtomicU64,
+    pub tx_datagrams: AtomicU64,
+    pub tx_bytes: AtomicU64,
+    /// Sends the kernel refused (no route, buffer full).
+    pub tx_errors: AtomicU64,
+    drops: [AtomicU64; 4],
+}
+
+impl TunnelCounters {
+    /// Count one dropped datagram.
+    pub fn count_drop(&self, reason: TunnelDrop) {
+        self.drops[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Return how many datagrams were dropped for `reason`.
+    pub fn drops(&self, reason: TunnelDrop) -> u64 {
+        self.drops[reason as usize].load(Ordering::Relaxed)
+    }
+
+    /// Count one datagram received, of `len` bytes.
+    pub fn count_rx(&self, len: usize) {
+        self.rx_datagrams.fetch_add(1, Ordering::Relaxed);
+        self.rx_bytes.fetch_add(len as u64, Ordering::Relaxed);
+    }
+
+    /// Count `datagrams` sent, of `len` bytes in all.
+    pub fn count_tx(&self, datagrams: usize, len: usize) {
+        self.tx_datagrams
+            .fetch_add(datagrams as u64, Ordering::Relaxed);
+        self.tx_bytes.fetch_add(len as u64, Ordering::Relaxed);
+    }
+}
+
 /// How the data-path thread is scheduled now, published by the loop when it changes.
 #[derive(Debug, Default)]
 pub struct DataPathGauges {
@@ -277,6 +347,8 @@ pub struct Stats {
     pub download: Vec<Arc<ShaperGauges>>,
     /// The data-path thread's scheduling.
     pub datapath: Arc<DataPathGauges>,
+    /// The VXLAN tunnel's, on a host of a cluster.
+    pub tunnel: Arc<TunnelCounters>,
 }
 
 impl Stats {
@@ -289,6 +361,7 @@ impl Stats {
             upload: (0..tenants).map(|_| Arc::default()).collect(),
             download: (0..tenants).map(|_| Arc::default()).collect(),
             datapath: Arc::default(),
+            tunnel: Arc::default(),
         }
     }
 
@@ -309,6 +382,7 @@ impl Stats {
             upload: grow(&self.upload, tenants),
             download: grow(&self.download, tenants),
             datapath: self.datapath.clone(),
+            tunnel: self.tunnel.clone(),
         }
     }
 }

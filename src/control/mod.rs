@@ -53,7 +53,7 @@ use crate::datapath::{Update, UpdateHandle};
 use crate::gateway::GatewayPort;
 use crate::handover;
 use crate::kernel::{self, KernelError, Plumbing};
-use crate::port::{Offload, Port, TapPort, UplinkPort};
+use crate::port::{Offload, Port, TapPort, TunnelTable, UplinkPort, VxlanPort};
 use crate::shaper::Shaping;
 use crate::stats::Stats;
 use crate::switch::Switch;
@@ -822,6 +822,18 @@ impl Control {
         }
 
         let current = self.stats();
+        let old_tunnel = match replace_tunnel(&old, new, state, &current) {
+            Ok(Some((old_tunnel, port))) => {
+                added.extend(port);
+                old_tunnel
+            }
+            Ok(None) => None,
+            Err(err) => {
+                undo_added(&mut state.plumbing, added, &added_netns);
+                relink_back(&relinked);
+                return Err(ControlError::Kernel(err));
+            }
+        };
         let (ports, tenants) = (new.port_id_bound(), new.tenant_id_bound());
         let stats = (ports > current.ports.len() || tenants > current.tenants.len())
             .then(|| Arc::new(current.grown(ports, tenants)));
@@ -830,6 +842,7 @@ impl Control {
         let (done, applied) = tokio::sync::oneshot::channel();
         let mut remove = diff.servers_removed.clone();
         remove.extend(old_gateways);
+        remove.extend(old_tunnel);
         remove.extend(
             routers_gone
                 .iter()
@@ -874,6 +887,29 @@ impl Control {
         }
         Ok(us)
     }
+}
+
+/// When the remote servers or the VNIs change, build the tunnel port for `new`; return the
+/// old tunnel's id to remove (if it had one) and the new port (if it has remote servers).
+#[allow(clippy::type_complexity)]
+fn replace_tunnel(
+    old: &Topology,
+    new: &Topology,
+    state: &Running,
+    stats: &Stats,
+) -> Result<Option<(Option<topology::PortId>, Option<Box<dyn Port>>)>, KernelError> {
+    let port = topology::cluster::VXLAN_PORT;
+    let (before, after) = (TunnelTable::new(old, port), TunnelTable::new(new, port));
+    if before == after {
+        return Ok(None);
+    }
+    let old_id = before.ports().first().copied();
+    let Some(socket) = state.plumbing.tunnel_socket() else {
+        return Ok(Some((old_id, None)));
+    };
+    let socket = socket.map_err(KernelError::TunnelSocket)?;
+    let tunnel = VxlanPort::new(socket, after, state.offload, stats.tunnel.clone());
+    Ok(Some((old_id, tunnel.map(|t| Box::new(t) as Box<dyn Port>))))
 }
 
 /// Answer a hand-over with `refusal` (blocking I/O, off the runtime).

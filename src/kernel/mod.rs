@@ -18,6 +18,7 @@ pub mod adopt;
 mod link;
 pub mod netns;
 pub mod sys;
+pub mod tunnel;
 pub mod uplink;
 
 use std::fs::File;
@@ -74,6 +75,17 @@ pub enum KernelError {
     UplinkMissing { what: String },
     #[error("Cannot set up the uplink: {detail}")]
     Uplink { detail: String },
+    #[error(
+        "Cannot open the VXLAN tunnel on {addr} in namespace {netns}: is the host's underlay address configured there?"
+    )]
+    Underlay {
+        addr: std::net::SocketAddrV4,
+        netns: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("Cannot share the VXLAN tunnel's socket with a new tunnel port")]
+    TunnelSocket(#[source] std::io::Error),
     #[error("Injected failure after server {0:?} (NETD_FAIL_AFTER_SERVER, debug builds only)")]
     InjectedFailure(String),
 }
@@ -107,12 +119,20 @@ pub struct Plumbing {
     adopted: Vec<String>,
     /// Whether routers are among them (they depend on the uplink's set-up).
     routers_adopted: bool,
+    /// The VXLAN tunnel's socket, on a host of a cluster.
+    tunnel: Option<std::net::UdpSocket>,
 }
 
 impl Plumbing {
     /// Hand the TAP files to the data path (namespaces stay owned here for tear-down).
     pub fn take_taps(&mut self) -> Vec<ServerTap> {
         std::mem::take(&mut self.taps)
+    }
+
+    /// Return a handle on the tunnel's socket for a (new) tunnel port, on a host of a
+    /// cluster.
+    pub fn tunnel_socket(&self) -> Option<std::io::Result<std::net::UdpSocket>> {
+        self.tunnel.as_ref().map(std::net::UdpSocket::try_clone)
     }
 
     /// Hand the uplink TUNs to the data path.
@@ -365,6 +385,10 @@ fn build(
     mut adopted: std::collections::HashMap<PortId, File>,
     plumbing: &mut Plumbing,
 ) -> Result<(), KernelError> {
+    // First: a host without its underlay address fails before anything is created.
+    if let Some(cluster) = &topology.cluster {
+        plumbing.tunnel = Some(tunnel::bind(&cluster.host)?);
+    }
     for server in &topology.servers {
         let file = match adopted.remove(&server.id) {
             Some(file) => {

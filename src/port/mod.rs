@@ -15,7 +15,9 @@
 //! - [`UplinkPort`]: a routed tenant's TUN towards the host's kernel (fd), translating
 //!   between IP packets and the switch's Ethernet frames;
 //! - [`MemoryPort`]: an in-process port over a datagram socket pair (fd), whose other end a
-//!   test holds ([`MemoryPeer`]): the event loop and live updates run without root.
+//!   test holds ([`MemoryPeer`]): the event loop and live updates run without root;
+//! - [`VxlanPort`]: the VXLAN tunnel to a cluster's other hosts (fd): one port of the data
+//!   path that is many switch ports, one per remote server ([`Port::carries`]).
 //!
 //! A port without an fd is driven by a deadline: the loop calls [`Port::poll`] when
 //! [`Port::poll_at`] comes, and reads the port after every frame it writes to it.
@@ -23,6 +25,7 @@
 mod memory;
 mod tap;
 mod uplink;
+pub mod vxlan;
 
 use std::fmt::Debug;
 use std::io;
@@ -31,6 +34,7 @@ use std::os::fd::RawFd;
 pub use memory::{MemoryPeer, MemoryPort};
 pub use tap::TapPort;
 pub use uplink::UplinkPort;
+pub use vxlan::{TunnelTable, VxlanPort};
 
 use crate::shaper::Nanos;
 use crate::topology::PortId;
@@ -88,6 +92,23 @@ pub trait Port: Debug + Send {
 
     /// Write one whole frame (with its header, see [`Port::offload`]).
     fn write(&mut self, frame: &[u8]) -> io::Result<()>;
+
+    /// Return the switch ports this port carries: its own id for most; a trunk (the VXLAN
+    /// tunnel) carries one per remote server.
+    fn carries(&self) -> Vec<PortId> {
+        vec![self.id()]
+    }
+
+    /// Return the switch port the frame last read came in on (a trunk's come from many).
+    fn last_ingress(&self) -> PortId {
+        self.id()
+    }
+
+    /// Write one whole frame to switch port `to`, one of those this port carries.
+    fn write_to(&mut self, to: PortId, frame: &[u8]) -> io::Result<()> {
+        let _ = to;
+        self.write(frame)
+    }
 
     /// For a port without an fd: when its timers next need [`Port::poll`], if ever.
     fn poll_at(&self) -> Option<Nanos> {

@@ -102,7 +102,10 @@ impl Layout {
         };
         let l4 = usize::from(vnet.csum_start);
         let ip_header = if ipv4 {
-            let ihl = frame.get(ETHERNET_HEADER_LEN).ok_or(SegmentError::Malformed)? & 0x0f;
+            let ihl = frame
+                .get(ETHERNET_HEADER_LEN)
+                .ok_or(SegmentError::Malformed)?
+                & 0x0f;
             usize::from(ihl) * 4
         } else {
             IPV6_HEADER_LEN
@@ -146,7 +149,8 @@ impl Layout {
         let len = seg.len();
         let ip = &mut seg[ETHERNET_HEADER_LEN..];
         if self.ipv4 {
-            let total = u16::try_from(len - ETHERNET_HEADER_LEN).map_err(|_| SegmentError::Malformed)?;
+            let total =
+                u16::try_from(len - ETHERNET_HEADER_LEN).map_err(|_| SegmentError::Malformed)?;
             ip[2..4].copy_from_slice(&total.to_be_bytes());
             // IDs wrap: segment i takes the i-th next one, modulo 2^16.
             let step = u16::try_from(i & 0xffff).unwrap_or(0);
@@ -200,14 +204,25 @@ impl Layout {
         let len = u32::try_from(l4_len).map_err(|_| SegmentError::Malformed)?;
         let ip = &seg[ETHERNET_HEADER_LEN..];
         if self.ipv4 {
-            let addr = |at: usize| std::net::Ipv4Addr::new(ip[at], ip[at + 1], ip[at + 2], ip[at + 3]);
-            Ok(checksum::pseudo_header_v4(&addr(12), &addr(16), protocol, len))
+            let addr =
+                |at: usize| std::net::Ipv4Addr::new(ip[at], ip[at + 1], ip[at + 2], ip[at + 3]);
+            Ok(checksum::pseudo_header_v4(
+                &addr(12),
+                &addr(16),
+                protocol,
+                len,
+            ))
         } else {
             let addr = |at: usize| {
                 let octets: [u8; 16] = ip[at..at + 16].try_into().unwrap_or([0; 16]);
                 std::net::Ipv6Addr::from(octets)
             };
-            Ok(checksum::pseudo_header_v6(&addr(8), &addr(24), protocol, len))
+            Ok(checksum::pseudo_header_v6(
+                &addr(8),
+                &addr(24),
+                protocol,
+                len,
+            ))
         }
     }
 }

@@ -1,7 +1,8 @@
+// Test data: patterns of bytes and small counts, cut to width on purpose.
+#![allow(clippy::cast_possible_truncation)]
+
 use proptest::prelude::*;
-use smoltcp::wire::{
-    EthernetFrame, IpAddress, Ipv4Packet, Ipv6Packet, TcpPacket, UdpPacket,
-};
+use smoltcp::wire::{EthernetFrame, IpAddress, Ipv4Packet, Ipv6Packet, TcpPacket, UdpPacket};
 
 use super::*;
 use crate::wire::vnet::F_NEEDS_CSUM;
@@ -61,7 +62,10 @@ fn a_tcp4_super_frame_becomes_valid_wire_segments() {
     let mut expected_seq = 0xffff_f000_u32;
     let mut payload = Vec::new();
     for (i, seg) in segs.iter().enumerate() {
-        assert!(out[i * s.stride..i * s.stride + 8].iter().all(|&b| b == 0), "room stays zero");
+        assert!(
+            out[i * s.stride..i * s.stride + 8].iter().all(|&b| b == 0),
+            "room stays zero"
+        );
         let eth = EthernetFrame::new_checked(*seg).unwrap();
         let ip = Ipv4Packet::new_checked(eth.payload()).unwrap();
         assert!(ip.verify_checksum(), "segment {i}: IPv4 checksum");
@@ -69,7 +73,10 @@ fn a_tcp4_super_frame_becomes_valid_wire_segments() {
         assert_eq!(ip.ident(), 0xfffe_u16.wrapping_add(i as u16));
         assert!(ip.dont_frag());
         let tcp = TcpPacket::new_checked(ip.payload()).unwrap();
-        let (src, dst) = (IpAddress::from(ip.src_addr()), IpAddress::from(ip.dst_addr()));
+        let (src, dst) = (
+            IpAddress::from(ip.src_addr()),
+            IpAddress::from(ip.dst_addr()),
+        );
         assert!(tcp.verify_checksum(&src, &dst), "segment {i}: TCP checksum");
         assert_eq!(tcp.seq_number().0 as u32, expected_seq);
         expected_seq = expected_seq.wrapping_add(tcp.payload().len() as u32);
@@ -112,7 +119,10 @@ fn a_tcp6_super_frame_becomes_valid_wire_segments() {
         let ip = Ipv6Packet::new_checked(eth.payload()).unwrap();
         assert_eq!(usize::from(ip.payload_len()), seg.len() - 54);
         let tcp = TcpPacket::new_checked(ip.payload()).unwrap();
-        let (src, dst) = (IpAddress::from(ip.src_addr()), IpAddress::from(ip.dst_addr()));
+        let (src, dst) = (
+            IpAddress::from(ip.src_addr()),
+            IpAddress::from(ip.dst_addr()),
+        );
         assert!(tcp.verify_checksum(&src, &dst));
     }
 }
@@ -139,7 +149,10 @@ fn a_udp_super_frame_becomes_datagrams_with_their_own_lengths_and_checksums() {
         assert!(ip.verify_checksum());
         let udp = UdpPacket::new_checked(ip.payload()).unwrap();
         assert_eq!(usize::from(udp.len()), seg.len() - 34);
-        let (src, dst) = (IpAddress::from(ip.src_addr()), IpAddress::from(ip.dst_addr()));
+        let (src, dst) = (
+            IpAddress::from(ip.src_addr()),
+            IpAddress::from(ip.dst_addr()),
+        );
         assert!(udp.verify_checksum(&src, &dst));
     }
 }
@@ -148,14 +161,32 @@ fn a_udp_super_frame_becomes_datagrams_with_their_own_lengths_and_checksums() {
 fn what_cannot_be_cut_is_refused() {
     let (vnet, frame) = tcp4(3000, 0x10);
     let mut out = Vec::new();
-    let ufo = VnetHeader { gso_type: crate::wire::vnet::GSO_UDP, ..vnet };
-    assert_eq!(segment(&ufo, &frame, 0, &mut out), Err(SegmentError::Unsupported));
-    let wrong_start = VnetHeader { csum_start: 30, ..vnet };
-    assert_eq!(segment(&wrong_start, &frame, 0, &mut out), Err(SegmentError::Malformed));
+    let ufo = VnetHeader {
+        gso_type: crate::wire::vnet::GSO_UDP,
+        ..vnet
+    };
+    assert_eq!(
+        segment(&ufo, &frame, 0, &mut out),
+        Err(SegmentError::Unsupported)
+    );
+    let wrong_start = VnetHeader {
+        csum_start: 30,
+        ..vnet
+    };
+    assert_eq!(
+        segment(&wrong_start, &frame, 0, &mut out),
+        Err(SegmentError::Malformed)
+    );
     let mut udp_said_tcp = frame.clone();
     udp_said_tcp[14 + 9] = 17;
-    assert_eq!(segment(&vnet, &udp_said_tcp, 0, &mut out), Err(SegmentError::Malformed));
-    assert_eq!(segment(&vnet, &frame[..40], 0, &mut out), Err(SegmentError::Malformed));
+    assert_eq!(
+        segment(&vnet, &udp_said_tcp, 0, &mut out),
+        Err(SegmentError::Malformed)
+    );
+    assert_eq!(
+        segment(&vnet, &frame[..40], 0, &mut out),
+        Err(SegmentError::Malformed)
+    );
 }
 
 proptest! {

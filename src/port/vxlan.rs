@@ -1,0 +1,293 @@
+//! The VXLAN tunnel (RFC 7348): one UDP socket on the host's underlay address, port 4789,
+//! carrying every tenant's frames to and from the cluster's other hosts.
+//!
+//! To the switch the tunnel is many ports, one per remote server ([`Port::carries`]), each
+//! guarded like a local server's port: so isolation and anti-spoofing hold across hosts by
+//! the same rules as on one host. The tunnel itself checks what only it can see, before the
+//! switch: a datagram must come from a cluster host, carry the VNI of one of this host's
+//! tenants, and an inner source MAC of one of that tenant's servers on that very host.
+//! Anything else is counted ([`TunnelDrop`]) and dropped. Forwarding entries come from the
+//! topology: there is no learning.
+//!
+//! Encapsulation is done here rather than by a kernel `vxlan` device: the outer source
+//! address is needed for the checks above, and a kernel device hides it. A GSO super-frame
+//! is cut into wire segments in software ([`crate::wire::segment`]) and handed to the kernel
+//! as one UDP GSO send (`UDP_SEGMENT`): one system call for up to 64 KiB of segments.
+
+use std::collections::{HashMap, HashSet};
+use std::io::{self, IoSlice};
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
+
+use nix::sys::socket::{ControlMessage, MsgFlags, SockaddrIn, sendmsg};
+
+use super::{Offload, Port};
+use crate::stats::{TunnelCounters, TunnelDrop};
+use crate::topology::{PortId, Topology};
+use crate::wire::MacAddr;
+use crate::wire::segment::{SegmentError, segment};
+use crate::wire::vnet::{VNET_HDR_LEN, VnetHeader};
+
+/// Bytes of a VXLAN header.
+pub const VXLAN_HEADER_LEN: usize = 8;
+/// The "VNI present" flag of a VXLAN header.
+const FLAG_VNI: u8 = 0x08;
+/// The largest UDP payload one send may carry (the kernel refuses more, GSO or not).
+const MAX_SEND: usize = 65_507;
+
+/// Where remote servers are and who may send for them, from one topology.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TunnelTable {
+    /// Each remote server's host endpoint and its tenant's VNI.
+    to: HashMap<PortId, (SocketAddrV4, u32)>,
+    /// (host underlay, VNI, inner source MAC) → the remote server sending.
+    from: HashMap<(Ipv4Addr, u32, MacAddr), PortId>,
+    /// Every cluster host's underlay address.
+    hosts: HashSet<Ipv4Addr>,
+    /// The VNIs of this host's tenants.
+    vnis: HashSet<u32>,
+}
+
+impl TunnelTable {
+    /// Build the table of `topology`'s cluster view (empty for a single host); remote
+    /// hosts listen on `port`.
+    pub fn new(topology: &Topology, port: u16) -> TunnelTable {
+        let mut table = TunnelTable::default();
+        let Some(cluster) = &topology.cluster else {
+            return table;
+        };
+        table.hosts = cluster.peers.iter().map(|h| h.underlay).collect();
+        table.vnis = topology.tenants.iter().filter_map(|t| t.vni).collect();
+        for remote in &cluster.remote {
+            let Some(vni) = topology.tenant_by_id(remote.tenant).and_then(|t| t.vni) else {
+                continue;
+            };
+            let endpoint = SocketAddrV4::new(remote.underlay, port);
+            table.to.insert(remote.id, (endpoint, vni));
+            table
+                .from
+                .insert((remote.underlay, vni, remote.mac), remote.id);
+        }
+        table
+    }
+
+    /// Return the remote servers' ports, in order.
+    pub fn ports(&self) -> Vec<PortId> {
+        let mut ports: Vec<PortId> = self.to.keys().copied().collect();
+        ports.sort_unstable();
+        ports
+    }
+
+    /// Judge a datagram's outer source, VNI and inner source MAC: the remote server it
+    /// comes from, or why to drop it.
+    fn sender(&self, from: Ipv4Addr, vni: u32, mac: MacAddr) -> Result<PortId, TunnelDrop> {
+        if !self.hosts.contains(&from) {
+            return Err(TunnelDrop::NotAHost);
+        }
+        if !self.vnis.contains(&vni) {
+            return Err(TunnelDrop::UnknownVni);
+        }
+        self.from
+            .get(&(from, vni, mac))
+            .copied()
+            .ok_or(TunnelDrop::UnknownSender)
+    }
+}
+
+/// The tunnel's end of the switch.
+#[derive(Debug)]
+pub struct VxlanPort {
+    socket: UdpSocket,
+    table: TunnelTable,
+    /// The first remote server's port: the tunnel's name in logs.
+    id: PortId,
+    offload: Offload,
+    counters: Arc<TunnelCounters>,
+    /// The remote server the last frame read came from.
+    last: PortId,
+    /// Where a frame is encapsulated (and a super-frame segmented) on its way out.
+    out: Vec<u8>,
+}
+
+impl VxlanPort {
+    /// The tunnel over `socket` (bound to the underlay address, non-blocking) for the
+    /// remote servers in `table`; `None` when there are none.
+    pub fn new(
+        socket: UdpSocket,
+        table: TunnelTable,
+        offload: Offload,
+        counters: Arc<TunnelCounters>,
+    ) -> Option<VxlanPort> {
+        let id = table.ports().first().copied()?;
+        Some(VxlanPort {
+            socket,
+            table,
+            id,
+            offload,
+            counters,
+            last: id,
+            out: Vec::with_capacity(2 * MAX_SEND),
+        })
+    }
+
+    /// Send `self.out`, which holds `count` datagrams `stride` bytes apart (the last one
+    /// shorter or equal), to `endpoint`: as few UDP GSO sends as the kernel allows.
+    fn send_segments(
+        &mut self,
+        endpoint: SocketAddrV4,
+        count: usize,
+        stride: usize,
+    ) -> io::Result<()> {
+        let addr = SockaddrIn::from(endpoint);
+        let per_send = (MAX_SEND / stride).clamp(1, 64);
+        let size =
+            u16::try_from(stride).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        let mut at = 0;
+        let mut left = count;
+        while left > 0 {
+            let n = left.min(per_send);
+            let end = if n == left {
+                self.out.len()
+            } else {
+                at + n * stride
+            };
+            let iov = [IoSlice::new(&self.out[at..end])];
+            let gso = [ControlMessage::UdpGsoSegments(&size)];
+            let cmsgs: &[ControlMessage<'_>] = if n > 1 { &gso } else { &[] };
+            sendmsg(
+                self.socket.as_raw_fd(),
+                &iov,
+                cmsgs,
+                MsgFlags::empty(),
+                Some(&addr),
+            )
+            .map_err(io::Error::from)?;
+            self.counters.count_tx(n, end - at);
+            at = end;
+            left -= n;
+        }
+        Ok(())
+    }
+}
+
+/// Write a VXLAN header for `vni` into `header` (8 bytes).
+fn put_header(header: &mut [u8], vni: u32) {
+    header.fill(0);
+    header[0] = FLAG_VNI;
+    header[4..8].copy_from_slice(&(vni << 8).to_be_bytes());
+}
+
+impl Port for VxlanPort {
+    fn id(&self) -> PortId {
+        self.id
+    }
+
+    fn offload(&self) -> Offload {
+        self.offload
+    }
+
+    fn fd(&self) -> Option<RawFd> {
+        Some(self.socket.as_raw_fd())
+    }
+
+    fn carries(&self) -> Vec<PortId> {
+        self.table.ports()
+    }
+
+    fn last_ingress(&self) -> PortId {
+        self.last
+    }
+
+    /// Read the next datagram that passes the tunnel's checks, as the inner frame behind
+    /// an empty virtio-net header when the port has one (the frame's checksums are whole).
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let header = self.offload.header_len();
+        // The datagram lands so that its inner frame starts where the switch expects it.
+        let at = header.saturating_sub(VXLAN_HEADER_LEN);
+        loop {
+            let (len, from) = self
+                .socket
+                .recv_from(buf.get_mut(at..).unwrap_or_default())?;
+            self.counters.count_rx(len);
+            let std::net::SocketAddr::V4(from) = from else {
+                self.counters.count_drop(TunnelDrop::NotAHost);
+                continue;
+            };
+            let datagram = &buf[at..at + len];
+            if len < VXLAN_HEADER_LEN + 14 || datagram[0] & FLAG_VNI == 0 {
+                self.counters.count_drop(TunnelDrop::Malformed);
+                continue;
+            }
+            let vni = u32::from_be_bytes([0, datagram[4], datagram[5], datagram[6]]);
+            let mut mac = [0u8; 6];
+            mac.copy_from_slice(&datagram[VXLAN_HEADER_LEN + 6..VXLAN_HEADER_LEN + 12]);
+            match self.table.sender(*from.ip(), vni, MacAddr(mac)) {
+                Ok(port) => self.last = port,
+                Err(reason) => {
+                    self.counters.count_drop(reason);
+                    continue;
+                }
+            }
+            let frame_len = len - VXLAN_HEADER_LEN;
+            if header >= VXLAN_HEADER_LEN {
+                buf[..header].fill(0);
+            } else {
+                buf.copy_within(at + VXLAN_HEADER_LEN..at + len, header);
+                buf[..header].fill(0);
+            }
+            return Ok(header + frame_len);
+        }
+    }
+
+    fn write(&mut self, _frame: &[u8]) -> io::Result<()> {
+        Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the tunnel needs the remote server a frame goes to",
+        ))
+    }
+
+    /// Encapsulate a frame for remote server `to` and send it to its host; a super-frame
+    /// is segmented first, a partial checksum completed.
+    fn write_to(&mut self, to: PortId, frame: &[u8]) -> io::Result<()> {
+        let Some(&(endpoint, vni)) = self.table.to.get(&to) else {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                "no such remote server",
+            ));
+        };
+        let header = self.offload.header_len();
+        let (vnet, l2) = if header == 0 {
+            (VnetHeader::default(), frame)
+        } else {
+            let vnet = VnetHeader::parse(frame).ok_or(io::ErrorKind::InvalidData)?;
+            (vnet, frame.get(VNET_HDR_LEN..).unwrap_or_default())
+        };
+        if vnet.is_gso() {
+            let layout = segment(&vnet, l2, VXLAN_HEADER_LEN, &mut self.out).map_err(|e| {
+                let kind = match e {
+                    SegmentError::Unsupported => io::ErrorKind::Unsupported,
+                    SegmentError::Malformed => io::ErrorKind::InvalidData,
+                };
+                io::Error::from(kind)
+            })?;
+            for i in 0..layout.count {
+                let at = i * layout.stride;
+                put_header(&mut self.out[at..at + VXLAN_HEADER_LEN], vni);
+            }
+            return self.send_segments(endpoint, layout.count, layout.stride);
+        }
+        self.out.clear();
+        self.out.resize(VXLAN_HEADER_LEN, 0);
+        put_header(&mut self.out, vni);
+        self.out.extend_from_slice(l2);
+        if vnet.needs_checksum() && !vnet.complete_checksum(&mut self.out[VXLAN_HEADER_LEN..]) {
+            return Err(io::ErrorKind::InvalidData.into());
+        }
+        let len = self.out.len();
+        self.send_segments(endpoint, 1, len)
+    }
+}
+
+#[cfg(test)]
+mod tests;
