@@ -259,9 +259,10 @@ impl TunnelCounters {
         self.drops[reason as usize].load(Ordering::Relaxed)
     }
 
-    /// Count one datagram received, of `len` bytes.
-    pub fn count_rx(&self, len: usize) {
-        self.rx_datagrams.fetch_add(1, Ordering::Relaxed);
+    /// Count `datagrams` received, of `len` bytes in all.
+    pub fn count_rx(&self, datagrams: usize, len: usize) {
+        self.rx_datagrams
+            .fetch_add(datagrams as u64, Ordering::Relaxed);
         self.rx_bytes.fetch_add(len as u64, Ordering::Relaxed);
     }
 

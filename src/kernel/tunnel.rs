@@ -22,6 +22,8 @@ pub fn bind(host: &Host) -> Result<UdpSocket, KernelError> {
         // Root may exceed net.core.[rw]mem_max; without CAP_NET_ADMIN keep the default.
         let _ = setsockopt(&socket, sockopt::RcvBufForce, &BUFFER_BYTES);
         let _ = setsockopt(&socket, sockopt::SndBufForce, &BUFFER_BYTES);
+        // Datagrams of one sender come up together (the tunnel merges TCP segments back).
+        setsockopt(&socket, sockopt::UdpGroSegment, &true)?;
         Ok(socket)
     };
     let opened = match &host.netns {

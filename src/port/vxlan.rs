@@ -26,6 +26,7 @@ use super::{Offload, Port};
 use crate::stats::{TunnelCounters, TunnelDrop};
 use crate::topology::{PortId, Topology};
 use crate::wire::MacAddr;
+use crate::wire::coalesce::Merge;
 use crate::wire::segment::{SegmentError, segment};
 use crate::wire::vnet::{VNET_HDR_LEN, VnetHeader};
 
@@ -108,6 +109,77 @@ pub struct VxlanPort {
     last: PortId,
     /// Where a frame is encapsulated (and a super-frame segmented) on its way out.
     out: Vec<u8>,
+    /// What one receive brought: with UDP GRO, several datagrams of one sender.
+    batch: Batch,
+}
+
+/// Datagrams received at once (UDP GRO: the kernel hands over up to 64 KiB of datagrams
+/// from one sender, all `size` long but the last), read one frame at a time.
+#[derive(Debug)]
+struct Batch {
+    buf: Vec<u8>,
+    len: usize,
+    /// Where the next datagram starts.
+    at: usize,
+    size: usize,
+    from: Ipv4Addr,
+    /// Room for the GRO control message.
+    control: Vec<u8>,
+}
+
+impl Batch {
+    fn new() -> Batch {
+        Batch {
+            buf: vec![0; MAX_SEND + 1024],
+            len: 0,
+            at: 0,
+            size: 0,
+            from: Ipv4Addr::UNSPECIFIED,
+            control: nix::cmsg_space!(i32),
+        }
+    }
+
+    /// Take the next datagram, if any is left.
+    fn next(&mut self) -> Option<&[u8]> {
+        if self.at >= self.len {
+            return None;
+        }
+        let end = (self.at + self.size.max(1)).min(self.len);
+        let datagram = &self.buf[self.at..end];
+        self.at = end;
+        Some(datagram)
+    }
+
+    /// Put the datagram just taken back (it starts the next frame).
+    fn unread(&mut self, len: usize) {
+        self.at -= len;
+    }
+
+    /// Receive the next batch from `fd`.
+    fn receive(&mut self, fd: RawFd) -> io::Result<()> {
+        use nix::sys::socket::{ControlMessageOwned, recvmsg};
+        let mut iov = [io::IoSliceMut::new(&mut self.buf)];
+        let msg = recvmsg::<SockaddrIn>(fd, &mut iov, Some(&mut self.control), MsgFlags::empty())
+            .map_err(io::Error::from)?;
+        let mut size = msg.bytes;
+        if let Ok(cmsgs) = msg.cmsgs() {
+            for cmsg in cmsgs {
+                if let ControlMessageOwned::UdpGroSegments(n) = cmsg {
+                    size = usize::try_from(n).unwrap_or(msg.bytes);
+                }
+            }
+        }
+        self.from = msg.address.map_or(Ipv4Addr::UNSPECIFIED, |a| a.ip());
+        self.len = msg.bytes;
+        self.size = size;
+        self.at = 0;
+        Ok(())
+    }
+
+    /// Return how many datagrams the batch holds.
+    fn datagrams(&self) -> usize {
+        self.len.div_ceil(self.size.max(1))
+    }
 }
 
 impl VxlanPort {
@@ -128,7 +200,31 @@ impl VxlanPort {
             counters,
             last: id,
             out: Vec::with_capacity(2 * MAX_SEND),
+            batch: Batch::new(),
         })
+    }
+
+    /// Take the next datagram of the batch that passes the tunnel's checks: the remote
+    /// server it comes from and its inner frame's extent in the batch.
+    fn next_frame(&mut self) -> Option<(PortId, std::ops::Range<usize>)> {
+        loop {
+            let from = self.batch.from;
+            let start = self.batch.at;
+            let datagram = self.batch.next()?;
+            if datagram.len() < VXLAN_HEADER_LEN + 14 || datagram[0] & FLAG_VNI == 0 {
+                self.counters.count_drop(TunnelDrop::Malformed);
+                continue;
+            }
+            let vni = u32::from_be_bytes([0, datagram[4], datagram[5], datagram[6]]);
+            let mut mac = [0u8; 6];
+            mac.copy_from_slice(&datagram[VXLAN_HEADER_LEN + 6..VXLAN_HEADER_LEN + 12]);
+            match self.table.sender(from, vni, MacAddr(mac)) {
+                Ok(port) => {
+                    return Some((port, start + VXLAN_HEADER_LEN..start + datagram.len()));
+                }
+                Err(reason) => self.counters.count_drop(reason),
+            }
+        }
     }
 
     /// Send `self.out`, which holds `count` datagrams `stride` bytes apart (the last one
@@ -199,45 +295,45 @@ impl Port for VxlanPort {
         self.last
     }
 
-    /// Read the next datagram that passes the tunnel's checks, as the inner frame behind
-    /// an empty virtio-net header when the port has one (the frame's checksums are whole).
+    /// Read the next frame that passes the tunnel's checks: consecutive segments of one
+    /// TCP flow from one remote server merged into a super-frame when the port takes them
+    /// ([`Merge`]), else one datagram's inner frame, behind an empty virtio-net header.
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let header = self.offload.header_len();
-        // The datagram lands so that its inner frame starts where the switch expects it.
-        let at = header.saturating_sub(VXLAN_HEADER_LEN);
-        loop {
-            let (len, from) = self
-                .socket
-                .recv_from(buf.get_mut(at..).unwrap_or_default())?;
-            self.counters.count_rx(len);
-            let std::net::SocketAddr::V4(from) = from else {
-                self.counters.count_drop(TunnelDrop::NotAHost);
-                continue;
-            };
-            let datagram = &buf[at..at + len];
-            if len < VXLAN_HEADER_LEN + 14 || datagram[0] & FLAG_VNI == 0 {
-                self.counters.count_drop(TunnelDrop::Malformed);
-                continue;
+        let (port, first) = loop {
+            if let Some(found) = self.next_frame() {
+                break found;
             }
-            let vni = u32::from_be_bytes([0, datagram[4], datagram[5], datagram[6]]);
-            let mut mac = [0u8; 6];
-            mac.copy_from_slice(&datagram[VXLAN_HEADER_LEN + 6..VXLAN_HEADER_LEN + 12]);
-            match self.table.sender(*from.ip(), vni, MacAddr(mac)) {
-                Ok(port) => self.last = port,
-                Err(reason) => {
-                    self.counters.count_drop(reason);
-                    continue;
-                }
+            self.batch.receive(self.socket.as_raw_fd())?;
+            self.counters
+                .count_rx(self.batch.datagrams(), self.batch.len);
+        };
+        self.last = port;
+        let mut len = header + first.len();
+        let room = buf
+            .get_mut(header..len)
+            .ok_or(io::ErrorKind::InvalidInput)?;
+        room.copy_from_slice(&self.batch.buf[first.clone()]);
+        let merge = (header == VNET_HDR_LEN)
+            .then(|| Merge::start(&self.batch.buf[first]))
+            .flatten();
+        let Some(mut merge) = merge else {
+            buf[..header].fill(0);
+            return Ok(len);
+        };
+        let mut frame_len = len - header;
+        while let Some((next, range)) = self.next_frame() {
+            let taken = range.len() + VXLAN_HEADER_LEN;
+            let segment = &self.batch.buf[range];
+            if next != port || !merge.push(&mut buf[header..], &mut frame_len, segment) {
+                self.batch.unread(taken);
+                break;
             }
-            let frame_len = len - VXLAN_HEADER_LEN;
-            if header >= VXLAN_HEADER_LEN {
-                buf[..header].fill(0);
-            } else {
-                buf.copy_within(at + VXLAN_HEADER_LEN..at + len, header);
-                buf[..header].fill(0);
-            }
-            return Ok(header + frame_len);
         }
+        len = header + frame_len;
+        let (head, frame) = buf.split_at_mut(header);
+        merge.finish(&mut frame[..frame_len], head);
+        Ok(len)
     }
 
     fn write(&mut self, _frame: &[u8]) -> io::Result<()> {

@@ -5,6 +5,7 @@
 //! `smoltcp::wire` and are re-exported here under smoltcp's prefixed names; this module adds
 //! only what smoltcp lacks ([`MacAddr`], [`NdiscOptions`]).
 
+pub mod coalesce;
 pub mod flow;
 pub mod mac;
 pub mod ndisc;
