@@ -45,8 +45,8 @@ use tracing::{error, info, warn};
 pub use change::{Change, Diff, RateChange};
 use rates::{LONG, Meter, RateMeter, SHORT};
 use report::{
-    Counts, DataPathStats, Demand, DirectionStatus, PortState, PortStats, Rates, ServerStatus,
-    ShaperCounts, StatsReport, Status, TenantStats, TenantStatus, UplinkStatus,
+    Counts, DataPathStats, Demand, DirectionStatus, PortState, PortStats, Rates, RemoteStats, ServerStatus,
+    ShaperCounts, StatsReport, Status, TenantStats, TenantStatus, TunnelStats, UplinkStatus,
 };
 
 use crate::datapath::{Update, UpdateHandle};
@@ -601,6 +601,21 @@ impl Control {
                 realtime_priority: stats.datapath.realtime_priority.load(Ordering::Relaxed),
                 step_downs: stats.datapath.step_downs.load(Ordering::Relaxed),
             },
+            remote: topology
+                .cluster
+                .iter()
+                .flat_map(|c| c.remote.iter())
+                .map(|r| RemoteStats {
+                    server: r.name.clone(),
+                    host: r.host.clone(),
+                    tenant: topology.tenant(r.tenant).name.clone(),
+                    counters: counts(&stats.ports, r.id.index()),
+                })
+                .collect(),
+            tunnel: topology
+                .cluster
+                .as_ref()
+                .map(|_| TunnelStats::from(stats.tunnel.as_ref())),
         }
     }
 

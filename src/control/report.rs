@@ -136,6 +136,49 @@ pub struct StatsReport {
     pub ports: Vec<PortStats>,
     #[serde(default)]
     pub datapath: DataPathStats,
+    /// The ports of servers on other hosts, as this host's switch counts them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remote: Vec<RemoteStats>,
+    /// The VXLAN tunnel's own counters, on a host of a cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tunnel: Option<TunnelStats>,
+}
+
+/// One remote server's port: what came from it over the tunnel, what went to it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RemoteStats {
+    pub server: String,
+    pub host: String,
+    pub tenant: String,
+    pub counters: Counts,
+}
+
+/// The tunnel's datagrams, and those it dropped before any port saw them, by reason.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TunnelStats {
+    pub rx_datagrams: u64,
+    pub rx_bytes: u64,
+    pub tx_datagrams: u64,
+    pub tx_bytes: u64,
+    pub tx_errors: u64,
+    pub drops: BTreeMap<String, u64>,
+}
+
+impl From<&crate::stats::TunnelCounters> for TunnelStats {
+    fn from(c: &crate::stats::TunnelCounters) -> TunnelStats {
+        use std::sync::atomic::Ordering::Relaxed;
+        TunnelStats {
+            rx_datagrams: c.rx_datagrams.load(Relaxed),
+            rx_bytes: c.rx_bytes.load(Relaxed),
+            tx_datagrams: c.tx_datagrams.load(Relaxed),
+            tx_bytes: c.tx_bytes.load(Relaxed),
+            tx_errors: c.tx_errors.load(Relaxed),
+            drops: crate::stats::TunnelDrop::ALL
+                .iter()
+                .map(|&r| (r.as_str().to_string(), c.drops(r)))
+                .collect(),
+        }
+    }
 }
 
 /// How the data-path thread is scheduled (see README, "Scheduling the data path").
@@ -367,6 +410,52 @@ pub fn prometheus(status: &Status, stats: &StatsReport) -> String {
             })
             .collect(),
     );
+    family(
+        "netd_remote_drops_total",
+        "counter",
+        "Frames from a server on another host dropped by this host's switch, per reason.",
+        stats
+            .remote
+            .iter()
+            .flat_map(|p| {
+                p.counters.drops.iter().map(|(reason, n)| {
+                    let labels = format!(
+                        "{},host=\"{}\",reason=\"{}\"",
+                        port(&p.server, &p.tenant),
+                        label(&p.host),
+                        label(reason)
+                    );
+                    (labels, *n)
+                })
+            })
+            .collect(),
+    );
+    if let Some(tunnel) = &stats.tunnel {
+        family(
+            "netd_tunnel_dropped_total",
+            "counter",
+            "VXLAN datagrams dropped before any port saw them: not from a cluster host, malformed, a VNI of no local tenant, or a sender MAC that is not that tenant's server on that host.",
+            tunnel
+                .drops
+                .iter()
+                .map(|(reason, n)| (format!("reason=\"{}\"", label(reason)), *n))
+                .collect(),
+        );
+        for (name, help, value) in [
+            ("rx_datagrams", "VXLAN datagrams received.", tunnel.rx_datagrams),
+            ("rx_bytes", "VXLAN bytes received (UDP payload).", tunnel.rx_bytes),
+            ("tx_datagrams", "VXLAN datagrams sent.", tunnel.tx_datagrams),
+            ("tx_bytes", "VXLAN bytes sent (UDP payload).", tunnel.tx_bytes),
+            ("tx_errors", "VXLAN sends the kernel refused.", tunnel.tx_errors),
+        ] {
+            family(
+                &format!("netd_tunnel_{name}_total"),
+                "counter",
+                help,
+                vec![(String::new(), value)],
+            );
+        }
+    }
     family(
         "netd_port_read_errors_total",
         "counter",
@@ -710,6 +799,8 @@ mod tests {
                 realtime_priority: 1,
                 step_downs: 3,
             },
+            remote: Vec::new(),
+            tunnel: None,
         };
         (status, stats)
     }
