@@ -45,8 +45,9 @@ use tracing::{error, info, warn};
 pub use change::{Change, Diff, RateChange};
 use rates::{LONG, Meter, RateMeter, SHORT};
 use report::{
-    Counts, DataPathStats, Demand, DirectionStatus, PortState, PortStats, Rates, RemoteStats, ServerStatus,
-    ShaperCounts, StatsReport, Status, TenantStats, TenantStatus, TunnelStats, UplinkStatus,
+    Counts, DataPathStats, Demand, DirectionStatus, PortState, PortStats, Rates, RemoteStats,
+    ServerStatus, ShaperCounts, StatsReport, Status, TenantStats, TenantStatus, TunnelStats,
+    UplinkStatus,
 };
 
 use crate::datapath::{Update, UpdateHandle};

@@ -442,11 +442,27 @@ pub fn prometheus(status: &Status, stats: &StatsReport) -> String {
                 .collect(),
         );
         for (name, help, value) in [
-            ("rx_datagrams", "VXLAN datagrams received.", tunnel.rx_datagrams),
-            ("rx_bytes", "VXLAN bytes received (UDP payload).", tunnel.rx_bytes),
+            (
+                "rx_datagrams",
+                "VXLAN datagrams received.",
+                tunnel.rx_datagrams,
+            ),
+            (
+                "rx_bytes",
+                "VXLAN bytes received (UDP payload).",
+                tunnel.rx_bytes,
+            ),
             ("tx_datagrams", "VXLAN datagrams sent.", tunnel.tx_datagrams),
-            ("tx_bytes", "VXLAN bytes sent (UDP payload).", tunnel.tx_bytes),
-            ("tx_errors", "VXLAN sends the kernel refused.", tunnel.tx_errors),
+            (
+                "tx_bytes",
+                "VXLAN bytes sent (UDP payload).",
+                tunnel.tx_bytes,
+            ),
+            (
+                "tx_errors",
+                "VXLAN sends the kernel refused.",
+                tunnel.tx_errors,
+            ),
         ] {
             family(
                 &format!("netd_tunnel_{name}_total"),

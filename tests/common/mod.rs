@@ -5,6 +5,7 @@
 //! and a leftover from a killed run cannot clash with the next one.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod cluster;
 pub mod edge;
 pub mod iperf;
 pub mod tcp;
@@ -199,6 +200,14 @@ impl Daemon {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> Daemon {
+        let mut args = vec![topology.path.to_string_lossy().into_owned()];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Daemon::spawn_up(wrapper, &args, env)
+    }
+
+    /// Start `netd up ARGS` without waiting (a cluster host's `--etcd URL --host NAME`).
+    pub fn spawn_up(wrapper: &[&str], args: &[&str], env: &[(&str, &str)]) -> Daemon {
         let mut command = match wrapper.split_first() {
             Some((program, args)) => {
                 let mut c = Command::new(program);
@@ -209,8 +218,7 @@ impl Daemon {
         };
         let mut child = command
             .args(["--log-format", "json", "up"])
-            .arg(&topology.path)
-            .args(extra)
+            .args(args)
             .envs(env.iter().copied())
             .env("NETD_LOG", "info")
             .stdin(Stdio::null())
