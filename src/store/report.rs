@@ -16,8 +16,10 @@ use crate::topology::cluster;
 pub struct HostLine {
     pub name: String,
     pub underlay: String,
-    /// Its lease is held.
+    /// Its lease is held (an external host counts as alive).
     pub alive: bool,
+    /// A VXLAN endpoint netd does not run.
+    pub external: bool,
     /// Servers the topology places there.
     pub servers: usize,
     /// The store revision its part was last applied from (0: unknown).
@@ -70,7 +72,8 @@ pub fn cluster_status(report: &ClusterReport) -> Result<ClusterStatus, String> {
             HostLine {
                 name: h.name.clone(),
                 underlay: h.underlay.to_string(),
-                alive: report.alive.contains(&h.name),
+                alive: h.external || report.alive.contains(&h.name),
+                external: h.external,
                 servers: per_host.get(h.name.as_str()).copied().unwrap_or(0),
                 applied_revision: health.map_or(0, |s| s.applied_revision),
                 store_connected: health.is_some_and(|s| s.connected),
@@ -117,7 +120,8 @@ pub fn render(status: &ClusterStatus) -> String {
         "HOST", "UNDERLAY", "ALIVE", "SERVERS", "APPLIED"
     );
     for h in &status.hosts {
-        let store = match (&h.apply_error, h.alive, h.store_connected) {
+        let store = match (&h.apply_error, h.alive && !h.external, h.store_connected) {
+            _ if h.external => "external (no netd)".to_string(),
             (Some(error), _, _) => format!("cannot apply: {error}"),
             (None, false, _) => "-".to_string(),
             (None, true, true) => "connected".to_string(),

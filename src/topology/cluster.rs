@@ -56,6 +56,8 @@ pub struct Host {
     pub capacity: Rate,
     /// Its underlay MTU.
     pub mtu: u16,
+    /// A VXLAN endpoint netd does not run there: alive without a lease.
+    pub external: bool,
 }
 
 /// A server that runs on another host, as this host's switch sees it: a port behind the
@@ -202,14 +204,14 @@ impl Cluster {
     }
 
     /// Return host `me`'s part: the topology it runs, with the servers of its tenants on
-    /// the hosts for which `alive` is true as remote servers. Ids are numbered afresh: the
+    /// the hosts for which `alive` is true (and on external hosts) as remote servers. Ids are numbered afresh: the
     /// daemon renumbers against what it runs ([`Topology::with_ids_from`]).
     pub fn view(
         &self,
         me: &str,
         alive: impl Fn(&str) -> bool,
     ) -> Result<Topology, Vec<ValidationError>> {
-        let Some(host) = self.host(me) else {
+        let Some(host) = self.host(me).filter(|h| !h.external) else {
             let error = ValidationError {
                 file: self.source.clone(),
                 location: None,
@@ -262,7 +264,8 @@ impl Cluster {
             let (Some(on_host), Some(tenant)) = (s.host.as_deref(), s.tenant.as_deref()) else {
                 continue;
             };
-            if on_host == me || !alive(on_host) || !local_tenants.contains(tenant) {
+            let external = self.host(on_host).is_some_and(|h| h.external);
+            if on_host == me || !(alive(on_host) || external) || !local_tenants.contains(tenant) {
                 continue;
             }
             if let Some(server) = self.remote_server(name, s, &topology, PortId(next)) {
@@ -386,6 +389,7 @@ fn check_hosts(v: &mut Validator<'_>, file: &FileTopology) -> Vec<Host> {
                 netns: raw.netns.clone(),
                 capacity,
                 mtu,
+                external: raw.external.unwrap_or(false),
             });
         }
     }

@@ -72,6 +72,11 @@ pub struct FileClusterHost {
     /// The underlay's MTU; default 1500. Tenant frames are at most this minus 50 bytes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mtu: Option<i64>,
+    /// A VXLAN endpoint that netd does not run (a Linux host with a kernel `vxlan` device,
+    /// an appliance): its servers are declared like any other's, and it counts as alive
+    /// without a lease. Default false.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub external: Option<bool>,
 }
 
 /// `[tenants.<name>]`.

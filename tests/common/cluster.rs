@@ -151,6 +151,11 @@ impl Underlay {
         self.namespaces.push(ns.to_string());
     }
 
+    /// Add a namespace (removed with the underlay), e.g. for a kernel host's server.
+    pub fn add_server_ns(&mut self, ns: &str) {
+        self.add_ns(ns);
+    }
+
     /// Add host `name` with underlay address `addr` (in 192.0.2.0/24); return its namespace.
     pub fn add_host(&mut self, name: &str, addr: &str) -> String {
         let ns = self.host_ns(name);

@@ -315,3 +315,23 @@ fn a_remote_server_keeps_its_port_while_it_stays_on_its_host() {
         .collect();
     assert_eq!(ids, [100, acme_3(&running).0, 101]);
 }
+
+#[test]
+fn an_external_hosts_servers_are_reachable_without_a_lease_and_it_runs_nothing() {
+    let text = LAB.replace("[hosts.c]\n", "[hosts.c]\nexternal = true\n");
+    let cluster = parse(Path::new("lab.toml"), &text).unwrap();
+    assert!(cluster.host("c").unwrap().external);
+    let a = cluster.view("a", |h| h == "a").unwrap();
+    let remote: Vec<_> = a
+        .cluster
+        .unwrap()
+        .remote
+        .into_iter()
+        .map(|r| r.name)
+        .collect();
+    assert_eq!(remote, ["acme-3"], "b has no lease; c needs none");
+    assert!(
+        cluster.view("c", |_| true).is_err(),
+        "no netd runs an external host"
+    );
+}
