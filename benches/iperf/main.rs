@@ -52,7 +52,7 @@ struct Args {
     #[arg(long)]
     quick: bool,
     /// Scenarios to run (comma-separated): throughput, shaped, guarantee, loans, aggressor, latency,
-    /// realloc, ratechange, scale, uplink, restart, console. Default: all.
+    /// realloc, ratechange, scale, uplink, restart, console, cluster. Default: all.
     #[arg(long, value_delimiter = ',')]
     scenario: Vec<String>,
     /// Repetitions per side (default 3, 1 with --quick).
@@ -64,6 +64,10 @@ struct Args {
     /// TCP congestion control for both sides (default: the machine's default).
     #[arg(long)]
     cc: Option<String>,
+    /// Hosts of the cluster scenario, each a namespace with its own netd (default 100; 10
+    /// with --quick).
+    #[arg(long)]
+    cluster_hosts: Option<usize>,
     /// Server counts of the scale scenario (default 10,100,1000; 10,100 with --quick).
     #[arg(long, value_delimiter = ',')]
     scale: Vec<usize>,
@@ -118,6 +122,8 @@ pub struct Ctx {
     pub realloc: (f64, f64, f64),
     pub scale: Vec<usize>,
     pub scale_secs: f64,
+    /// Hosts of the cluster scenario.
+    pub cluster_hosts: usize,
     /// Run the installed peer switches beside netd in the throughput scenario.
     pub peers: bool,
     /// Extra arguments for `netd up`.
@@ -236,6 +242,7 @@ fn run(args: Args) -> Result<bool> {
             vec![10, 100, 1000]
         },
         scale_secs: if quick { 3.0 } else { 5.0 },
+        cluster_hosts: args.cluster_hosts.unwrap_or(if quick { 10 } else { 100 }),
         peers: !args.no_peers,
         netd_args: args.netd_args.clone(),
     };

@@ -18,7 +18,9 @@
 //! | `uplink` | routed uplink: 1 flow each way via NAT and public; 3-tenant split each way | [`uplink`] |
 //! | `restart` | `kill -9` and restart: forwarding gap, TCP kept (10/100/1000 servers) | [`restart`] |
 //! | `console` | what 10 open console pages cost netd's CPU | [`console`] |
+//! | `cluster` | 100 hosts × 10 servers on etcd: push → applied, memory, etcd size, VXLAN flow | [`cluster`] |
 
+pub mod cluster;
 pub mod console;
 pub mod restart;
 pub mod scale;
@@ -31,7 +33,7 @@ use serde::Serialize;
 use crate::report::Row;
 
 /// Every scenario, in run order.
-pub const ALL: [&str; 12] = [
+pub const ALL: [&str; 13] = [
     "throughput",
     "shaped",
     "guarantee",
@@ -44,6 +46,7 @@ pub const ALL: [&str; 12] = [
     "uplink",
     "restart",
     "console",
+    "cluster",
 ];
 
 /// What a scenario produced.
@@ -73,6 +76,7 @@ pub fn run(ctx: &crate::Ctx, name: &str) -> anyhow::Result<Outcome> {
         "uplink" => uplink::run(ctx),
         "restart" => restart::run(ctx),
         "console" => console::run(ctx),
+        "cluster" => cluster::run(ctx),
         other => anyhow::bail!("unknown scenario {other:?}; known: {}", ALL.join(", ")),
     }
 }
