@@ -110,6 +110,16 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
             flows.push(json!({"rep": rep, "side": side, "iperf": r}));
         }
     }
+    let median = |side: Side| {
+        let v: Vec<f64> = flows
+            .iter()
+            .filter(|f| f["side"] == json!(side))
+            .filter_map(|f| f["iperf"]["goodput_bps"].as_f64())
+            .collect();
+        percentile(&v, 0.5)
+    };
+    let ratio = median(Side::Netd) / median(side_kernel);
+    fig.add("1 TCP flow: netd / the kernel's VXLAN", Side::Netd, ratio);
     out.runs.push(json!({
         "scenario": NAME, "hosts": hosts, "servers": hosts * PER_HOST,
         "netd_rss_mib": rss, "push_to_applied_ms": latencies, "etcd_db_mb": db_mb,
@@ -127,6 +137,11 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
         ("etcd database size", "MB", None),
         ("etcd database in use", "MB", None),
         ("1 TCP flow between two hosts", "Gbit/s", None),
+        (
+            "1 TCP flow: netd / the kernel's VXLAN",
+            "×",
+            Some(Target::AtLeast(0.8)),
+        ),
     ];
     for (metric, unit, target) in rows {
         out.rows.push(fig.row(NAME, metric, unit, target));
