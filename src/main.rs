@@ -930,7 +930,7 @@ fn push(file: &Path, store: &StoreArgs, expect: Option<i64>) -> anyhow::Result<(
         .build()?;
     let revision = runtime.block_on(async {
         let mut store = netd::store::Store::connect(&config).await?;
-        store.push(&cluster.to_toml(), expect).await
+        store.push(&cluster, expect).await
     })?;
     let servers: usize = cluster.servers_per_host().values().sum();
     println!(

@@ -61,8 +61,8 @@ pub async fn first_part(
     host: &str,
 ) -> anyhow::Result<crate::topology::Topology> {
     let mut store = Store::connect(config).await?;
-    let snapshot = store.list().await?;
-    let key = store.keys.topology();
+    let snapshot = store.list(host).await?;
+    let key = store.keys.part(host);
     let text = snapshot.topology.ok_or(StoreError::NoTopology { key })?;
     let cluster =
         cluster::parse(Path::new("etcd"), &text).map_err(crate::topology::LoadError::Invalid)?;
@@ -147,8 +147,8 @@ impl Follower {
         let lease = store
             .register(&self.host, self.config.lease_ttl, &self.alive)
             .await?;
-        let mut known = store.list().await?;
-        let mut watch = store.watch(known.revision + 1).await?;
+        let mut known = store.list(&self.host).await?;
+        let mut watch = store.watch(&self.host, known.revision + 1).await?;
         info!(
             revision = known.revision,
             lease, "following the cluster in etcd"
@@ -181,7 +181,7 @@ impl Follower {
                             etcd_client::EventType::Put => Some(kv.value()),
                             etcd_client::EventType::Delete => None,
                         };
-                        relevant |= known.take(&store.keys, kv.key(), value)?;
+                        relevant |= known.take(&store.keys, &self.host, kv.key(), value)?;
                     }
                     if let Some(header) = response.header() {
                         known.revision = header.revision();

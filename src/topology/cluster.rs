@@ -183,6 +183,49 @@ impl Cluster {
         toml::to_string(&self.file).unwrap_or_default()
     }
 
+    /// Return each host's part of the cluster, as TOML by host name: every host (for the
+    /// tunnel endpoints), the tenants that have a server on it, and every server of those
+    /// tenants (on any host). A part is itself a valid cluster topology, and it is all a
+    /// host needs: so a change wakes only the hosts whose part it changes, and a host reads
+    /// a hundredth of a 100-host cluster (see [`crate::store`]).
+    pub fn parts(&self) -> BTreeMap<String, String> {
+        self.hosts
+            .iter()
+            .map(|host| {
+                let on = |s: &super::file::FileServer| s.host.as_deref() == Some(&*host.name);
+                let tenants: BTreeSet<&str> = self
+                    .file
+                    .servers
+                    .values()
+                    .filter(|s| on(s))
+                    .filter_map(|s| s.tenant.as_deref())
+                    .collect();
+                let mine = |t: Option<&str>| t.is_some_and(|t| tenants.contains(t));
+                let part = FileTopology {
+                    host: self.file.host.clone(),
+                    hosts: self.file.hosts.clone(),
+                    tenants: self
+                        .file
+                        .tenants
+                        .iter()
+                        .filter(|(name, _)| tenants.contains(name.as_str()))
+                        .map(|(name, t)| (name.clone(), t.clone()))
+                        .collect(),
+                    servers: self
+                        .file
+                        .servers
+                        .iter()
+                        .filter(|(_, s)| mine(s.tenant.as_deref()))
+                        .map(|(name, s)| (name.clone(), s.clone()))
+                        .collect(),
+                    ..FileTopology::default()
+                };
+                let text = toml::to_string(&part).unwrap_or_default();
+                (host.name.clone(), text)
+            })
+            .collect()
+    }
+
     /// Return how many servers each host runs, by host name.
     pub fn servers_per_host(&self) -> BTreeMap<&str, usize> {
         let mut count: BTreeMap<&str, usize> =

@@ -320,7 +320,8 @@ pub(super) enum Part {
     Whole,
     /// Every server of a cluster at once, for the rules that hold across hosts (names,
     /// MACs, addresses, rates). The capacity rules are the cluster's, per host, so `[host]`
-    /// holds no capacity and the one given stands in for it (the largest host's).
+    /// holds no capacity and the one given stands in for it (the largest host's). A
+    /// cluster may have no tenants yet (hosts first, customers later).
     Cluster(Option<Rate>),
     /// One host's part of a validated cluster: it may have no tenants or servers yet.
     HostView,
@@ -388,7 +389,7 @@ pub(super) fn validate_part(
     };
 
     // [tenants.*]
-    if file.tenants.is_empty() && !v.reported("tenants") && part != Part::HostView {
+    if file.tenants.is_empty() && !v.reported("tenants") && part == Part::Whole {
         v.push("tenants", None, ErrorKind::NoTenants);
     }
     let mut tenants = Vec::with_capacity(file.tenants.len());
@@ -494,7 +495,7 @@ pub(super) fn validate_part(
     }
 
     // [servers.*]
-    if file.servers.is_empty() && !v.reported("servers") && part != Part::HostView {
+    if file.servers.is_empty() && !v.reported("servers") && part == Part::Whole {
         v.push("servers", None, ErrorKind::NoServers);
     }
     let tenant_index: BTreeMap<&str, usize> = file

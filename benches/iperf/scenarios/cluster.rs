@@ -183,8 +183,10 @@ struct Lab {
     url: String,
     netds: BTreeMap<usize, Child>,
     runtime: tokio::runtime::Runtime,
-    /// The cluster file as pushed last, and the server added by the last push if any.
+    /// The cluster file as pushed last.
     text: String,
+    /// Where each netd's log goes (kept after the run).
+    logs: PathBuf,
 }
 
 impl Lab {
@@ -216,7 +218,7 @@ impl Lab {
                 .args(["--log-format", "json", "up", "--etcd", &lab.url])
                 .args(["--host", &host_name(h), "--lease-ttl", "10", "--socket"])
                 .arg(lab.dir.join(format!("{}.sock", host_name(h))))
-                .env("NETD_LOG", "warn")
+                .env("NETD_LOG", "info")
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(std::fs::File::create(
@@ -323,7 +325,7 @@ impl Lab {
         let config = netd::store::StoreConfig::new(&self.url);
         let revision = self.runtime.block_on(async {
             let mut store = netd::store::Store::connect(&config).await?;
-            store.push(&cluster.to_toml(), None).await
+            store.push(&cluster, None).await
         })?;
         Ok(revision)
     }
@@ -388,7 +390,7 @@ impl Lab {
             let config = netd::store::StoreConfig::new(&self_.url);
             let revision = self_.runtime.block_on(async {
                 let mut store = netd::store::Store::connect(&config).await?;
-                store.push(&cluster.to_toml(), None).await
+                store.push(&cluster, None).await
             })?;
             let deadline = Instant::now() + Duration::from_secs(30);
             let applied = loop {

@@ -335,3 +335,21 @@ fn an_external_hosts_servers_are_reachable_without_a_lease_and_it_runs_nothing()
         "no netd runs an external host"
     );
 }
+
+#[test]
+fn each_hosts_part_is_a_valid_cluster_that_gives_the_same_view() {
+    let cluster = lab();
+    let parts = cluster.parts();
+    assert_eq!(parts.len(), 3);
+    for host in ["a", "b", "c"] {
+        let part = parse(Path::new("part.toml"), &parts[host]).unwrap();
+        assert_eq!(part.hosts, cluster.hosts, "every host, for the endpoints");
+        let whole = cluster.view(host, |_| true).unwrap();
+        let from_part = part.view(host, |_| true).unwrap();
+        assert_eq!(from_part.servers, whole.servers, "{host}");
+        assert_eq!(from_part.tenants, whole.tenants, "{host}");
+        assert_eq!(from_part.cluster, whole.cluster, "{host}");
+    }
+    // c runs acme only: its part has no blue.
+    assert!(!parts["c"].contains("blue"), "{}", parts["c"]);
+}
