@@ -198,7 +198,10 @@ impl Lab {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
+        let logs = ctx.out_dir.join("cluster-logs");
+        std::fs::create_dir_all(&logs)?;
         let mut lab = Lab {
+            logs,
             prefix,
             hosts,
             dir,
