@@ -225,7 +225,7 @@ impl Lab {
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(std::fs::File::create(
-                    lab.dir.join(format!("{}.log", host_name(h))),
+                    lab.logs.join(format!("{}.log", host_name(h))),
                 )?)
                 .spawn()
                 .context("starting netd")?;
