@@ -61,11 +61,11 @@ pub async fn first_part(
     host: &str,
 ) -> anyhow::Result<crate::topology::Topology> {
     let mut store = Store::connect(config).await?;
-    let snapshot = store.list(host).await?;
-    let key = store.keys.part(host);
+    let snapshot = store.list().await?;
+    let key = store.keys.topology();
     let text = snapshot.topology.ok_or(StoreError::NoTopology { key })?;
-    let cluster =
-        cluster::parse(Path::new("etcd"), &text).map_err(crate::topology::LoadError::Invalid)?;
+    let cluster = cluster::host_part(Path::new("etcd"), &text, host)
+        .map_err(crate::topology::LoadError::Invalid)?;
     let mut part = cluster
         .view(host, |h| h == host || snapshot.alive.contains(h))
         .map_err(crate::topology::LoadError::Invalid)?;
@@ -87,6 +87,7 @@ pub async fn run(control: Arc<Control>, config: StoreConfig, host: String, healt
         health,
         alive,
         cluster: None,
+        applied: None,
     };
     let mut retry = FIRST_RETRY;
     loop {
@@ -122,8 +123,11 @@ struct Follower {
     host: String,
     health: SharedHealth,
     alive: Alive,
-    /// The last topology read and its validated form (parsed again only when it changes).
+    /// The last topology read and this host's validated part of it (read again only when
+    /// it changes).
     cluster: Option<(String, Cluster)>,
+    /// The part last applied, as the cluster gave it (before the daemon's renumbering).
+    applied: Option<crate::topology::Topology>,
 }
 
 impl Follower {
@@ -147,8 +151,8 @@ impl Follower {
         let lease = store
             .register(&self.host, self.config.lease_ttl, &self.alive)
             .await?;
-        let mut known = store.list(&self.host).await?;
-        let mut watch = store.watch(&self.host, known.revision + 1).await?;
+        let mut known = store.list().await?;
+        let mut watch = store.watch(known.revision + 1).await?;
         info!(
             revision = known.revision,
             lease, "following the cluster in etcd"
@@ -160,6 +164,7 @@ impl Follower {
         });
         *retry = FIRST_RETRY;
         self.apply(&known).await;
+        // Published whatever happened: a new session says it is connected again.
         self.publish(&mut store, lease).await?;
         // Renew well within the lease's time, so one late renewal does not lose it.
         let mut renew = tokio::time::interval(self.config.lease_ttl / 3);
@@ -181,13 +186,12 @@ impl Follower {
                             etcd_client::EventType::Put => Some(kv.value()),
                             etcd_client::EventType::Delete => None,
                         };
-                        relevant |= known.take(&store.keys, &self.host, kv.key(), value)?;
+                        relevant |= known.take(&store.keys, kv.key(), value)?;
                     }
                     if let Some(header) = response.header() {
                         known.revision = header.revision();
                     }
-                    if relevant {
-                        self.apply(&known).await;
+                    if relevant && self.apply(&known).await {
                         self.publish(&mut store, lease).await?;
                     }
                 }
@@ -197,26 +201,27 @@ impl Follower {
         }
     }
 
-    /// Apply this host's part of `known`; a part that cannot be read or applied is logged
-    /// and kept in the health, and the host keeps the part before it.
-    async fn apply(&mut self, known: &Snapshot) {
+    /// Apply this host's part of `known`; return whether it changed anything. A part that
+    /// cannot be read or applied is logged and kept in the health, and the host keeps the
+    /// part before it; a part that did not change is not applied again.
+    async fn apply(&mut self, known: &Snapshot) -> bool {
         let Some(text) = &known.topology else {
             warn!("no cluster topology in etcd yet: `netd push FILE --etcd URL` stores one");
-            return;
+            return false;
         };
         if self.cluster.as_ref().is_none_or(|(old, _)| old != text) {
-            match cluster::parse(Path::new("etcd"), text) {
+            match cluster::host_part(Path::new("etcd"), text, &self.host) {
                 Ok(parsed) => self.cluster = Some((text.clone(), parsed)),
                 Err(errors) => {
                     let error = crate::topology::LoadError::Invalid(errors).to_string();
                     warn!(cause = %error, "the cluster topology in etcd is invalid: keeping the last one");
                     self.update(|h| h.apply_error = Some(error));
-                    return;
+                    return false;
                 }
             }
         }
         let Some((_, cluster)) = &self.cluster else {
-            return;
+            return false;
         };
         let me = self.host.as_str();
         let part = match cluster.view(me, |h| h == me || known.alive.contains(h)) {
@@ -225,11 +230,21 @@ impl Follower {
                 let error = crate::topology::LoadError::Invalid(errors).to_string();
                 warn!(cause = %error, "this host's part cannot be read: keeping the last one");
                 self.update(|h| h.apply_error = Some(error));
-                return;
+                return false;
             }
         };
-        let outcome = self.control.follow(part, "etcd").await;
         let revision = known.revision;
+        if self.applied.as_ref() == Some(&part) {
+            self.update(|h| {
+                h.alive.clone_from(&known.alive);
+                h.applied_revision = revision;
+            });
+            return false;
+        }
+        let outcome = self.control.follow(part.clone(), "etcd").await;
+        if outcome.is_ok() {
+            self.applied = Some(part);
+        }
         self.update(|h| {
             h.alive.clone_from(&known.alive);
             match outcome {
@@ -241,6 +256,7 @@ impl Follower {
                 Err(error) => h.apply_error = Some(error_chain(&error)),
             }
         });
+        true
     }
 
     /// Publish this host's status on its lease.

@@ -6,20 +6,22 @@
 //!
 //! | key | written by | value |
 //! |---|---|---|
-//! | `<prefix>/cluster/topology` | `netd push`, in one transaction with the parts | the cluster topology as TOML, every derived value explicit |
-//! | `<prefix>/cluster/parts/<host>` | `netd push`, the parts it changes | that host's part ([`Cluster::parts`]): every host, the tenants it runs, all their servers |
+//! | `<prefix>/cluster/topology` | `netd push`, in one transaction | the cluster topology as compact JSON, every derived value explicit ([`Cluster::to_json`]) |
 //! | `<prefix>/cluster/alive/<host>` | that host's netd, on its lease | JSON: pid, start time |
 //! | `<prefix>/status/<host>` | that host's netd, on its lease, every few seconds and after each change | JSON: the revision applied, the store's health, tenants' rates |
 //!
-//! Each netd lists and watches its own part and the `alive` keys, nothing else: a push
-//! wakes only the hosts whose part it changes (with 100 hosts, a server added wakes the 10
-//! or so hosts of its tenant, not all 100, and each reads its part, not the whole
-//! cluster), and status writes wake nobody. A host whose lease expires loses its `alive`
-//! key, and the others drop its servers from their tunnels.
+//! Each netd lists and watches the topology and the `alive` keys, nothing else (status
+//! writes wake nobody). At each change a host reads the stored JSON and validates only its
+//! own part ([`crate::topology::cluster::host_part`]): a hundredth of a 100-host cluster,
+//! about a millisecond; a host whose part did not change applies nothing. A host whose
+//! lease expires loses its `alive` key, and the others drop its servers from their
+//! tunnels.
 //!
-//! A push is one transaction: the topology and every part it changes. etcd allows 128
-//! operations per transaction by default (`--max-txn-ops`), so the first push of a cluster
-//! of more than 127 hosts needs that raised; later pushes write only the parts they change.
+//! Why one key: a push must be one transaction, and per-host or per-tenant keys would make
+//! the first push of a large cluster one operation per key, past etcd's default limit of
+//! 128 per transaction, and per-host parts repeat each server in every part of its tenant
+//! (2.3 MB for 100 hosts × 10 servers, past etcd's 1.5 MiB request limit). One key of
+//! 0.2 MB holds 1000 servers.
 
 pub mod follow;
 pub mod report;
@@ -75,12 +77,6 @@ impl StoreConfig {
 struct Keys(String);
 
 impl Keys {
-    fn part(&self, host: &str) -> String {
-        format!("{}/cluster/parts/{host}", self.0)
-    }
-    fn parts_prefix(&self) -> String {
-        format!("{}/cluster/parts/", self.0)
-    }
     fn topology(&self) -> String {
         format!("{}/cluster/topology", self.0)
     }
@@ -129,8 +125,7 @@ pub enum StoreError {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Snapshot {
     pub revision: i64,
-    /// The topology's TOML, if one was pushed: the host's part, or the whole cluster's
-    /// for a report.
+    /// The stored topology (JSON), if one was pushed.
     pub topology: Option<String>,
     /// Hosts whose netd holds its lease.
     pub alive: BTreeSet<String>,
@@ -192,52 +187,32 @@ impl Store {
         })
     }
 
-    /// Store a validated cluster topology in one transaction: its TOML and every host's
-    /// part that changes (a part of a host no longer in the cluster is deleted); return
-    /// the revision it was written at. With `expect`, write only if the topology is still at
-    /// that revision (0: only if there is none).
+    /// Store a validated cluster topology in one transaction; return the revision it was
+    /// written at. With `expect`, write only if the topology is still at that revision (0:
+    /// only if there is none).
     pub async fn push(
         &mut self,
         cluster: &Cluster,
         expect: Option<i64>,
     ) -> Result<i64, StoreError> {
         let key = self.keys.topology();
-        let options = GetOptions::new().with_prefix();
-        let stored = timed(self.client.get(self.keys.parts_prefix(), Some(options))).await?;
-        let mut old: BTreeMap<String, Vec<u8>> = stored
-            .kvs()
-            .iter()
-            .map(|kv| {
-                (
-                    String::from_utf8_lossy(kv.key()).into_owned(),
-                    kv.value().to_vec(),
-                )
-            })
-            .collect();
-        let mut ops = vec![TxnOp::put(key.clone(), cluster.to_toml(), None)];
-        for (host, part) in cluster.parts() {
-            let part_key = self.keys.part(&host);
-            if old.remove(&part_key).as_deref() != Some(part.as_bytes()) {
-                ops.push(TxnOp::put(part_key, part, None));
-            }
-        }
-        ops.extend(old.into_keys().map(|gone| TxnOp::delete(gone, None)));
+        let put = TxnOp::put(key.clone(), cluster.to_json(), None);
         let mut txn = Txn::new();
         if let Some(revision) = expect {
             txn = txn.when([Compare::mod_revision(key, CompareOp::Equal, revision)]);
         }
-        let response = timed(self.client.txn(txn.and_then(ops))).await?;
+        let response = timed(self.client.txn(txn.and_then([put]))).await?;
         if !response.succeeded() {
             return Err(StoreError::Conflict(expect.unwrap_or(0)));
         }
         Ok(response.header().map_or(0, |h| h.revision()))
     }
 
-    /// Read what host `host` follows (its part and who is alive), at one revision.
-    pub async fn list(&mut self, host: &str) -> Result<Snapshot, StoreError> {
+    /// Read what the hosts follow (the topology and who is alive), at one revision.
+    pub async fn list(&mut self) -> Result<Snapshot, StoreError> {
         let options = GetOptions::new().with_prefix();
         let txn = Txn::new().and_then([
-            TxnOp::get(self.keys.part(host), None),
+            TxnOp::get(self.keys.topology(), None),
             TxnOp::get(self.keys.alive_prefix(), Some(options)),
         ]);
         let response = timed(self.client.txn(txn)).await?;
@@ -248,17 +223,17 @@ impl Store {
         for op in response.op_responses() {
             if let etcd_client::TxnOpResponse::Get(get) = op {
                 for kv in get.kvs() {
-                    snapshot.take(&self.keys, host, kv.key(), Some(kv.value()))?;
+                    snapshot.take(&self.keys, kv.key(), Some(kv.value()))?;
                 }
             }
         }
         Ok(snapshot)
     }
 
-    /// Watch what host `host` follows from `revision` on (two watches on one stream).
-    pub async fn watch(&mut self, host: &str, revision: i64) -> Result<WatchStream, StoreError> {
+    /// Watch what the hosts follow from `revision` on (two watches on one stream).
+    pub async fn watch(&mut self, revision: i64) -> Result<WatchStream, StoreError> {
         let options = WatchOptions::new().with_start_revision(revision);
-        let mut stream = timed(self.client.watch(self.keys.part(host), Some(options))).await?;
+        let mut stream = timed(self.client.watch(self.keys.topology(), Some(options))).await?;
         created(&mut stream).await?;
         let options = WatchOptions::new()
             .with_prefix()
@@ -317,7 +292,7 @@ impl Store {
 
     /// Read everything `netd status --cluster` shows.
     pub async fn report(&mut self) -> Result<ClusterReport, StoreError> {
-        let snapshot = self.list_all().await?;
+        let snapshot = self.list().await?;
         let options = GetOptions::new().with_prefix();
         let prefix = self.keys.status_prefix();
         let response = timed(self.client.get(prefix.clone(), Some(options))).await?;
@@ -338,31 +313,6 @@ impl Store {
     }
 }
 
-impl Store {
-    /// Read the whole topology and who is alive, at one revision.
-    async fn list_all(&mut self) -> Result<Snapshot, StoreError> {
-        let options = GetOptions::new().with_prefix();
-        let txn = Txn::new().and_then([
-            TxnOp::get(self.keys.topology(), None),
-            TxnOp::get(self.keys.alive_prefix(), Some(options)),
-        ]);
-        let response = timed(self.client.txn(txn)).await?;
-        let mut snapshot = Snapshot {
-            revision: response.header().map_or(0, |h| h.revision()),
-            ..Snapshot::default()
-        };
-        for op in response.op_responses() {
-            if let etcd_client::TxnOpResponse::Get(get) = op {
-                for kv in get.kvs() {
-                    // The whole topology: the snapshot of no particular host.
-                    snapshot.take(&self.keys, "", kv.key(), Some(kv.value()))?;
-                }
-            }
-        }
-        Ok(snapshot)
-    }
-}
-
 /// Wait for the answer to a watch request: created, or why not.
 async fn created(stream: &mut WatchStream) -> Result<(), StoreError> {
     match timed(stream.message()).await? {
@@ -376,22 +326,11 @@ async fn created(stream: &mut WatchStream) -> Result<(), StoreError> {
 }
 
 impl Snapshot {
-    /// Take one key's new value (`None`: deleted) into host `host`'s snapshot; return
-    /// whether it is one the host follows (its part, or who is alive).
-    fn take(
-        &mut self,
-        keys: &Keys,
-        host: &str,
-        key: &[u8],
-        value: Option<&[u8]>,
-    ) -> Result<bool, StoreError> {
+    /// Take one key's new value (`None`: deleted) into the snapshot; return whether it is
+    /// one the hosts follow (the topology, or who is alive).
+    fn take(&mut self, keys: &Keys, key: &[u8], value: Option<&[u8]>) -> Result<bool, StoreError> {
         let key = String::from_utf8_lossy(key);
-        let topology = if host.is_empty() {
-            keys.topology()
-        } else {
-            keys.part(host)
-        };
-        if key == topology {
+        if key == keys.topology() {
             self.topology =
                 match value {
                     Some(bytes) => Some(String::from_utf8(bytes.to_vec()).map_err(|_| {
@@ -423,35 +362,28 @@ mod tests {
     fn the_key_layout_is_versioned_under_one_prefix() {
         let keys = StoreConfig::new("http://127.0.0.1:2379").keys();
         assert_eq!(keys.topology(), "/netd/v1/cluster/topology");
-        assert_eq!(keys.part("a"), "/netd/v1/cluster/parts/a");
         assert_eq!(keys.alive("a"), "/netd/v1/cluster/alive/a");
         assert_eq!(keys.status("a"), "/netd/v1/status/a");
-        assert!(keys.part("a").starts_with(&keys.parts_prefix()));
         let mut config = StoreConfig::new("x");
         config.prefix = "/lab/netd/v1/".into();
         assert_eq!(config.keys().topology(), "/lab/netd/v1/cluster/topology");
     }
 
     #[test]
-    fn a_hosts_snapshot_follows_its_part_and_who_is_alive() {
+    fn a_snapshot_follows_the_topology_and_who_is_alive() {
         let keys = StoreConfig::new("x").keys();
         let mut snapshot = Snapshot::default();
         let take = |s: &mut Snapshot, key: String, value: Option<&[u8]>| {
-            s.take(&keys, "a", key.as_bytes(), value).unwrap()
+            s.take(&keys, key.as_bytes(), value).unwrap()
         };
-        assert!(take(&mut snapshot, keys.part("a"), Some(b"[hosts]")));
-        assert!(
-            !take(&mut snapshot, keys.part("b"), Some(b"[b]")),
-            "another host's part"
-        );
-        assert!(!take(&mut snapshot, keys.topology(), Some(b"[all]")));
+        assert!(take(&mut snapshot, keys.topology(), Some(b"{}")));
         assert!(take(&mut snapshot, keys.alive("a"), Some(b"{}")));
         assert!(take(&mut snapshot, keys.alive("b"), Some(b"{}")));
         assert!(!take(&mut snapshot, keys.status("a"), Some(b"{}")));
         assert!(take(&mut snapshot, keys.alive("a"), None));
-        assert_eq!(snapshot.topology.as_deref(), Some("[hosts]"));
+        assert_eq!(snapshot.topology.as_deref(), Some("{}"));
         assert_eq!(snapshot.alive, BTreeSet::from(["b".to_string()]));
-        let bad = snapshot.take(&keys, "a", keys.part("a").as_bytes(), Some(&[0xff]));
+        let bad = snapshot.take(&keys, keys.topology().as_bytes(), Some(&[0xff]));
         assert!(matches!(bad, Err(StoreError::BadValue { .. })));
     }
 }

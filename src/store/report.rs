@@ -54,7 +54,7 @@ pub fn cluster_status(report: &ClusterReport) -> Result<ClusterStatus, String> {
     let Some(text) = &report.topology else {
         return Err("no cluster topology in etcd: `netd push FILE --etcd URL` stores one".into());
     };
-    let cluster = cluster::parse(Path::new("etcd"), text)
+    let cluster = cluster::from_json(Path::new("etcd"), text)
         .map_err(|e| crate::topology::LoadError::Invalid(e).to_string())?;
     let published: BTreeMap<&str, Status> = report
         .status
