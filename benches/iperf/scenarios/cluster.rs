@@ -85,6 +85,7 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
     let kernel = KernelPair::up(&lab)?;
     let side_kernel = Side::Kernel(Htb::Off, Offloads::Veth);
     let mut flows = Vec::new();
+    let mut reach_waits = Vec::new();
     for rep in 0..ctx.reps {
         for side in [Side::Netd, side_kernel] {
             check_stop()?;
@@ -92,6 +93,22 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
                 Side::Netd => (lab.server_ns(0, 0), lab.server_ns(0, 1), "10.0.0.2"),
                 _ => (kernel.server_ns(0), kernel.server_ns(1), "10.9.0.2"),
             };
+            // Reachable first (the first pings of a fresh pair can be lost: see the note).
+            let waited = Instant::now();
+            while crate::iperf::ping(&client, addr, 1).map_or(true, |rtts| rtts.is_empty()) {
+                if waited.elapsed() > Duration::from_secs(30) {
+                    bail!("{}: {client} cannot reach {addr}", side.label());
+                }
+                check_stop()?;
+            }
+            let waited = waited.elapsed().as_secs_f64();
+            if waited > 1.5 {
+                eprintln!(
+                    "  {NAME} {}: {addr} reachable after {waited:.1} s",
+                    side.label()
+                );
+            }
+            reach_waits.push(json!({"rep": rep, "side": side, "s": waited}));
             let _iperf = IperfServer::start(&server, 5201)?;
             settle()?;
             let load = Load {
@@ -123,7 +140,7 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
     out.runs.push(json!({
         "scenario": NAME, "hosts": hosts, "servers": hosts * PER_HOST,
         "netd_rss_mib": rss, "push_to_applied_ms": latencies, "etcd_db_mb": db_mb,
-        "etcd_in_use_mb": in_use_mb, "flows": flows,
+        "etcd_in_use_mb": in_use_mb, "flows": flows, "reachable_after_s": reach_waits,
     }));
     let rows = [
         ("netd RSS per host (median)", "MiB", None),
