@@ -45,6 +45,7 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
     }
     let mut out = Outcome::default();
     let mut fig = Figures::new(ctx.tap_offloads);
+    let _neighbours = NeighbourTable::room_for(hosts)?;
     let lab = Lab::up(ctx, hosts)?;
     let rss: Vec<f64> = lab
         .netds
@@ -538,6 +539,43 @@ fn start_etcd(prefix: &str, dir: &std::path::Path) -> Result<(String, Child)> {
         sleep(Duration::from_millis(200))?;
     }
     Ok((url, child))
+}
+
+/// Room in the kernel's neighbour table for the emulated cluster, given back on drop.
+///
+/// Every namespace shares one ARP table (`gc_thresh3`, 1024 entries by default): 100 hosts
+/// that each know 20 others and 1000 servers that each know a few peers overflow it, and
+/// then new neighbours fail (`ping: sendmsg: No buffer space available`, "neighbor table
+/// overflow" in the kernel log) for tens of seconds. Real hosts each have their own table.
+struct NeighbourTable {
+    before: Vec<(String, String)>,
+}
+
+impl NeighbourTable {
+    fn room_for(hosts: usize) -> Result<NeighbourTable> {
+        let entries = (hosts * (4 * PER_HOST + 2 * PER_HOST)).max(1024);
+        let mut before = Vec::new();
+        for (key, value) in [("gc_thresh2", entries / 2), ("gc_thresh3", entries)] {
+            let name = format!("net.ipv4.neigh.default.{key}");
+            let old = proc::run_args(&["sysctl", "-n", &name], None, Duration::from_secs(5))?;
+            let old = old.trim().to_string();
+            if old.parse::<usize>().unwrap_or(0) < value {
+                let set = format!("{name}={value}");
+                proc::run_args(&["sysctl", "-q", "-w", &set], None, Duration::from_secs(5))?;
+                before.push((name, old));
+            }
+        }
+        Ok(NeighbourTable { before })
+    }
+}
+
+impl Drop for NeighbourTable {
+    fn drop(&mut self) {
+        for (name, old) in self.before.iter().rev() {
+            let set = format!("{name}={old}");
+            let _ = proc::run_args(&["sysctl", "-q", "-w", &set], None, Duration::from_secs(5));
+        }
+    }
 }
 
 /// The kernel's VXLAN between two more hosts on the same underlay: a bridge and a `vxlan`
