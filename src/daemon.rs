@@ -271,8 +271,9 @@ pub async fn up(
     if let Some(health) = &health {
         control = control.with_store_health(health.clone());
     }
+    let health_for_leave = health.clone();
     let control = Arc::new(control);
-    let _follower = options
+    let follower = options
         .cluster
         .clone()
         .zip(health)
@@ -381,6 +382,8 @@ pub async fn up(
     if let Err(err) = &result {
         error!(cause = %err, "stopping after a data path failure");
     }
+    // No more changes from the store while tearing down (nor a new lease after leaving).
+    drop(follower);
     log_stats(&control.topology().await, &control.stats());
     if handed_over {
         info!("handed over: the servers run on under the new netd");
@@ -391,6 +394,10 @@ pub async fn up(
     } else {
         control.tear_down().await;
         info!("removed every namespace and TAP netd created");
+        // Its servers are gone: tell the other hosts now, not when the lease would expire.
+        if let (Some(cluster), Some(health)) = (&options.cluster, &health_for_leave) {
+            crate::store::follow::leave(&cluster.store, health).await;
+        }
     }
     result.map(|()| control.stats())
 }

@@ -258,16 +258,31 @@ struct StoreArgs {
     /// The key prefix in etcd.
     #[arg(long, value_name = "PREFIX", default_value = netd::store::DEFAULT_PREFIX)]
     etcd_prefix: String,
+    /// The etcd user, where etcd has authentication on (with --etcd-password-file).
+    #[arg(long, value_name = "USER", requires = "etcd_password_file")]
+    etcd_user: Option<String>,
+    /// A file (mode 0600) holding the etcd user's password.
+    #[arg(long, value_name = "FILE", requires = "etcd_user")]
+    etcd_password_file: Option<PathBuf>,
 }
 
 impl StoreArgs {
-    fn config(&self) -> Option<netd::store::StoreConfig> {
-        let etcd = self.etcd.as_deref()?;
-        Some(netd::store::StoreConfig {
+    /// The store's configuration, if `--etcd` was given; an error if the password file
+    /// cannot be used.
+    fn config(&self) -> anyhow::Result<Option<netd::store::StoreConfig>> {
+        let Some(etcd) = self.etcd.as_deref() else {
+            return Ok(None);
+        };
+        let credentials = match (&self.etcd_user, &self.etcd_password_file) {
+            (Some(user), Some(path)) => Some(netd::store::Credentials::read(user, path)?),
+            _ => None,
+        };
+        Ok(Some(netd::store::StoreConfig {
             endpoints: etcd.split(',').map(str::to_string).collect(),
             prefix: self.etcd_prefix.clone(),
             lease_ttl: netd::store::DEFAULT_LEASE_TTL,
-        })
+            credentials,
+        }))
     }
 }
 
@@ -324,7 +339,14 @@ fn main() -> ExitCode {
             datapath_priority,
             take_over,
         } => {
-            let cluster = match (store.config(), host) {
+            let config = match store.config() {
+                Ok(config) => config,
+                Err(err) => {
+                    eprintln!("error: {err:#}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let cluster = match (config, host) {
                 (Some(mut config), Some(host)) => {
                     config.lease_ttl = Duration::from_secs(lease_ttl.max(1));
                     Some(daemon::ClusterOptions {
@@ -916,7 +938,7 @@ fn run_up(topology: Option<Topology>, options: UpOptions) -> anyhow::Result<()> 
 /// `netd push`: validate a cluster topology and store it.
 fn push(file: &Path, store: &StoreArgs, expect: Option<i64>) -> anyhow::Result<()> {
     let config = store
-        .config()
+        .config()?
         .ok_or_else(|| anyhow::anyhow!("--etcd URL is required"))?;
     let cluster = match topology::load_any(file)? {
         topology::AnyTopology::Cluster(cluster) => cluster,
@@ -944,7 +966,7 @@ fn push(file: &Path, store: &StoreArgs, expect: Option<i64>) -> anyhow::Result<(
 /// `netd status --cluster`: every host and tenant of the cluster, from etcd.
 fn cluster_status(store: &StoreArgs, json: bool) -> anyhow::Result<()> {
     let config = store
-        .config()
+        .config()?
         .ok_or_else(|| anyhow::anyhow!("--etcd URL is required"))?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

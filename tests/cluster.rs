@@ -560,3 +560,57 @@ fn a_kernel_vxlan_host_and_a_netd_host_share_a_tenant() {
     }
     lab.hosts.clear();
 }
+
+#[test]
+fn an_etcd_with_authentication_takes_the_operators_credentials_and_nothing_less() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    require_privileges();
+    let topo = TestTopology::new(CLUSTER);
+    let etcd = Etcd::start(&topo.prefix);
+    let (ok, out) = etcd.ctl(&["user", "add", "root:root-pw-4711", "--interactive=false"]);
+    assert!(ok, "{out}");
+    let (ok, out) = etcd.ctl(&["auth", "enable"]);
+    assert!(ok, "{out}");
+    let dir = common::TempDir::new(&format!("{}-pw", topo.prefix));
+    let private = common::TempFile::create(&dir.0.join("pw"), "root-pw-4711\n", 0o600);
+    let shared = common::TempFile::create(&dir.0.join("open"), "root-pw-4711\n", 0o644);
+    let wrong = common::TempFile::create(&dir.0.join("wrong"), "not-it\n", 0o600);
+    let push = |extra: &[&str]| {
+        let out = std::process::Command::new(common::netd_bin())
+            .arg("push")
+            .arg(&topo.path)
+            .args(["--etcd", &etcd.url])
+            .args(extra)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+    let (ok, text) = push(&[]);
+    assert!(!ok, "pushed without credentials: {text}");
+    let (ok, text) = push(&[
+        "--etcd-user",
+        "root",
+        "--etcd-password-file",
+        wrong.0.to_str().unwrap(),
+    ]);
+    assert!(!ok, "pushed with a wrong password: {text}");
+    let (ok, text) = push(&[
+        "--etcd-user",
+        "root",
+        "--etcd-password-file",
+        shared.0.to_str().unwrap(),
+    ]);
+    assert!(!ok && text.contains("chmod 600"), "{text}");
+    let (ok, text) = push(&[
+        "--etcd-user",
+        "root",
+        "--etcd-password-file",
+        private.0.to_str().unwrap(),
+    ]);
+    assert!(ok, "{text}");
+}

@@ -50,6 +50,9 @@ pub struct StoreHealth {
     pub apply_error: Option<String>,
     /// The hosts alive as last seen.
     pub alive: BTreeSet<String>,
+    /// The lease this host's keys are on, while a session holds one.
+    #[serde(skip)]
+    pub lease: Option<i64>,
 }
 
 /// The health shared between the follower and the control plane.
@@ -72,6 +75,28 @@ pub async fn first_part(
     // Named after the host: several hosts' netd may share a machine (and a run dir).
     part.name = host.to_string();
     Ok(part)
+}
+
+/// Give up this host's lease (its `alive` and status keys go at once), as a host that
+/// stops cleanly does; at most a second, and nothing if etcd cannot be reached.
+pub async fn leave(config: &StoreConfig, health: &SharedHealth) {
+    let lease = health.lock().unwrap_or_else(|e| e.into_inner()).lease;
+    let Some(lease) = lease else {
+        return;
+    };
+    let revoke = async {
+        let mut store = Store::connect(config).await?;
+        store.revoke(lease).await
+    };
+    match tokio::time::timeout(Duration::from_secs(1), revoke).await {
+        Ok(Ok(())) => info!("left the cluster: lease revoked"),
+        Ok(Err(err)) => {
+            warn!(cause = %error_chain(&err), "cannot revoke the lease: the other hosts drop this one when it expires")
+        }
+        Err(_) => {
+            warn!("etcd did not answer: the other hosts drop this one when its lease expires")
+        }
+    }
 }
 
 /// Follow the store until the task is dropped: sessions one after another.
@@ -151,6 +176,7 @@ impl Follower {
         let lease = store
             .register(&self.host, self.config.lease_ttl, &self.alive)
             .await?;
+        self.update(|h| h.lease = Some(lease));
         let mut known = store.list().await?;
         let mut watch = store.watch(known.revision + 1).await?;
         info!(

@@ -55,6 +55,52 @@ pub struct StoreConfig {
     pub prefix: String,
     /// How long a host's keys outlive its last keep-alive.
     pub lease_ttl: Duration,
+    /// An etcd user and password, where etcd has authentication on.
+    pub credentials: Option<Credentials>,
+}
+
+/// An etcd user and its password.
+#[derive(Clone)]
+pub struct Credentials {
+    pub user: String,
+    password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Credentials({:?}, …)", self.user)
+    }
+}
+
+impl Credentials {
+    /// `user` with the password read from `path`, a file only its owner may read (one line).
+    pub fn read(user: &str, path: &std::path::Path) -> Result<Credentials, StoreError> {
+        use std::io::Read;
+        use std::os::unix::fs::MetadataExt;
+        let bad = |reason: String| StoreError::Password {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let file = std::fs::File::open(path).map_err(|e| bad(e.to_string()))?;
+        let mode = file.metadata().map_err(|e| bad(e.to_string()))?.mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(bad(format!(
+                "mode {mode:o} lets others read it; chmod 600 it"
+            )));
+        }
+        let mut text = String::new();
+        file.take(4097)
+            .read_to_string(&mut text)
+            .map_err(|e| bad(e.to_string()))?;
+        let password = text.trim_end_matches(['\n', '\r']);
+        if password.is_empty() || password.len() > 4096 || password.contains('\n') {
+            return Err(bad("expected one line of 1 to 4096 bytes".into()));
+        }
+        Ok(Credentials {
+            user: user.to_string(),
+            password: password.to_string(),
+        })
+    }
 }
 
 impl StoreConfig {
@@ -64,6 +110,7 @@ impl StoreConfig {
             endpoints: vec![endpoint.to_string()],
             prefix: DEFAULT_PREFIX.to_string(),
             lease_ttl: DEFAULT_LEASE_TTL,
+            credentials: None,
         }
     }
 
@@ -117,6 +164,11 @@ pub enum StoreError {
     LeaseLost,
     #[error("The topology changed in etcd since revision {0}; nothing was written")]
     Conflict(i64),
+    #[error("Cannot use the etcd password file {path}: {reason}")]
+    Password {
+        path: std::path::PathBuf,
+        reason: String,
+    },
     #[error("Bad value at {key}: {reason}")]
     BadValue { key: String, reason: String },
 }
@@ -168,10 +220,13 @@ async fn timed<T>(
 impl Store {
     /// Connect to the store.
     pub async fn connect(config: &StoreConfig) -> Result<Store, StoreError> {
-        let options = ConnectOptions::new()
+        let mut options = ConnectOptions::new()
             .with_connect_timeout(CONNECT_TIMEOUT)
             .with_timeout(REQUEST_TIMEOUT)
             .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2));
+        if let Some(c) = &config.credentials {
+            options = options.with_user(c.user.clone(), c.password.clone());
+        }
         let connecting = Client::connect(config.endpoints.clone(), Some(options));
         let client = match tokio::time::timeout(CONNECT_TIMEOUT * 2, connecting).await {
             Ok(Ok(client)) => client,

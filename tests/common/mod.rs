@@ -465,7 +465,7 @@ pub fn datapath_scheduling(pid: u32) -> (u32, u32) {
 }
 
 /// A file written for one test, removed when dropped.
-pub struct TempFile(PathBuf);
+pub struct TempFile(pub PathBuf);
 
 impl TempFile {
     /// Write `text` to `path` with permission bits `mode`.
