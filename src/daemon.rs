@@ -25,7 +25,9 @@ use crate::datapath::{DataPath, Priority};
 use crate::gateway::GatewayPort;
 use crate::handover;
 use crate::kernel::{self, KernelError, Plumbing};
-use crate::port::{Offload, Port, TapPort, TunnelTable, UplinkPort, VxlanPort};
+use crate::port::{
+    Offload, Port, TapPort, TrunkPort, TrunkTable, TunnelTable, UplinkPort, VxlanPort,
+};
 use crate::shaper::Shaping;
 use crate::stats::Stats;
 use crate::switch::Switch;
@@ -195,6 +197,7 @@ pub async fn up(
         let ports = kernel_ports(&mut plumbing, offload);
         let mut prepared = prepare(&topology, ports, offload)?;
         attach_tunnel(&topology, &plumbing, &mut prepared)?;
+        attach_trunk(&topology, &plumbing, &mut prepared)?;
         (topology, prepared, Start::Fresh(endpoints), plumbing)
     };
     let Prepared {
@@ -471,6 +474,27 @@ fn attach_tunnel(
     Ok(())
 }
 
+/// Add the bridged uplink's trunk to the prepared data path, when there is one.
+fn attach_trunk(
+    topology: &Topology,
+    plumbing: &Plumbing,
+    prepared: &mut Prepared,
+) -> Result<(), DaemonError> {
+    let Some(fd) = plumbing.trunk_socket() else {
+        return Ok(());
+    };
+    let fd = fd.map_err(DaemonError::StartDataPath)?;
+    let counters = prepared.stats.trunk.clone();
+    if let Some(port) = TrunkPort::new(fd, TrunkTable::new(topology), counters) {
+        let ports: Vec<Box<dyn Port>> = vec![Box::new(port)];
+        prepared
+            .datapath
+            .attach(ports)
+            .map_err(DaemonError::StartDataPath)?;
+    }
+    Ok(())
+}
+
 /// Take the ports over from the daemon on `socket_path`; return the topology it runs (live
 /// changes included, read as if from `file_topology`'s file), the data path with them
 /// attached, ready to spawn, and the hand-over to confirm once it runs.
@@ -550,12 +574,8 @@ fn handed_ports(
             }
         }
     }
-    let expected = topology.servers.len()
-        + topology
-            .tenants
-            .iter()
-            .filter(|t| t.uplink.is_some())
-            .count();
+    let expected =
+        topology.servers.len() + topology.tenants.iter().filter(|t| t.is_routed()).count();
     if ports.len() != expected {
         return Err(DaemonError::HandedTopology(format!(
             "{} ports handed over, the topology has {expected}",

@@ -786,6 +786,7 @@ impl DataPath {
         egress.stats.tenants[tenant.index()].count_rx(frame.len());
         let path = egress.path(ingress, decision);
         if path == Path::Download
+            && egress.switch.kind_of(ingress) == Some(crate::port::PortKind::Uplink)
             && let Decision::Unicast(_, to) = decision
         {
             // A routed packet takes the MAC of the server it goes to (the guard passed it,
@@ -924,10 +925,11 @@ impl Shapers {
 impl Egress {
     /// Return the shaper a frame from `ingress` with this decision passes.
     fn path(&self, ingress: PortId, decision: Decision) -> Path {
-        let uplink = Some(crate::port::PortKind::Uplink);
+        use crate::port::PortKind::{Trunk, Uplink};
+        let uplink = |port| matches!(self.switch.kind_of(port), Some(Uplink | Trunk));
         match decision {
-            _ if self.switch.kind_of(ingress) == uplink => Path::Download,
-            Decision::Unicast(_, to) if self.switch.kind_of(to) == uplink => Path::Upload,
+            _ if uplink(ingress) => Path::Download,
+            Decision::Unicast(_, to) if uplink(to) => Path::Upload,
             _ => Path::Host,
         }
     }

@@ -632,6 +632,7 @@ fn client_command(
                 dns: (!dns.is_empty()).then_some(dns),
                 uplink: None,
                 vni: None,
+                vlan: None,
             },
         },
         Command::RemoveTenant { name } => Change::RemoveTenant { name },

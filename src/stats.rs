@@ -274,6 +274,15 @@ impl TunnelCounters {
     }
 }
 
+/// Frames the bridged uplink's trunk dropped before any port saw them.
+#[derive(Debug, Default)]
+pub struct TrunkCounters {
+    /// Without a VLAN tag.
+    pub untagged: AtomicU64,
+    /// On a VLAN of no tenant.
+    pub unknown_vlan: AtomicU64,
+}
+
 /// How the data-path thread is scheduled now, published by the loop when it changes.
 #[derive(Debug, Default)]
 pub struct DataPathGauges {
@@ -350,6 +359,8 @@ pub struct Stats {
     pub datapath: Arc<DataPathGauges>,
     /// The VXLAN tunnel's, on a host of a cluster.
     pub tunnel: Arc<TunnelCounters>,
+    /// The bridged uplink's trunk's.
+    pub trunk: Arc<TrunkCounters>,
 }
 
 impl Stats {
@@ -363,6 +374,7 @@ impl Stats {
             download: (0..tenants).map(|_| Arc::default()).collect(),
             datapath: Arc::default(),
             tunnel: Arc::default(),
+            trunk: Arc::default(),
         }
     }
 
@@ -384,6 +396,7 @@ impl Stats {
             download: grow(&self.download, tenants),
             datapath: self.datapath.clone(),
             tunnel: self.tunnel.clone(),
+            trunk: self.trunk.clone(),
         }
     }
 }

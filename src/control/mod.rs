@@ -54,7 +54,9 @@ use crate::datapath::{Update, UpdateHandle};
 use crate::gateway::GatewayPort;
 use crate::handover;
 use crate::kernel::{self, KernelError, Plumbing};
-use crate::port::{Offload, Port, TapPort, TunnelTable, UplinkPort, VxlanPort};
+use crate::port::{
+    Offload, Port, TapPort, TrunkPort, TrunkTable, TunnelTable, UplinkPort, VxlanPort,
+};
 use crate::shaper::Shaping;
 use crate::stats::Stats;
 use crate::switch::Switch;
@@ -617,6 +619,14 @@ impl Control {
                 .cluster
                 .as_ref()
                 .map(|_| TunnelStats::from(stats.tunnel.as_ref())),
+            trunk: topology
+                .uplink
+                .as_ref()
+                .filter(|u| u.mode == crate::topology::UplinkMode::Bridged)
+                .map(|_| report::TrunkStats {
+                    untagged: stats.trunk.untagged.load(Ordering::Relaxed),
+                    unknown_vlan: stats.trunk.unknown_vlan.load(Ordering::Relaxed),
+                }),
         }
     }
 
@@ -850,6 +860,18 @@ impl Control {
                 return Err(ControlError::Kernel(err));
             }
         };
+        let old_trunk = match replace_trunk(&old, new, state, &current) {
+            Ok(Some((old_trunk, port))) => {
+                added.extend(port);
+                old_trunk
+            }
+            Ok(None) => None,
+            Err(err) => {
+                undo_added(&mut state.plumbing, added, &added_netns);
+                relink_back(&relinked);
+                return Err(ControlError::Kernel(err));
+            }
+        };
         let (ports, tenants) = (new.port_id_bound(), new.tenant_id_bound());
         let stats = (ports > current.ports.len() || tenants > current.tenants.len())
             .then(|| Arc::new(current.grown(ports, tenants)));
@@ -859,6 +881,7 @@ impl Control {
         let mut remove = diff.servers_removed.clone();
         remove.extend(old_gateways);
         remove.extend(old_tunnel);
+        remove.extend(old_trunk);
         remove.extend(
             routers_gone
                 .iter()
@@ -928,6 +951,28 @@ fn replace_tunnel(
     Ok(Some((old_id, tunnel.map(|t| Box::new(t) as Box<dyn Port>))))
 }
 
+/// When the tenants' VLANs change, build the trunk port for `new`; return the old trunk's
+/// id to remove (if it had one) and the new port (if a tenant has a VLAN).
+#[allow(clippy::type_complexity)]
+fn replace_trunk(
+    old: &Topology,
+    new: &Topology,
+    state: &Running,
+    stats: &Stats,
+) -> Result<Option<(Option<topology::PortId>, Option<Box<dyn Port>>)>, KernelError> {
+    let (before, after) = (TrunkTable::new(old), TrunkTable::new(new));
+    if before == after {
+        return Ok(None);
+    }
+    let old_id = before.ports().first().copied();
+    let Some(fd) = state.plumbing.trunk_socket() else {
+        return Ok(Some((old_id, None)));
+    };
+    let fd = fd.map_err(KernelError::TunnelSocket)?;
+    let trunk = TrunkPort::new(fd, after, stats.trunk.clone());
+    Ok(Some((old_id, trunk.map(|t| Box::new(t) as Box<dyn Port>))))
+}
+
 /// Answer a hand-over with `refusal` (blocking I/O, off the runtime).
 async fn refuse_hand_over(mut stream: std::os::unix::net::UnixStream, refusal: Response) {
     let _ = tokio::task::spawn_blocking(move || handover::give(&mut stream, &refusal, &[])).await;
@@ -962,13 +1007,17 @@ fn handed_ports(topology: &Topology) -> HashMap<topology::PortId, handover::Hand
         let name = s.name.clone();
         (s.id, handover::HandedPort::Server { name })
     });
-    let routers = topology.tenants.iter().filter_map(|t| {
-        let tenant = t.name.clone();
-        Some((
-            t.uplink.as_ref()?.port,
-            handover::HandedPort::Uplink { tenant },
-        ))
-    });
+    let routers = topology
+        .tenants
+        .iter()
+        .filter(|t| t.is_routed())
+        .filter_map(|t| {
+            let tenant = t.name.clone();
+            Some((
+                t.uplink.as_ref()?.port,
+                handover::HandedPort::Uplink { tenant },
+            ))
+        });
     servers.chain(routers).collect()
 }
 
@@ -1063,18 +1112,17 @@ fn routers_touched(
     old: &Topology,
     new: &Topology,
 ) -> (Vec<crate::topology::Tenant>, Vec<crate::topology::Tenant>) {
-    let routed =
-        |t: &Topology, name: &str| t.tenant_by_name(name).is_some_and(|t| t.uplink.is_some());
+    let routed = |t: &Topology, name: &str| t.tenant_by_name(name).is_some_and(|t| t.is_routed());
     let gone = old
         .tenants
         .iter()
-        .filter(|t| t.uplink.is_some() && !routed(new, &t.name))
+        .filter(|t| t.is_routed() && !routed(new, &t.name))
         .cloned()
         .collect();
     let come = new
         .tenants
         .iter()
-        .filter(|t| t.uplink.is_some() && !routed(old, &t.name))
+        .filter(|t| t.is_routed() && !routed(old, &t.name))
         .cloned()
         .collect();
     (gone, come)
@@ -1087,23 +1135,20 @@ fn routing_change_not_live(old: &Topology, new: &Topology) -> Option<String> {
     let place = |t: &Topology| {
         t.uplink
             .as_ref()
-            .map(|u| (u.interface.clone(), u.netns.clone()))
+            .map(|u| (u.interface.clone(), u.netns.clone(), u.mode))
     };
     if place(old) != place(new) {
         return Some(
-            "the [uplink] section's presence, interface or netns changed; restart netd".into(),
+            "the [uplink] section's presence, interface, netns or mode changed; restart netd"
+                .into(),
         );
     }
     let routing = |t: &crate::topology::Tenant| {
-        (
-            t.uplink.is_some(),
-            t.nat,
-            t.gateway.as_ref().map(|g| g.subnet()),
-        )
+        (t.is_routed(), t.nat, t.gateway.as_ref().map(|g| g.subnet()))
     };
     old.tenants.iter().find_map(|before| {
         let after = new.tenant_by_name(&before.name)?;
-        let routed = before.uplink.is_some() || after.uplink.is_some();
+        let routed = before.is_routed() || after.is_routed();
         (routed && routing(before) != routing(after)).then(|| {
             format!(
                 "the routing of tenant {:?} (its gateway subnet, nat or uplink) changed; \

@@ -142,6 +142,16 @@ pub struct StatsReport {
     /// The VXLAN tunnel's own counters, on a host of a cluster.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tunnel: Option<TunnelStats>,
+    /// What the bridged uplink's trunk dropped before any port saw it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trunk: Option<TrunkStats>,
+}
+
+/// Frames from the trunk without a VLAN tag, or on a VLAN of no tenant.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrunkStats {
+    pub untagged: u64,
+    pub unknown_vlan: u64,
 }
 
 /// One remote server's port: what came from it over the tunnel, what went to it.
@@ -430,6 +440,17 @@ pub fn prometheus(status: &Status, stats: &StatsReport) -> String {
             })
             .collect(),
     );
+    if let Some(trunk) = &stats.trunk {
+        family(
+            "netd_trunk_dropped_total",
+            "counter",
+            "Frames from the bridged uplink's trunk dropped before any port saw them: without a VLAN tag, or on a VLAN of no tenant.",
+            vec![
+                ("reason=\"untagged\"".to_string(), trunk.untagged),
+                ("reason=\"unknown_vlan\"".to_string(), trunk.unknown_vlan),
+            ],
+        );
+    }
     if let Some(tunnel) = &stats.tunnel {
         family(
             "netd_tunnel_dropped_total",
@@ -817,6 +838,7 @@ mod tests {
             },
             remote: Vec::new(),
             tunnel: None,
+            trunk: None,
         };
         (status, stats)
     }

@@ -14,6 +14,8 @@
 //! than raw netlink: it is the tool operators debug with, it handles the `/run/netns` mount
 //! dance, and it keeps this module free of hand-written netlink encoding. See `link.rs`.
 
+use std::os::fd::OwnedFd;
+
 pub mod adopt;
 mod link;
 pub mod netns;
@@ -121,6 +123,8 @@ pub struct Plumbing {
     routers_adopted: bool,
     /// The VXLAN tunnel's socket, on a host of a cluster.
     tunnel: Option<std::net::UdpSocket>,
+    /// The bridged uplink's trunk socket.
+    trunk: Option<OwnedFd>,
 }
 
 impl Plumbing {
@@ -133,6 +137,11 @@ impl Plumbing {
     /// cluster.
     pub fn tunnel_socket(&self) -> Option<std::io::Result<std::net::UdpSocket>> {
         self.tunnel.as_ref().map(std::net::UdpSocket::try_clone)
+    }
+
+    /// Return a handle on the bridged uplink's trunk socket for a (new) trunk port.
+    pub fn trunk_socket(&self) -> Option<std::io::Result<OwnedFd>> {
+        self.trunk.as_ref().map(OwnedFd::try_clone)
     }
 
     /// Hand the uplink TUNs to the data path.
@@ -242,7 +251,7 @@ impl Plumbing {
         let mut namespaces: Vec<String> =
             topology.servers.iter().map(|s| s.netns.clone()).collect();
         let edge = topology.uplink.as_ref().map(|up| {
-            let routed = topology.tenants.iter().filter(|t| t.uplink.is_some());
+            let routed = topology.tenants.iter().filter(|t| t.is_routed());
             namespaces.extend(routed.map(|t| uplink::router_netns(topology, t)));
             uplink::Edge::resume(topology, up)
         });
@@ -412,8 +421,12 @@ fn build(
     let Some(up) = &topology.uplink else {
         return Ok(());
     };
+    if up.mode == crate::topology::UplinkMode::Bridged {
+        plumbing.trunk = Some(tunnel::open_trunk(up)?);
+        return Ok(());
+    }
     plumbing.edge = Some(uplink::Edge::set_up(topology, up)?);
-    for tenant in topology.tenants.iter().filter(|t| t.uplink.is_some()) {
+    for tenant in topology.tenants.iter().filter(|t| t.is_routed()) {
         let tun = plumbing.add_or_adopt_router(topology, tenant, offload)?;
         plumbing.uplinks.push(tun);
     }

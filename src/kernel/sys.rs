@@ -534,3 +534,157 @@ pub fn recv_fds(socket: &impl AsRawFd) -> io::Result<Vec<OwnedFd>> {
     }
     Ok(owned)
 }
+
+/// The size of a socket option or address structure `T`, as the kernel takes it.
+fn socklen<T>() -> libc::socklen_t {
+    libc::socklen_t::try_from(std::mem::size_of::<T>()).unwrap_or(libc::socklen_t::MAX)
+}
+
+/// `SOL_PACKET` options and structures of `<linux/if_packet.h>` for the bridged uplink's trunk.
+const PACKET_ADD_MEMBERSHIP: libc::c_int = 1;
+const PACKET_AUXDATA: libc::c_int = 8;
+const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
+const PACKET_VNET_HDR_SZ: libc::c_int = 24;
+const PACKET_MR_PROMISC: libc::c_ushort = 1;
+const TP_STATUS_VLAN_VALID: u32 = 1 << 4;
+
+/// `struct packet_mreq`.
+#[repr(C)]
+struct PacketMreq {
+    mr_ifindex: libc::c_int,
+    mr_type: libc::c_ushort,
+    mr_alen: libc::c_ushort,
+    mr_address: [u8; 8],
+}
+
+/// `struct tpacket_auxdata`.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct TpacketAuxdata {
+    tp_status: u32,
+    tp_len: u32,
+    tp_snaplen: u32,
+    tp_mac: u16,
+    tp_net: u16,
+    tp_vlan_tci: u16,
+    tp_vlan_tpid: u16,
+}
+
+/// Set an `int` socket option.
+fn set_int_option(
+    fd: &OwnedFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: `value` lives across the call and its size is passed; `fd` is an open socket.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            std::ptr::from_ref(&value).cast(),
+            socklen::<libc::c_int>(),
+        )
+    };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Open the bridged uplink's trunk: an `AF_PACKET` socket bound to interface `ifindex`
+/// (non-blocking), promiscuous, every frame with a virtio-net header of `vnet_hdr_len`
+/// bytes, the VLAN tag the kernel took off given in the auxiliary data, and without the
+/// frames it sends itself.
+pub fn open_trunk(ifindex: u32, vnet_hdr_len: usize) -> io::Result<OwnedFd> {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockProtocol, SockType, socket};
+    let fd = socket(
+        AddressFamily::Packet,
+        SockType::Raw,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        SockProtocol::EthAll,
+    )?;
+    let sol = libc::SOL_PACKET;
+    let header = libc::c_int::try_from(vnet_hdr_len).map_err(|_| io::ErrorKind::InvalidInput)?;
+    set_int_option(&fd, sol, PACKET_VNET_HDR_SZ, header)?;
+    set_int_option(&fd, sol, PACKET_AUXDATA, 1)?;
+    set_int_option(&fd, sol, PACKET_IGNORE_OUTGOING, 1)?;
+    let index = libc::c_int::try_from(ifindex).map_err(|_| io::ErrorKind::InvalidInput)?;
+    // SAFETY: an all-zero sockaddr_ll is valid; the fields set below are plain integers.
+    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    addr.sll_family = libc::c_ushort::try_from(libc::AF_PACKET).unwrap_or_default();
+    addr.sll_protocol = u16::try_from(libc::ETH_P_ALL).unwrap_or_default().to_be();
+    addr.sll_ifindex = index;
+    // SAFETY: `addr` is a valid sockaddr_ll of the size passed; `fd` is an open socket.
+    let rc = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            std::ptr::from_ref(&addr).cast(),
+            socklen::<libc::sockaddr_ll>(),
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mreq = PacketMreq {
+        mr_ifindex: index,
+        mr_type: PACKET_MR_PROMISC,
+        mr_alen: 0,
+        mr_address: [0; 8],
+    };
+    // SAFETY: `mreq` is a valid packet_mreq of the size passed; `fd` is an open socket.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            sol,
+            PACKET_ADD_MEMBERSHIP,
+            std::ptr::from_ref(&mreq).cast(),
+            socklen::<PacketMreq>(),
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(fd)
+}
+
+/// Receive one frame from a trunk opened by [`open_trunk`] into `buf`; return its length
+/// and the VLAN id the kernel took off it, if it had one.
+pub fn recv_trunk(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<(usize, Option<u16>)> {
+    // Room for one cmsghdr and a tpacket_auxdata, aligned for both.
+    let mut control = [0u64; 8];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: an all-zero msghdr is valid; the pointers set below outlive the call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &raw mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control);
+    // SAFETY: `msg` points at `buf` and `control`, both alive and of the lengths given.
+    let n = unsafe { libc::recvmsg(fd.as_raw_fd(), &raw mut msg, 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let len = usize::try_from(n).unwrap_or(0);
+    let mut vlan = None;
+    // SAFETY: the kernel filled `control` with `msg_controllen` bytes of cmsgs; CMSG_* walk
+    // them within that length.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&raw const msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_PACKET && (*cmsg).cmsg_type == PACKET_AUXDATA {
+                let aux: TpacketAuxdata = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast());
+                if aux.tp_status & TP_STATUS_VLAN_VALID != 0 {
+                    vlan = Some(aux.tp_vlan_tci & 0x0fff);
+                }
+            }
+            cmsg = libc::CMSG_NXTHDR(&raw const msg, cmsg);
+        }
+    }
+    Ok((len, vlan))
+}

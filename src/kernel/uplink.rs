@@ -447,7 +447,7 @@ fn existing_router_veths(topology: &Topology) -> Vec<(String, bool)> {
     topology
         .tenants
         .iter()
-        .filter(|t| t.uplink.is_some() && netns::exists(&router_netns(topology, t)))
+        .filter(|t| t.is_routed() && netns::exists(&router_netns(topology, t)))
         .map(|t| (host_veth(topology, t), t.nat))
         .collect()
 }
@@ -490,7 +490,7 @@ pub fn remove_leftovers(topology: &Topology) -> Result<Vec<String>, KernelError>
         return Ok(removed);
     };
     let host_exists = uplink.netns.as_deref().is_none_or(netns::exists);
-    for tenant in topology.tenants.iter().filter(|t| t.uplink.is_some()) {
+    for tenant in topology.tenants.iter().filter(|t| t.is_routed()) {
         let router = router_netns(topology, tenant);
         if netns::exists(&router) {
             netns::delete(&router)?;

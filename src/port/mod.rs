@@ -17,13 +17,16 @@
 //! - [`MemoryPort`]: an in-process port over a datagram socket pair (fd), whose other end a
 //!   test holds ([`MemoryPeer`]): the event loop and live updates run without root;
 //! - [`VxlanPort`]: the VXLAN tunnel to a cluster's other hosts (fd): one port of the data
-//!   path that is many switch ports, one per remote server ([`Port::carries`]).
+//!   path that is many switch ports, one per remote server ([`Port::carries`]);
+//! - [`TrunkPort`]: the bridged uplink's NIC by `AF_PACKET` (fd): one switch port per
+//!   tenant's VLAN.
 //!
 //! A port without an fd is driven by a deadline: the loop calls [`Port::poll`] when
 //! [`Port::poll_at`] comes, and reads the port after every frame it writes to it.
 
 mod memory;
 mod tap;
+pub mod trunk;
 mod uplink;
 pub mod vxlan;
 
@@ -33,6 +36,7 @@ use std::os::fd::RawFd;
 
 pub use memory::{MemoryPeer, MemoryPort};
 pub use tap::TapPort;
+pub use trunk::{TrunkPort, TrunkTable};
 pub use uplink::UplinkPort;
 pub use vxlan::{TunnelTable, VxlanPort};
 

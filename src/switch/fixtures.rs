@@ -118,6 +118,7 @@ pub fn with_uplink() -> Topology {
         interface: "eth1".into(),
         netns: None,
         capacity: mbit(100),
+        mode: crate::topology::UplinkMode::Routed,
     });
     topology.tenants[0].uplink = Some(crate::topology::TenantUplink {
         port: UP,
@@ -125,6 +126,7 @@ pub fn with_uplink() -> Topology {
         ceiling: mbit(100),
         weight: 1,
         set: crate::topology::uplink::UplinkOverrides::default(),
+        vlan: None,
     });
     topology
 }

@@ -18,6 +18,10 @@
 //!   host floods its own servers, and never floods back over the tunnel).
 //! - A frame from a remote server (over the tunnel) for another remote server →
 //!   `Drop(UnknownDestination)`: each host delivers only to its own ports.
+//! - Bridged uplink: a tenant's VLAN of the trunk is a flood member that owns no MAC; a
+//!   unicast frame for a MAC no port here owns goes there (upstream: the provider's router
+//!   and machines), and a frame from it claiming one of this host's ports' MACs is
+//!   `SpoofedMac`.
 //! - A unicast destination owned by the ingress itself → `Drop(Hairpin)`; owned by another
 //!   port of the tenant → `Unicast(tenant, port)`; otherwise → `Drop(UnknownDestination)`.
 //!
@@ -57,6 +61,8 @@ struct TenantTable {
     ports: Box<[PortId]>,
     /// Where routed packets go, for a tenant with a gateway and an uplink.
     routes: Option<Routes>,
+    /// Its VLAN of the bridged uplink's trunk: where frames for MACs no port here owns go.
+    trunk: Option<PortId>,
 }
 
 /// A routed tenant's gateway, uplink and server addresses.
@@ -86,8 +92,15 @@ impl ForwardTable {
         let mut remote: Vec<Vec<PortId>> = vec![Vec::new(); count];
         // (tenant, remote host) pairs that have a flood member already.
         let mut hosts_reached = std::collections::BTreeSet::new();
+        let mut trunks: Vec<Option<PortId>> = vec![None; count];
         for port in topology.ports().filter(|p| p.kind() != PortKind::Uplink) {
             let tenant = port.tenant().index();
+            if port.kind() == PortKind::Trunk {
+                // No MAC of its own: reached by floods and by what no port here owns.
+                trunks[tenant] = Some(port.id());
+                members[tenant].push(port.id());
+                continue;
+            }
             entries[tenant].push((mac_key(port.mac()), port.id()));
             match port {
                 // Head-end replication: one copy per host, which floods its own servers.
@@ -104,19 +117,22 @@ impl ForwardTable {
         let tenants = entries
             .into_iter()
             .zip(members.into_iter().zip(remote))
-            .zip(routes.drain(..))
-            .map(|((mut entries, (mut members, mut remote)), routes)| {
-                members.sort_unstable();
-                remote.sort_unstable();
-                entries.sort_unstable();
-                TenantTable {
-                    members: members.into(),
-                    remote: remote.into(),
-                    macs: entries.iter().map(|&(mac, _)| mac).collect(),
-                    ports: entries.iter().map(|&(_, port)| port).collect(),
-                    routes,
-                }
-            })
+            .zip(routes.drain(..).zip(trunks))
+            .map(
+                |((mut entries, (mut members, mut remote)), (routes, trunk))| {
+                    members.sort_unstable();
+                    remote.sort_unstable();
+                    entries.sort_unstable();
+                    TenantTable {
+                        members: members.into(),
+                        remote: remote.into(),
+                        macs: entries.iter().map(|&(mac, _)| mac).collect(),
+                        ports: entries.iter().map(|&(_, port)| port).collect(),
+                        routes,
+                        trunk,
+                    }
+                },
+            )
             .collect();
         ForwardTable { tenants }
     }
@@ -131,6 +147,10 @@ impl ForwardTable {
     ) -> Decision {
         if kind == PortKind::Uplink {
             return self.routed_down(tenant, eth);
+        }
+        // Upstream may not speak for this host's own ports.
+        if kind == PortKind::Trunk && self.lookup(tenant, MacAddr::from(eth.src_addr())).is_some() {
+            return Decision::Drop(DropReason::SpoofedMac);
         }
         match self.forward(ingress, tenant, MacAddr::from(eth.dst_addr())) {
             // A host delivers what comes over the tunnel to its own ports only: another
@@ -214,8 +234,17 @@ impl ForwardTable {
         match self.lookup(tenant, dst) {
             Some(port) if port == ingress => Decision::Drop(DropReason::Hairpin),
             Some(port) => Decision::Unicast(tenant, port),
-            None => Decision::Drop(DropReason::UnknownDestination),
+            None => match self.trunk(tenant) {
+                // Upstream owns every other address (its router, its machines).
+                Some(trunk) if trunk != ingress => Decision::Unicast(tenant, trunk),
+                _ => Decision::Drop(DropReason::UnknownDestination),
+            },
         }
+    }
+
+    /// Return the tenant's VLAN of the bridged uplink's trunk, if it has one.
+    pub(crate) fn trunk(&self, tenant: TenantId) -> Option<PortId> {
+        self.tenants.get(tenant.index()).and_then(|t| t.trunk)
     }
 }
 

@@ -109,9 +109,10 @@ impl PortFacts {
                 tenant: tenant.id,
             },
             // Routed packets the kernel hands back, sent on from the gateway's MAC; any
-            // server MTU of the tenant, so the largest allowed.
+            // server MTU of the tenant, so the largest allowed. (A bridged uplink's trunk
+            // has no MAC of its own: its frames come from the whole upstream network.)
             PortSpec::Uplink(tenant, _) => PortFacts {
-                kind: PortKind::Uplink,
+                kind: port.kind(),
                 mac: port.mac(),
                 ipv4: Ipv4Addr::UNSPECIFIED,
                 ipv6: None,
@@ -161,7 +162,17 @@ pub(crate) fn check_with_limit<'a>(
     if frame.len() > max_len {
         return Err(DropReason::Oversized);
     }
-    if MacAddr::from(eth.src_addr()) != port.mac {
+    let src = MacAddr::from(eth.src_addr());
+    if port.kind == PortKind::Trunk {
+        // Any station upstream, but never a group address (the switch's own check that it
+        // is not one of the tenant's servers comes next, in the switch).
+        return if src.is_multicast() {
+            Err(DropReason::SpoofedMac)
+        } else {
+            check_trusted(eth)
+        };
+    }
+    if src != port.mac {
         return Err(DropReason::SpoofedMac);
     }
     if !matches!(port.kind, PortKind::Server | PortKind::Remote) {

@@ -115,6 +115,9 @@ pub struct FileTenant {
     /// The tenant's VXLAN network identifier in a cluster; derived from the name when absent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vni: Option<i64>,
+    /// The tenant's VLAN on a bridged uplink, 1 to 4094; optional.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vlan: Option<i64>,
 }
 
 /// `[uplink]`.
@@ -130,6 +133,10 @@ pub struct FileUplink {
     /// What the shaper shares out in each direction: required.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub capacity: Option<String>,
+    /// `"routed"` (default: through the host's kernel) or `"bridged"` (each tenant's L2
+    /// domain extends onto its VLAN of the interface).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
 }
 
 /// Rates overriding a tenant's own on the uplink (`[tenants.<name>.uplink]`).

@@ -29,7 +29,7 @@ use serde::Serialize;
 pub use cluster::{Cluster, ClusterView, Host, RemoteServer};
 pub use gateway::Gateway;
 pub use rate::{MIN_RATE, Rate};
-pub use uplink::{TenantUplink, Uplink};
+pub use uplink::{TenantUplink, Uplink, UplinkMode};
 pub use validate::{ValidationError, validate};
 
 use crate::wire::MacAddr;
@@ -76,6 +76,9 @@ pub enum PortKind {
     /// A server on another host of the cluster, reached over VXLAN: one tenant, checked as
     /// a server's port (its frames must carry that server's own addresses).
     Remote,
+    /// A tenant's VLAN on the bridged uplink's trunk: one tenant, its upstream network
+    /// (any source MAC but its own servers'; unknown destinations go there).
+    Trunk,
 }
 
 impl PortKind {
@@ -86,6 +89,7 @@ impl PortKind {
             PortKind::Gateway => "gateway",
             PortKind::Uplink => "uplink",
             PortKind::Remote => "remote",
+            PortKind::Trunk => "trunk",
         }
     }
 }
@@ -128,6 +132,7 @@ impl PortSpec<'_> {
         match self {
             PortSpec::Server(_) => PortKind::Server,
             PortSpec::Gateway(..) => PortKind::Gateway,
+            PortSpec::Uplink(_, uplink) if uplink.vlan.is_some() => PortKind::Trunk,
             PortSpec::Uplink(..) => PortKind::Uplink,
             PortSpec::Remote(_) => PortKind::Remote,
         }
@@ -220,6 +225,14 @@ pub struct Tenant {
     pub uplink: Option<TenantUplink>,
     /// Its VXLAN network identifier, in a cluster topology.
     pub vni: Option<u32>,
+}
+
+impl Tenant {
+    /// True for a tenant routed through the host's kernel (a router namespace and a TUN);
+    /// a tenant on a bridged uplink is not.
+    pub fn is_routed(&self) -> bool {
+        self.uplink.as_ref().is_some_and(|u| u.vlan.is_none())
+    }
 }
 
 /// A server's default routers (its tenant's gateway), per address family.
@@ -387,6 +400,7 @@ impl Topology {
                             })
                             .filter(|r| *r != file::FileRates::default()),
                         vni: t.vni.map(i64::from),
+                        vlan: t.uplink.as_ref().and_then(|u| u.vlan).map(i64::from),
                     };
                     (t.name.clone(), tenant)
                 })
@@ -414,6 +428,7 @@ impl Topology {
                 interface: Some(u.interface.clone()),
                 netns: u.netns.clone(),
                 capacity: Some(u.capacity.to_string()),
+                mode: (u.mode == UplinkMode::Bridged).then(|| "bridged".to_string()),
             }),
             hosts: std::collections::BTreeMap::new(),
             problems: Vec::new(),

@@ -22,7 +22,7 @@ use super::validate::{
 };
 use super::{PortId, Rate, Tenant};
 
-/// `[uplink]`: where routed tenants leave the host.
+/// `[uplink]`: where tenants leave the host.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Uplink {
     /// The host's interface towards the provider's network (netd never configures it).
@@ -31,6 +31,19 @@ pub struct Uplink {
     pub netns: Option<String>,
     /// What the shaper shares out, in each direction.
     pub capacity: Rate,
+    /// How tenants leave through it.
+    pub mode: UplinkMode,
+}
+
+/// How tenants leave through the uplink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UplinkMode {
+    /// Through the host's kernel: a router namespace per tenant, NAT or public addresses.
+    Routed,
+    /// On a trunk: each tenant's L2 domain extends onto its VLAN of the interface, where
+    /// the provider's network (its router, its other machines) is.
+    Bridged,
 }
 
 /// A routed tenant's side of the uplink: its port and its rates, per direction.
@@ -44,6 +57,8 @@ pub struct TenantUplink {
     /// Which rates `[tenants.NAME.uplink]` sets; the others follow the tenant's own, so a
     /// change to those carries over to the uplink as it would in the file.
     pub set: UplinkOverrides,
+    /// On a bridged uplink, the tenant's VLAN (its port is its VLAN of the trunk).
+    pub vlan: Option<u16>,
 }
 
 /// Which of a tenant's uplink rates its file sets.
@@ -81,13 +96,31 @@ pub(super) fn check(
             v.name("uplink.netns", name, MAX_NETNS_LEN, ErrorKind::InvalidNetns)
         });
         let capacity = v.rate("uplink.capacity", raw.capacity.as_deref(), true);
+        let mode = match raw.mode.as_deref() {
+            None | Some("routed") => Some(UplinkMode::Routed),
+            Some("bridged") => Some(UplinkMode::Bridged),
+            Some(other) => {
+                v.push(
+                    "uplink.mode",
+                    quoted(Some(other)),
+                    ErrorKind::UnknownUplinkMode,
+                );
+                None
+            }
+        };
         netns_ok.then_some(())?;
         Some(Uplink {
             interface: interface?,
             netns: raw.netns.clone(),
             capacity: capacity?,
+            mode: mode?,
         })
     });
+    let bridged = file
+        .uplink
+        .as_ref()
+        .is_some_and(|u| u.mode.as_deref() == Some("bridged"));
+    let vlans = check_vlans(v, file, bridged);
     let mut next_port = first_port;
     let mut guarantee_sum: u128 = 0;
     for tenant in tenants.iter_mut() {
@@ -99,10 +132,21 @@ pub(super) fn check(
         if raw.is_some() && file.uplink.is_none() {
             v.push(&key, None, ErrorKind::NeedsUplink);
         }
-        if raw.is_some() && tenant.gateway.is_none() {
+        let vlan = vlans.get(tenant.name.as_str()).copied();
+        if bridged && tenant.gateway.is_some() {
+            let gateway_key = format!("tenants.{}.gateway", key_segment(&tenant.name));
+            v.push(&gateway_key, None, ErrorKind::GatewayOnBridgedUplink);
+        }
+        // On a bridged uplink a tenant is on it by its VLAN; routed, by its gateway.
+        let on_uplink = if bridged {
+            vlan.is_some()
+        } else {
+            tenant.gateway.is_some()
+        };
+        if raw.is_some() && !on_uplink && !bridged {
             v.push(&key, None, ErrorKind::NeedsGateway);
         }
-        if file.uplink.is_none() || tenant.gateway.is_none() {
+        if file.uplink.is_none() || !on_uplink {
             continue;
         }
         // Checked even when [uplink] itself is not valid: every error at once.
@@ -121,6 +165,7 @@ pub(super) fn check(
                 ceiling: raw.is_some_and(|r| r.ceiling.is_some()),
                 weight: raw.is_some_and(|r| r.weight.is_some()),
             },
+            vlan,
         });
         next_port += 1;
     }
@@ -135,6 +180,43 @@ pub(super) fn check(
         );
     }
     uplink
+}
+
+/// Check every tenant's `vlan` (only on a bridged uplink, 1..=4094, unique); return the
+/// valid ones by tenant.
+fn check_vlans<'f>(
+    v: &mut Validator<'_>,
+    file: &'f FileTopology,
+    bridged: bool,
+) -> std::collections::BTreeMap<&'f str, u16> {
+    let mut owner: std::collections::BTreeMap<u16, &str> = std::collections::BTreeMap::new();
+    let mut by_tenant = std::collections::BTreeMap::new();
+    for (name, t) in &file.tenants {
+        let Some(raw) = t.vlan else {
+            continue;
+        };
+        let key = format!("tenants.{}.vlan", key_segment(name));
+        if !bridged {
+            v.push(&key, Some(raw.to_string()), ErrorKind::NeedsBridgedUplink);
+            continue;
+        }
+        let Some(vlan) = u16::try_from(raw).ok().filter(|n| (1..=4094).contains(n)) else {
+            v.push(&key, Some(raw.to_string()), ErrorKind::VlanOutOfRange);
+            continue;
+        };
+        match owner.insert(vlan, name) {
+            Some(other) => {
+                let kind = ErrorKind::DuplicateVlan {
+                    other: other.to_string(),
+                };
+                v.push(&key, Some(raw.to_string()), kind);
+            }
+            None => {
+                by_tenant.insert(name.as_str(), vlan);
+            }
+        }
+    }
+    by_tenant
 }
 
 /// A tenant's (guaranteed, ceiling, weight) on the uplink: its overrides, else its own rates
@@ -393,6 +475,92 @@ ip = "10.1.0.10/24"
             errors
                 .iter()
                 .any(|e| e.contains("tenants.acme.uplink: needs an uplink")),
+            "{errors:#?}"
+        );
+    }
+
+    const BRIDGED: &str = r#"
+[host]
+capacity = "1gbit"
+[uplink]
+interface = "eth1"
+capacity = "100mbit"
+mode = "bridged"
+[tenants.a]
+guaranteed = "10mbit"
+vlan = 100
+[tenants.b]
+guaranteed = "10mbit"
+vlan = 200
+[tenants.local]
+guaranteed = "10mbit"
+[servers.a1]
+tenant = "a"
+ip = "10.1.0.1/24"
+[servers.b1]
+tenant = "b"
+ip = "10.1.0.1/24"
+[servers.l1]
+tenant = "local"
+ip = "10.9.0.1/24"
+"#;
+
+    #[test]
+    fn on_a_bridged_uplink_tenants_with_a_vlan_get_a_trunk_port() {
+        let t = parse(Path::new("b.toml"), BRIDGED).unwrap();
+        assert_eq!(t.uplink.as_ref().unwrap().mode, UplinkMode::Bridged);
+        let vlans: Vec<_> = t
+            .tenants
+            .iter()
+            .map(|t| t.uplink.as_ref().and_then(|u| u.vlan))
+            .collect();
+        assert_eq!(
+            vlans,
+            [Some(100), Some(200), None],
+            "local stays off the uplink"
+        );
+        let kinds: Vec<_> = t.ports().map(|p| p.kind()).collect();
+        assert_eq!(kinds.iter().filter(|k| **k == PortKind::Trunk).count(), 2);
+        assert!(!t.tenants[0].is_routed());
+        // It writes back as it was read.
+        let again = toml::to_string(&t.to_file()).unwrap();
+        assert!(
+            again.contains("mode = \"bridged\"") && again.contains("vlan = 200"),
+            "{again}"
+        );
+    }
+
+    #[test]
+    fn every_vlan_problem_is_reported() {
+        let text = BRIDGED.replace("vlan = 200", "vlan = 100").replace(
+            "guaranteed = \"10mbit\"\n[servers",
+            "guaranteed = \"10mbit\"\nvlan = 4095\ngateway = \"10.9.0.254/24\"\n[servers",
+        );
+        let errors = problems(&text);
+        for wanted in [
+            "tenants.b.vlan = 100: VLAN already used by tenant \"a\"",
+            "tenants.local.vlan = 4095: VLAN must be an integer from 1 to 4094",
+            "tenants.local.gateway: a tenant on a bridged uplink has its gateway upstream",
+        ] {
+            assert!(
+                errors.iter().any(|e| e.contains(wanted)),
+                "{wanted}: {errors:#?}"
+            );
+        }
+        let routed = BRIDGED.replace("mode = \"bridged\"\n", "");
+        let errors = problems(&routed);
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("tenants.a.vlan = 100: needs a bridged uplink")),
+            "{errors:#?}"
+        );
+        let unknown = BRIDGED.replace("\"bridged\"", "\"switched\"");
+        let errors = problems(&unknown);
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("uplink.mode = \"switched\": unknown uplink mode")),
             "{errors:#?}"
         );
     }

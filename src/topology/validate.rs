@@ -236,6 +236,20 @@ pub enum ErrorKind {
     #[error("the tenants' uplink guarantees sum to {sum}, above the uplink capacity")]
     UplinkGuaranteesExceedCapacity { sum: Rate },
 
+    // The bridged uplink.
+    #[error("unknown uplink mode, expected \"routed\" or \"bridged\"")]
+    UnknownUplinkMode,
+    #[error("needs a bridged uplink: [uplink] mode = \"bridged\"")]
+    NeedsBridgedUplink,
+    #[error("VLAN must be an integer from 1 to 4094")]
+    VlanOutOfRange,
+    #[error("VLAN already used by tenant {other:?}")]
+    DuplicateVlan { other: String },
+    #[error(
+        "a tenant on a bridged uplink has its gateway upstream, on its VLAN: no gateway, NAT or DHCP here"
+    )]
+    GatewayOnBridgedUplink,
+
     // Clusters.
     #[error(
         "this is a cluster topology ([hosts]): `netd check` validates it, `netd push FILE --etcd URL` stores it, and each host runs `netd up --etcd URL --host NAME`"
