@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use common::{Daemon, TestTopology, exec, ping, require_privileges, sh};
+use common::{Daemon, TestTopology, ping, require_privileges, sh};
 
 const TOPOLOGY: &str = r#"
 [host]
@@ -207,18 +207,7 @@ fn two_tenants_reach_their_own_vlans_of_a_trunk_and_nothing_crosses() {
         (topo.name("a1"), topo.name("v100"), "10.1.0.254"),
         (topo.name("v200"), topo.name("b1"), "10.1.0.1"),
     ] {
-        let started = exec(&server, &["iperf3", "-s", "-1", "-D", "-p", "5201"]);
-        assert!(started.status.success());
-        std::thread::sleep(Duration::from_millis(300));
-        let (ok, out) = sh(
-            &client,
-            &format!("timeout 20 iperf3 -c {addr} -p 5201 -t 2 -J"),
-        );
-        assert!(ok, "iperf3 {client} → {addr}: {out}");
-        let report: serde_json::Value = serde_json::from_str(&out).expect("iperf3 JSON");
-        let bits = report["end"]["sum_received"]["bits_per_second"]
-            .as_f64()
-            .unwrap_or(0.0);
+        let bits = common::iperf::tcp_flow(&client, &server, addr);
         assert!(bits > 1e7, "{client} → {addr}: {bits} bit/s");
     }
     // Upstream frames without a tag, on a VLAN of no tenant, or claiming a server's MAC are

@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use common::cluster::{
     Etcd, Underlay, host_cli, host_stats, host_status, push, send_udp, start_host, wait_until,
 };
-use common::{Daemon, TestTopology, exec, ping, require_privileges, sh};
+use common::{Daemon, TestTopology, ping, require_privileges, sh};
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
@@ -206,18 +206,7 @@ fn a_tenant_spans_three_hosts_and_tenants_with_the_same_addresses_stay_apart() {
     // A TCP flow across hosts completes, with the tunnel's MTU.
     let (ok, out) = sh(&lab.ns("acme-a"), "ip link show eth0");
     assert!(ok && out.contains("mtu 1450"), "{out}");
-    let server = exec(
-        &lab.ns("acme-b"),
-        &["iperf3", "-s", "-1", "-D", "-p", "5201"],
-    );
-    assert!(server.status.success());
-    std::thread::sleep(Duration::from_millis(300));
-    let (ok, out) = sh(&lab.ns("acme-a"), "iperf3 -c 10.1.0.2 -p 5201 -t 2 -J");
-    assert!(ok, "iperf3 across hosts: {out}");
-    let report: serde_json::Value = serde_json::from_str(&out).expect("iperf3 JSON");
-    let bits = report["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .unwrap_or(0.0);
+    let bits = common::iperf::tcp_flow(&lab.ns("acme-a"), &lab.ns("acme-b"), "10.1.0.2");
     assert!(bits > 1e8, "a TCP flow across hosts got {bits} bit/s");
 }
 
@@ -544,18 +533,7 @@ fn a_kernel_vxlan_host_and_a_netd_host_share_a_tenant() {
         (lab.ns("acme-a"), server.clone(), "10.1.0.9"),
         (server.clone(), lab.ns("acme-a"), "10.1.0.1"),
     ] {
-        let started = exec(&server_ns, &["iperf3", "-s", "-1", "-D", "-p", "5201"]);
-        assert!(started.status.success());
-        std::thread::sleep(Duration::from_millis(300));
-        let (ok, out) = sh(
-            &client,
-            &format!("timeout 20 iperf3 -c {addr} -p 5201 -t 2 -J"),
-        );
-        assert!(ok, "iperf3 {client} → {addr}: {out}");
-        let report: serde_json::Value = serde_json::from_str(&out).expect("iperf3 JSON");
-        let bits = report["end"]["sum_received"]["bits_per_second"]
-            .as_f64()
-            .unwrap_or(0.0);
+        let bits = common::iperf::tcp_flow(&client, &server_ns, addr);
         assert!(bits > 1e8, "{client} → {addr}: {bits} bit/s");
     }
     lab.hosts.clear();

@@ -172,17 +172,7 @@ pub fn validate(path: &Path, file: &FileTopology) -> Result<Cluster, Vec<Validat
 /// needs, and a hundredth of a 100-host cluster to validate: every host reads the stored
 /// topology at each change, and `netd push` validated the whole already.
 pub fn host_part(path: &Path, json: &str, host: &str) -> Result<Cluster, Vec<ValidationError>> {
-    let file: FileTopology = serde_json::from_str(json).map_err(|e| {
-        vec![ValidationError {
-            file: path.to_path_buf(),
-            location: None,
-            key: String::new(),
-            value: None,
-            kind: ErrorKind::Toml {
-                message: format!("the stored topology is not netd's JSON: {e}"),
-            },
-        }]
-    })?;
+    let file = stored_file(path, json)?;
     let on = |s: &super::file::FileServer| s.host.as_deref() == Some(host);
     let tenants: BTreeSet<&str> = file
         .servers
@@ -213,7 +203,13 @@ pub fn host_part(path: &Path, json: &str, host: &str) -> Result<Cluster, Vec<Val
 
 /// Read a whole stored cluster topology ([`Cluster::to_json`]), validated.
 pub fn from_json(path: &Path, json: &str) -> Result<Cluster, Vec<ValidationError>> {
-    let file: FileTopology = serde_json::from_str(json).map_err(|e| {
+    let file = stored_file(path, json)?;
+    validate(path, &file)
+}
+
+/// Read the file form of a stored cluster topology, unvalidated.
+fn stored_file(path: &Path, json: &str) -> Result<FileTopology, Vec<ValidationError>> {
+    serde_json::from_str(json).map_err(|e| {
         vec![ValidationError {
             file: path.to_path_buf(),
             location: None,
@@ -223,11 +219,10 @@ pub fn from_json(path: &Path, json: &str) -> Result<Cluster, Vec<ValidationError
                 message: format!("the stored topology is not netd's JSON: {e}"),
             },
         }]
-    })?;
-    validate(path, &file)
+    })
 }
 
-/// Read a cluster topology from TOML text (a file, or what `netd push` stored).
+/// Read a cluster topology from TOML text (a file).
 pub fn parse(path: &Path, text: &str) -> Result<Cluster, Vec<ValidationError>> {
     let file = FileTopology::from_toml(path, text).map_err(|e| vec![e])?;
     validate(path, &file)

@@ -168,3 +168,20 @@ pub fn report(child: Child) -> IperfReport {
         )
     })
 }
+
+/// Run one 2-second TCP flow from namespace `client` to `addr` (an `iperf3 -s -1` started
+/// in namespace `server`); return its goodput in bit/s, or panic with iperf3's words.
+pub fn tcp_flow(client: &str, server: &str, addr: &str) -> f64 {
+    let started = super::exec(server, &["iperf3", "-s", "-1", "-D", "-p", "5201"]);
+    assert!(started.status.success(), "iperf3 -s in {server}");
+    std::thread::sleep(Duration::from_millis(300));
+    let (ok, out) = super::sh(
+        client,
+        &format!("timeout 20 iperf3 -c {addr} -p 5201 -t 2 -J"),
+    );
+    assert!(ok, "iperf3 {client} → {addr}: {out}");
+    let report: serde_json::Value = serde_json::from_str(&out).expect("iperf3 JSON");
+    report["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .unwrap_or(0.0)
+}

@@ -19,6 +19,19 @@ const CAPACITY = Number(env('CAPACITY_BPS'));
 const MBIT = 1e6;
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+// The box of `tenant`'s handle on the bar. The bar is drawn anew at every update (4 a
+// second): a handle found may be replaced before its box is read, so read it again until
+// one is in place.
+async function handleBox(page, tenant) {
+  for (let tries = 0; tries < 20; tries += 1) {
+    const box = await page.locator(`.handle[data-tenant="${tenant}"]`).boundingBox();
+    if (box !== null) return box;
+    await sleep(50);
+  }
+  check(false, `${tenant}'s handle is on the bar`);
+  return null;
+}
+
 function check(ok, what, detail = '') {
   if (!ok) throw new Error(`FAILED: ${what} ${detail}`);
   console.log(`ok: ${what}`);
@@ -111,7 +124,7 @@ try {
   const before = await status();
   const [gA, gB] = [tenantOf(before, A).guaranteed_bps, tenantOf(before, B).guaranteed_bps];
   const bar = await page.locator('#bar').boundingBox();
-  const handle = await page.locator(`.handle[data-tenant="${A}"]`).boundingBox();
+  const handle = await handleBox(page, A);
   const dx = (100 * MBIT / CAPACITY) * bar.width;
   const [x, y] = [handle.x + handle.width / 2, handle.y + handle.height / 2];
   await page.mouse.move(x, y);
@@ -143,7 +156,7 @@ try {
 
   // A drag the daemon refuses (B past its ceiling) shows its error and changes nothing.
   const moved = await status();
-  const handleB = await page.locator(`.handle[data-tenant="${B}"]`).boundingBox();
+  const handleB = await handleBox(page, B);
   const [xb, yb] = [handleB.x + handleB.width / 2, handleB.y + handleB.height / 2];
   await page.mouse.move(xb, yb);
   await page.mouse.down();
