@@ -169,12 +169,11 @@ pub fn report(child: Child) -> IperfReport {
     })
 }
 
-/// Run one 2-second TCP flow from namespace `client` to `addr` (an `iperf3 -s -1` started
-/// in namespace `server`); return its goodput in bit/s, or panic with iperf3's words.
+/// Run one 2-second TCP flow from namespace `client` to `addr`, served by an iperf3 server
+/// in namespace `server` (stopped when the flow ends, or the test fails); return its
+/// goodput in bit/s, or panic with iperf3's words.
 pub fn tcp_flow(client: &str, server: &str, addr: &str) -> f64 {
-    let started = super::exec(server, &["iperf3", "-s", "-1", "-D", "-p", "5201"]);
-    assert!(started.status.success(), "iperf3 -s in {server}");
-    std::thread::sleep(Duration::from_millis(300));
+    let _server = IperfServer::start(server, 5201);
     let (ok, out) = super::sh(
         client,
         &format!("timeout 20 iperf3 -c {addr} -p 5201 -t 2 -J"),
