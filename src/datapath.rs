@@ -939,15 +939,11 @@ impl Egress {
         match pending.decision {
             Decision::Unicast(tenant, port) => self.deliver(port, tenant, &pending),
             Decision::Flood(tenant) => {
-                // What came over the tunnel is flooded to this host's ports only: the
-                // sending host replicated it to every other host itself.
-                let remote = Some(crate::port::PortKind::Remote);
-                let from_tunnel = self.switch.kind_of(pending.ingress) == remote;
+                let ingress = pending.ingress;
                 // By index: the member list is the switch's, and delivering needs `self`.
-                for i in 0..self.switch.tenant_ports(tenant).len() {
-                    let port = self.switch.tenant_ports(tenant)[i];
-                    let skip = from_tunnel && self.switch.kind_of(port) == remote;
-                    if port != pending.ingress && !skip {
+                for i in 0..self.switch.flood_ports(tenant, ingress).len() {
+                    let port = self.switch.flood_ports(tenant, ingress)[i];
+                    if port != ingress {
                         self.deliver(port, tenant, &pending);
                     }
                 }

@@ -53,6 +53,8 @@ pub(crate) struct ForwardTable {
 struct TenantTable {
     /// The ports a flood reaches, in port order (see [`ForwardTable::members`]).
     members: Box<[PortId]>,
+    /// `members` without the remote servers: where a flood that came over the tunnel goes.
+    local: Box<[PortId]>,
     /// The tenant's remote servers (ports on other hosts), sorted.
     remote: Box<[PortId]>,
     /// MAC keys ([`mac_key`]), sorted ascending.
@@ -123,8 +125,14 @@ impl ForwardTable {
                     members.sort_unstable();
                     remote.sort_unstable();
                     entries.sort_unstable();
+                    let local: Vec<PortId> = members
+                        .iter()
+                        .copied()
+                        .filter(|p| remote.binary_search(p).is_err())
+                        .collect();
                     TenantTable {
                         members: members.into(),
+                        local: local.into(),
                         remote: remote.into(),
                         macs: entries.iter().map(|&(mac, _)| mac).collect(),
                         ports: entries.iter().map(|&(_, port)| port).collect(),
@@ -217,6 +225,17 @@ impl ForwardTable {
         self.tenants
             .get(tenant.index())
             .map_or(&[], |t| &t.members[..])
+    }
+
+    /// Return the ports a flood of `tenant` from a port of `kind` reaches: what came over
+    /// the tunnel goes to this host's ports only (the sending host replicated it to every
+    /// other host itself, and a relay would double it).
+    pub(crate) fn flood_members(&self, tenant: TenantId, kind: PortKind) -> &[PortId] {
+        match self.tenants.get(tenant.index()) {
+            Some(t) if kind == PortKind::Remote => &t.local[..],
+            Some(t) => &t.members[..],
+            None => &[],
+        }
     }
 
     /// Return the port of `tenant` that owns `mac`, if any.
@@ -336,6 +355,55 @@ mod tests {
         assert_eq!(table.members(BLUE), [B1, B2]);
         assert_eq!(table.members(IDLE), []);
         assert_eq!(table.members(TenantId(99)), []);
+    }
+
+    #[test]
+    fn a_flood_reaches_each_other_host_once_and_one_from_the_tunnel_stays_here() {
+        let text = r#"
+[hosts.a]
+underlay = "192.0.2.1"
+capacity = "1gbit"
+[hosts.b]
+underlay = "192.0.2.2"
+capacity = "1gbit"
+[tenants.t]
+guaranteed = "1mbit"
+[servers.a1]
+tenant = "t"
+host = "a"
+ip = "10.0.0.1/24"
+[servers.b1]
+tenant = "t"
+host = "b"
+ip = "10.0.0.2/24"
+[servers.b2]
+tenant = "t"
+host = "b"
+ip = "10.0.0.3/24"
+"#;
+        let cluster =
+            crate::topology::cluster::parse(std::path::Path::new("c.toml"), text).unwrap();
+        let a = cluster.view("a", |_| true).unwrap();
+        let id = |name: &str| {
+            let remote = &a.cluster.as_ref().unwrap().remote;
+            a.server_by_name(name)
+                .map(|s| s.id)
+                .or_else(|| remote.iter().find(|r| r.name == name).map(|r| r.id))
+                .unwrap()
+        };
+        let t = a.tenants[0].id;
+        let table = ForwardTable::new(&a);
+        // Host b once (by b1), not once per server; both of b's servers are reachable.
+        assert_eq!(table.members(t), [id("a1"), id("b1")]);
+        assert_eq!(
+            table.lookup(t, a.cluster.as_ref().unwrap().remote[1].mac),
+            Some(id("b2"))
+        );
+        assert_eq!(
+            table.flood_members(t, PortKind::Server),
+            [id("a1"), id("b1")]
+        );
+        assert_eq!(table.flood_members(t, PortKind::Remote), [id("a1")]);
     }
 
     #[test]

@@ -110,6 +110,14 @@ impl Switch {
         self.table.members(tenant)
     }
 
+    /// Return the ports a flood of `tenant` from `ingress` reaches, in port order (the
+    /// caller skips the ingress itself): all of [`Switch::tenant_ports`], or this host's
+    /// own only for a flood that came over the tunnel.
+    pub fn flood_ports(&self, tenant: TenantId, ingress: PortId) -> &[PortId] {
+        let kind = self.kind_of(ingress).unwrap_or(PortKind::Server);
+        self.table.flood_members(tenant, kind)
+    }
+
     /// Return the tenant a port serves (`None` for a port this switch does not know).
     pub fn tenant_of(&self, port: PortId) -> Option<TenantId> {
         self.facts(port).map(|facts| facts.tenant)
