@@ -25,14 +25,11 @@ use crate::datapath::{DataPath, Priority};
 use crate::gateway::GatewayPort;
 use crate::handover;
 use crate::kernel::{self, KernelError, Plumbing};
-use crate::port::{
-    Offload, Port, TapPort, TrunkPort, TrunkTable, TunnelTable, UplinkPort, VxlanPort,
-};
+use crate::port::{Offload, Port, TapPort, UplinkPort};
 use crate::shaper::Shaping;
 use crate::stats::Stats;
 use crate::switch::Switch;
 use crate::topology::Topology;
-use crate::topology::cluster::VXLAN_PORT;
 
 /// Options of `netd up`.
 #[derive(Debug, Clone)]
@@ -196,8 +193,9 @@ pub async fn up(
         let mut plumbing = kernel::bring_up(&topology, offload)?;
         let ports = kernel_ports(&mut plumbing, offload);
         let mut prepared = prepare(&topology, ports, offload)?;
-        attach_tunnel(&topology, &plumbing, &mut prepared)?;
-        attach_trunk(&topology, &plumbing, &mut prepared)?;
+        let shared = crate::port::shared_ports(&topology, &plumbing, offload, &prepared.stats)
+            .and_then(|ports| prepared.datapath.attach(ports));
+        shared.map_err(DaemonError::StartDataPath)?;
         (topology, prepared, Start::Fresh(endpoints), plumbing)
     };
     let Prepared {
@@ -449,50 +447,6 @@ fn prepare(
         stats,
         offload,
     })
-}
-
-/// Add the VXLAN tunnel to the prepared data path, on a host of a cluster with servers
-/// elsewhere.
-fn attach_tunnel(
-    topology: &Topology,
-    plumbing: &Plumbing,
-    prepared: &mut Prepared,
-) -> Result<(), DaemonError> {
-    let Some(socket) = plumbing.tunnel_socket() else {
-        return Ok(());
-    };
-    let socket = socket.map_err(DaemonError::StartDataPath)?;
-    let table = TunnelTable::new(topology, VXLAN_PORT);
-    let counters = prepared.stats.tunnel.clone();
-    if let Some(port) = VxlanPort::new(socket, table, prepared.offload, counters) {
-        let ports: Vec<Box<dyn Port>> = vec![Box::new(port)];
-        prepared
-            .datapath
-            .attach(ports)
-            .map_err(DaemonError::StartDataPath)?;
-    }
-    Ok(())
-}
-
-/// Add the bridged uplink's trunk to the prepared data path, when there is one.
-fn attach_trunk(
-    topology: &Topology,
-    plumbing: &Plumbing,
-    prepared: &mut Prepared,
-) -> Result<(), DaemonError> {
-    let Some(fd) = plumbing.trunk_socket() else {
-        return Ok(());
-    };
-    let fd = fd.map_err(DaemonError::StartDataPath)?;
-    let counters = prepared.stats.trunk.clone();
-    if let Some(port) = TrunkPort::new(fd, TrunkTable::new(topology), counters) {
-        let ports: Vec<Box<dyn Port>> = vec![Box::new(port)];
-        prepared
-            .datapath
-            .attach(ports)
-            .map_err(DaemonError::StartDataPath)?;
-    }
-    Ok(())
 }
 
 /// Take the ports over from the daemon on `socket_path`; return the topology it runs (live

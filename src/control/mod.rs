@@ -54,9 +54,7 @@ use crate::datapath::{Update, UpdateHandle};
 use crate::gateway::GatewayPort;
 use crate::handover;
 use crate::kernel::{self, KernelError, Plumbing};
-use crate::port::{
-    Offload, Port, TapPort, TrunkPort, TrunkTable, TunnelTable, UplinkPort, VxlanPort,
-};
+use crate::port::{Offload, Port, TapPort, UplinkPort};
 use crate::shaper::Shaping;
 use crate::stats::Stats;
 use crate::switch::Switch;
@@ -848,30 +846,19 @@ impl Control {
         }
 
         let current = self.stats();
-        let old_tunnel = match replace_tunnel(&old, new, state, &current) {
-            Ok(Some((old_tunnel, port))) => {
-                added.extend(port);
-                old_tunnel
+        // The tunnel and the trunk are built anew when their switch ports change.
+        let shared_gone = crate::port::shared_ports_to_replace(&old, new);
+        if shared_gone.is_some() {
+            let shared = crate::port::shared_ports(new, &state.plumbing, state.offload, &current);
+            match shared {
+                Ok(ports) => added.extend(ports),
+                Err(err) => {
+                    undo_added(&mut state.plumbing, added, &added_netns);
+                    relink_back(&relinked);
+                    return Err(ControlError::Kernel(KernelError::SharedSocket(err)));
+                }
             }
-            Ok(None) => None,
-            Err(err) => {
-                undo_added(&mut state.plumbing, added, &added_netns);
-                relink_back(&relinked);
-                return Err(ControlError::Kernel(err));
-            }
-        };
-        let old_trunk = match replace_trunk(&old, new, state, &current) {
-            Ok(Some((old_trunk, port))) => {
-                added.extend(port);
-                old_trunk
-            }
-            Ok(None) => None,
-            Err(err) => {
-                undo_added(&mut state.plumbing, added, &added_netns);
-                relink_back(&relinked);
-                return Err(ControlError::Kernel(err));
-            }
-        };
+        }
         let (ports, tenants) = (new.port_id_bound(), new.tenant_id_bound());
         let stats = (ports > current.ports.len() || tenants > current.tenants.len())
             .then(|| Arc::new(current.grown(ports, tenants)));
@@ -880,8 +867,7 @@ impl Control {
         let (done, applied) = tokio::sync::oneshot::channel();
         let mut remove = diff.servers_removed.clone();
         remove.extend(old_gateways);
-        remove.extend(old_tunnel);
-        remove.extend(old_trunk);
+        remove.extend(shared_gone.into_iter().flatten());
         remove.extend(
             routers_gone
                 .iter()
@@ -926,51 +912,6 @@ impl Control {
         }
         Ok(us)
     }
-}
-
-/// When the remote servers or the VNIs change, build the tunnel port for `new`; return the
-/// old tunnel's id to remove (if it had one) and the new port (if it has remote servers).
-#[allow(clippy::type_complexity)]
-fn replace_tunnel(
-    old: &Topology,
-    new: &Topology,
-    state: &Running,
-    stats: &Stats,
-) -> Result<Option<(Option<topology::PortId>, Option<Box<dyn Port>>)>, KernelError> {
-    let port = topology::cluster::VXLAN_PORT;
-    let (before, after) = (TunnelTable::new(old, port), TunnelTable::new(new, port));
-    if before == after {
-        return Ok(None);
-    }
-    let old_id = before.ports().first().copied();
-    let Some(socket) = state.plumbing.tunnel_socket() else {
-        return Ok(Some((old_id, None)));
-    };
-    let socket = socket.map_err(KernelError::TunnelSocket)?;
-    let tunnel = VxlanPort::new(socket, after, state.offload, stats.tunnel.clone());
-    Ok(Some((old_id, tunnel.map(|t| Box::new(t) as Box<dyn Port>))))
-}
-
-/// When the tenants' VLANs change, build the trunk port for `new`; return the old trunk's
-/// id to remove (if it had one) and the new port (if a tenant has a VLAN).
-#[allow(clippy::type_complexity)]
-fn replace_trunk(
-    old: &Topology,
-    new: &Topology,
-    state: &Running,
-    stats: &Stats,
-) -> Result<Option<(Option<topology::PortId>, Option<Box<dyn Port>>)>, KernelError> {
-    let (before, after) = (TrunkTable::new(old), TrunkTable::new(new));
-    if before == after {
-        return Ok(None);
-    }
-    let old_id = before.ports().first().copied();
-    let Some(fd) = state.plumbing.trunk_socket() else {
-        return Ok(Some((old_id, None)));
-    };
-    let fd = fd.map_err(KernelError::TunnelSocket)?;
-    let trunk = TrunkPort::new(fd, after, stats.trunk.clone());
-    Ok(Some((old_id, trunk.map(|t| Box::new(t) as Box<dyn Port>))))
 }
 
 /// Answer a hand-over with `refusal` (blocking I/O, off the runtime).

@@ -86,8 +86,8 @@ pub enum KernelError {
         #[source]
         source: std::io::Error,
     },
-    #[error("Cannot share the VXLAN tunnel's socket with a new tunnel port")]
-    TunnelSocket(#[source] std::io::Error),
+    #[error("Cannot share the VXLAN tunnel's or the trunk's socket with a new port")]
+    SharedSocket(#[source] std::io::Error),
     #[error("Injected failure after server {0:?} (NETD_FAIL_AFTER_SERVER, debug builds only)")]
     InjectedFailure(String),
 }
@@ -422,7 +422,7 @@ fn build(
         return Ok(());
     };
     if up.mode == crate::topology::UplinkMode::Bridged {
-        plumbing.trunk = Some(tunnel::open_trunk(up)?);
+        plumbing.trunk = Some(uplink::open_trunk(up)?);
         return Ok(());
     }
     plumbing.edge = Some(uplink::Edge::set_up(topology, up)?);

@@ -118,6 +118,23 @@ pub fn check(uplink: &Uplink) -> Result<(), KernelError> {
         })
 }
 
+/// Open the bridged uplink's trunk on `[uplink] interface` (in `[uplink] netns`): an
+/// `AF_PACKET` socket with virtio-net headers (see [`crate::port::TrunkPort`]).
+pub fn open_trunk(uplink: &crate::topology::Uplink) -> Result<std::os::fd::OwnedFd, KernelError> {
+    let interface = uplink.interface.clone();
+    let open = move || {
+        let index = nix::net::if_::if_nametoindex(interface.as_str())?;
+        super::sys::open_trunk(index, crate::wire::vnet::VNET_HDR_LEN)
+    };
+    let opened = match &uplink.netns {
+        Some(ns) => netns::run_in(ns, open),
+        None => open(),
+    };
+    opened.map_err(|e| KernelError::Uplink {
+        detail: format!("cannot attach the trunk on {:?}: {e}", uplink.interface),
+    })
+}
+
 /// `ip` arguments that run a command in `netns` (none: netd's own namespace).
 fn netns_args(netns: Option<&str>) -> Vec<&str> {
     netns.map_or_else(Vec::new, |ns| vec!["-n", ns])

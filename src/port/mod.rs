@@ -40,9 +40,12 @@ pub use trunk::{TrunkPort, TrunkTable};
 pub use uplink::UplinkPort;
 pub use vxlan::{TunnelTable, VxlanPort};
 
+use crate::kernel::Plumbing;
 use crate::shaper::Nanos;
-use crate::topology::PortId;
+use crate::stats::Stats;
 pub use crate::topology::PortKind;
+use crate::topology::cluster::VXLAN_PORT;
+use crate::topology::{PortId, Topology};
 use crate::wire::vnet::VNET_HDR_LEN;
 
 /// What a port's frames carry besides the Ethernet frame.
@@ -77,6 +80,48 @@ impl Offload {
             Offload::VnetHeader => VNET_HDR_LEN,
         }
     }
+}
+
+/// Build the ports that carry many switch ports over one socket each, the VXLAN tunnel
+/// and the bridged uplink's trunk, for `topology`, over copies of the sockets `plumbing`
+/// holds. A port none of whose switch ports exists is left out.
+pub fn shared_ports(
+    topology: &Topology,
+    plumbing: &Plumbing,
+    offload: Offload,
+    stats: &Stats,
+) -> io::Result<Vec<Box<dyn Port>>> {
+    let mut ports: Vec<Box<dyn Port>> = Vec::new();
+    if let Some(socket) = plumbing.tunnel_socket() {
+        let table = TunnelTable::new(topology, VXLAN_PORT);
+        let tunnel = VxlanPort::new(socket?, table, offload, stats.tunnel.clone());
+        ports.extend(tunnel.map(|p| Box::new(p) as Box<dyn Port>));
+    }
+    if let Some(fd) = plumbing.trunk_socket() {
+        let trunk = TrunkPort::new(fd?, TrunkTable::new(topology), stats.trunk.clone());
+        ports.extend(trunk.map(|p| Box::new(p) as Box<dyn Port>));
+    }
+    Ok(ports)
+}
+
+/// Return the ids under which the data path knows `topology`'s shared ports (see
+/// [`shared_ports`]), if their switch ports differ from `new`'s: they must be built anew.
+pub fn shared_ports_to_replace(topology: &Topology, new: &Topology) -> Option<Vec<PortId>> {
+    let (tunnel, trunk) = (
+        TunnelTable::new(topology, VXLAN_PORT),
+        TrunkTable::new(topology),
+    );
+    if tunnel == TunnelTable::new(new, VXLAN_PORT) && trunk == TrunkTable::new(new) {
+        return None;
+    }
+    Some(
+        tunnel
+            .ports()
+            .into_iter()
+            .take(1)
+            .chain(trunk.ports().into_iter().take(1))
+            .collect(),
+    )
 }
 
 /// The I/O of one port, as the data path drives it.
