@@ -116,7 +116,7 @@ pub async fn run(control: Arc<Control>, config: StoreConfig, host: String, healt
     };
     let mut retry = FIRST_RETRY;
     loop {
-        let error = follower.session(&mut retry).await;
+        let Err(error) = follower.follow(&mut retry).await;
         warn!(cause = %error, retry_ms = retry.as_millis(), "store unreachable: forwarding with the last state applied");
         follower.update(|h| {
             if h.connected || h.error.is_none() {
@@ -160,14 +160,8 @@ impl Follower {
         change(&mut self.health.lock().unwrap_or_else(|e| e.into_inner()));
     }
 
-    /// One session; return why it ended. `retry` is reset once the session is up.
-    async fn session(&mut self, retry: &mut Duration) -> StoreError {
-        match self.follow(retry).await {
-            Ok(never) => match never {},
-            Err(error) => error,
-        }
-    }
-
+    /// One session: connect, hold the lease, list, apply, then follow the watch; return
+    /// why it ended (it never ends well). `retry` is reset once the session is up.
     async fn follow(
         &mut self,
         retry: &mut Duration,
@@ -177,6 +171,7 @@ impl Follower {
             .register(&self.host, self.config.lease_ttl, &self.alive)
             .await?;
         self.update(|h| h.lease = Some(lease));
+        let mut renewal = store.keeper(lease).await?;
         let mut known = store.list().await?;
         let mut watch = store.watch(known.revision + 1).await?;
         info!(
@@ -221,7 +216,7 @@ impl Follower {
                         self.publish(&mut store, lease).await?;
                     }
                 }
-                _ = renew.tick() => store.keep_alive(lease).await?,
+                _ = renew.tick() => renewal.renew().await?,
                 _ = status.tick() => self.publish(&mut store, lease).await?,
             }
         }

@@ -313,14 +313,10 @@ impl Store {
         Ok(lease)
     }
 
-    /// Renew `lease` once; `LeaseLost` if it has expired.
-    pub async fn keep_alive(&mut self, lease: i64) -> Result<(), StoreError> {
-        let (mut keeper, mut stream) = timed(self.client.lease_keep_alive(lease)).await?;
-        timed(keeper.keep_alive()).await?;
-        match timed(stream.message()).await? {
-            Some(response) if response.ttl() > 0 => Ok(()),
-            _ => Err(StoreError::LeaseLost),
-        }
+    /// Open the keep-alive stream of `lease`, for a session's renewals.
+    pub async fn keeper(&mut self, lease: i64) -> Result<LeaseRenewal, StoreError> {
+        let (keeper, stream) = timed(self.client.lease_keep_alive(lease)).await?;
+        Ok(LeaseRenewal { keeper, stream })
     }
 
     /// Publish `host`'s status (JSON) on its lease.
@@ -365,6 +361,23 @@ impl Store {
             alive: snapshot.alive,
             status,
         })
+    }
+}
+
+/// The keep-alive stream of one lease.
+pub struct LeaseRenewal {
+    keeper: etcd_client::LeaseKeeper,
+    stream: etcd_client::LeaseKeepAliveStream,
+}
+
+impl LeaseRenewal {
+    /// Renew the lease once; `LeaseLost` if it has expired.
+    pub async fn renew(&mut self) -> Result<(), StoreError> {
+        timed(self.keeper.keep_alive()).await?;
+        match timed(self.stream.message()).await? {
+            Some(response) if response.ttl() > 0 => Ok(()),
+            _ => Err(StoreError::LeaseLost),
+        }
     }
 }
 
