@@ -135,9 +135,9 @@ pub fn validate(path: &Path, file: &FileTopology) -> Result<Cluster, Vec<Validat
     let largest = hosts.iter().map(|h| h.capacity).max();
     let mut errors = match validate_part(path, &merged, Part::Cluster(largest)) {
         Ok(topology) => {
-            for (name, server) in &mut merged.servers {
-                let mac = topology.server_by_name(name).map(|s| s.mac.to_string());
-                server.mac = server.mac.take().or(mac);
+            // Both in name order: the validated servers line up with the file's.
+            for ((_, server), validated) in merged.servers.iter_mut().zip(&topology.servers) {
+                server.mac = Some(validated.mac.to_string());
             }
             Vec::new()
         }
