@@ -310,6 +310,8 @@ struct Egress {
     /// Slots of the ports without an fd (driven by deadlines): the few the loop asks for
     /// their next deadline every turn, instead of asking every port.
     deadline_slots: Vec<usize>,
+    /// Slots of the ports written to this turn that hold frames back until a flush.
+    held: Vec<usize>,
     switch: Switch,
     stats: Arc<Stats>,
     pool: BufferPool,
@@ -380,6 +382,7 @@ impl DataPath {
                 slot_of,
                 ready: Vec::with_capacity(ports.len()),
                 deadline_slots: Vec::new(),
+                held: Vec::new(),
                 switch,
                 stats,
                 pool,
@@ -524,6 +527,7 @@ impl DataPath {
             // Frames released from the queues change the shaper's counters too.
             self.unpublished |= self.shapers.next_release().is_some();
             self.shapers.release(now, &mut self.egress);
+            self.egress.flush_held();
             self.arm_timer(now)?;
             if now.saturating_sub(self.last_publish) >= PUBLISH_EVERY {
                 self.publish_shaper_counters();
@@ -985,6 +989,9 @@ impl Egress {
         if port.fd().is_none() {
             self.ready[slot] = true; // a deadline port may answer at once
         }
+        if port.holds_writes() && !self.held.contains(&slot) {
+            self.held.push(slot);
+        }
         match written {
             Ok(()) => {
                 self.stats.ports[to.index()].count_tx(l2.len());
@@ -993,6 +1000,16 @@ impl Egress {
             Err(reason) => {
                 self.stats.ports[to.index()].count_drop(reason);
                 self.stats.tenants[tenant.index()].count_drop(reason);
+            }
+        }
+    }
+
+    /// Send what ports held back this turn (the tunnel gathers small frames to one host
+    /// into one send).
+    fn flush_held(&mut self) {
+        for slot in self.held.drain(..) {
+            if let Some(port) = self.ports.get_mut(slot) {
+                port.flush();
             }
         }
     }

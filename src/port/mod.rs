@@ -159,6 +159,15 @@ pub trait Port: Debug + Send {
         self.write(frame)
     }
 
+    /// Return true if [`Port::write_to`] may hold frames back to send them together, so the
+    /// loop must call [`Port::flush`] before it waits.
+    fn holds_writes(&self) -> bool {
+        false
+    }
+
+    /// Send the frames held back; the port counts what the kernel refuses.
+    fn flush(&mut self) {}
+
     /// For a port without an fd: when its timers next need [`Port::poll`], if ever.
     fn poll_at(&self) -> Option<Nanos> {
         None

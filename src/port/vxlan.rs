@@ -13,6 +13,9 @@
 //! address is needed for the checks above, and a kernel device hides it. A GSO super-frame
 //! is cut into wire segments in software ([`crate::wire::segment`]) and handed to the kernel
 //! as one UDP GSO send (`UDP_SEGMENT`): one system call for up to 64 KiB of segments.
+//! Small frames to one host (a TCP receiver's ACKs) are held until the loop's turn ends
+//! and leave together the same way ([`Held`]): each send costs the sender a system call and
+//! the receiver a wake-up, whatever its size.
 
 use std::collections::{HashMap, HashSet};
 use std::io::{self, IoSlice};
@@ -36,6 +39,8 @@ pub const VXLAN_HEADER_LEN: usize = 8;
 const FLAG_VNI: u8 = 0x08;
 /// The largest UDP payload one send may carry (the kernel refuses more, GSO or not).
 const MAX_SEND: usize = 65_507;
+/// The most datagrams one UDP GSO send may carry (the kernel's `UDP_MAX_SEGMENTS`).
+const MAX_SEGMENTS: usize = 64;
 
 /// Where remote servers are and who may send for them, from one topology.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -111,6 +116,68 @@ pub struct VxlanPort {
     out: Vec<u8>,
     /// What one receive brought: with UDP GRO, several datagrams of one sender.
     batch: Batch,
+    /// Small datagrams waiting to leave together.
+    held: Held,
+}
+
+/// Datagrams to one host held back to leave in one UDP GSO send: all of one length but the
+/// last, which may be shorter (and then closes the send), as `UDP_SEGMENT` requires.
+#[derive(Debug)]
+struct Held {
+    buf: Vec<u8>,
+    to: SocketAddrV4,
+    /// The length of each datagram but the last.
+    stride: usize,
+    count: usize,
+}
+
+impl Held {
+    fn new() -> Held {
+        Held {
+            buf: Vec::with_capacity(MAX_SEND),
+            to: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
+            stride: 0,
+            count: 0,
+        }
+    }
+
+    /// Return true if a datagram of `len` bytes to `to` may join the held ones.
+    fn takes(&self, to: SocketAddrV4, len: usize) -> bool {
+        self.count == 0
+            || (to == self.to
+                && len <= self.stride
+                && self.count < MAX_SEGMENTS
+                && self.buf.len() + len <= MAX_SEND)
+    }
+
+    /// Append the datagram `header` + `frame` to `to`; return its range in the buffer.
+    fn push(&mut self, to: SocketAddrV4, header: &[u8], frame: &[u8]) -> std::ops::Range<usize> {
+        if self.count == 0 {
+            self.to = to;
+            self.stride = header.len() + frame.len();
+        }
+        let start = self.buf.len();
+        self.buf.extend_from_slice(header);
+        self.buf.extend_from_slice(frame);
+        self.count += 1;
+        start..self.buf.len()
+    }
+
+    /// Forget the datagram at `range`, the last pushed.
+    fn pop(&mut self, range: std::ops::Range<usize>) {
+        self.buf.truncate(range.start);
+        self.count -= 1;
+    }
+
+    /// Return true when no further datagram may join: the last one was shorter.
+    fn closed(&self) -> bool {
+        self.count > 0 && self.buf.len() < self.count * self.stride
+    }
+
+    fn clear(&mut self) {
+        self.buf.clear();
+        self.count = 0;
+    }
 }
 
 /// Datagrams received at once (UDP GRO: the kernel hands over up to 64 KiB of datagrams
@@ -201,6 +268,7 @@ impl VxlanPort {
             last: id,
             out: Vec::with_capacity(2 * MAX_SEND),
             batch: Batch::new(),
+            held: Held::new(),
         })
     }
 
@@ -227,44 +295,61 @@ impl VxlanPort {
         }
     }
 
-    /// Send `self.out`, which holds `count` datagrams `stride` bytes apart (the last one
-    /// shorter or equal), to `endpoint`: as few UDP GSO sends as the kernel allows.
-    fn send_segments(
-        &mut self,
-        endpoint: SocketAddrV4,
-        count: usize,
-        stride: usize,
-    ) -> io::Result<()> {
-        let addr = SockaddrIn::from(endpoint);
-        let per_send = (MAX_SEND / stride).clamp(1, 64);
-        let size =
-            u16::try_from(stride).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-        let mut at = 0;
-        let mut left = count;
-        while left > 0 {
-            let n = left.min(per_send);
-            let end = if n == left {
-                self.out.len()
-            } else {
-                at + n * stride
-            };
-            let iov = [IoSlice::new(&self.out[at..end])];
-            let gso = [ControlMessage::UdpGsoSegments(&size)];
-            let cmsgs: &[ControlMessage<'_>] = if n > 1 { &gso } else { &[] };
-            sendmsg(
-                self.socket.as_raw_fd(),
-                &iov,
-                cmsgs,
-                MsgFlags::empty(),
-                Some(&addr),
-            )
-            .map_err(io::Error::from)?;
-            self.counters.count_tx(n, end - at);
-            at = end;
-            left -= n;
+    /// Send the held datagrams, counting them as errors if the kernel refuses.
+    fn send_held(&mut self) {
+        let held = &self.held;
+        if held.count > 0 {
+            let fd = self.socket.as_raw_fd();
+            let sent = send_datagrams(fd, &held.buf, held.to, held.count, held.stride);
+            // Each frame was already counted as written; the tunnel counts what failed.
+            let _ = self.count_sent(held.count, held.buf.len(), sent);
         }
-        Ok(())
+        self.held.clear();
     }
+
+    /// Count `count` datagrams of `len` bytes as sent, or as errors; hand `sent` back.
+    fn count_sent(&self, count: usize, len: usize, sent: io::Result<()>) -> io::Result<()> {
+        match &sent {
+            Ok(()) => self.counters.count_tx(count, len),
+            Err(_) => {
+                self.counters
+                    .tx_errors
+                    .fetch_add(count as u64, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        sent
+    }
+}
+
+/// Send `buf`, which holds `count` datagrams `stride` bytes apart (the last one shorter or
+/// equal), to `endpoint` on the UDP socket `fd`: as few UDP GSO sends as the kernel allows.
+fn send_datagrams(
+    fd: RawFd,
+    buf: &[u8],
+    endpoint: SocketAddrV4,
+    count: usize,
+    stride: usize,
+) -> io::Result<()> {
+    let addr = SockaddrIn::from(endpoint);
+    let per_send = (MAX_SEND / stride.max(1)).clamp(1, MAX_SEGMENTS);
+    let size = u16::try_from(stride).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let mut at = 0;
+    let mut left = count;
+    while left > 0 {
+        let n = left.min(per_send);
+        let end = if n == left {
+            buf.len()
+        } else {
+            at + n * stride
+        };
+        let iov = [IoSlice::new(&buf[at..end])];
+        let gso = [ControlMessage::UdpGsoSegments(&size)];
+        let cmsgs: &[ControlMessage<'_>] = if n > 1 { &gso } else { &[] };
+        sendmsg(fd, &iov, cmsgs, MsgFlags::empty(), Some(&addr)).map_err(io::Error::from)?;
+        at = end;
+        left -= n;
+    }
+    Ok(())
 }
 
 /// Write a VXLAN header for `vni` into `header` (8 bytes).
@@ -360,6 +445,8 @@ impl Port for VxlanPort {
             (vnet, frame.get(VNET_HDR_LEN..).unwrap_or_default())
         };
         if vnet.is_gso() {
+            // Whatever was held goes first: frames to one host keep their order.
+            self.send_held();
             let layout = segment(&vnet, l2, VXLAN_HEADER_LEN, &mut self.out).map_err(|e| {
                 let kind = match e {
                     SegmentError::Unsupported => io::ErrorKind::Unsupported,
@@ -371,17 +458,33 @@ impl Port for VxlanPort {
                 let at = i * layout.stride;
                 put_header(&mut self.out[at..at + VXLAN_HEADER_LEN], vni);
             }
-            return self.send_segments(endpoint, layout.count, layout.stride);
+            let fd = self.socket.as_raw_fd();
+            let sent = send_datagrams(fd, &self.out, endpoint, layout.count, layout.stride);
+            return self.count_sent(layout.count, self.out.len(), sent);
         }
-        self.out.clear();
-        self.out.resize(VXLAN_HEADER_LEN, 0);
-        put_header(&mut self.out, vni);
-        self.out.extend_from_slice(l2);
-        if vnet.needs_checksum() && !vnet.complete_checksum(&mut self.out[VXLAN_HEADER_LEN..]) {
+        let mut header = [0; VXLAN_HEADER_LEN];
+        put_header(&mut header, vni);
+        if !self.held.takes(endpoint, header.len() + l2.len()) {
+            self.send_held();
+        }
+        let range = self.held.push(endpoint, &header, l2);
+        let inner = &mut self.held.buf[range.start + VXLAN_HEADER_LEN..range.end];
+        if vnet.needs_checksum() && !vnet.complete_checksum(inner) {
+            self.held.pop(range);
             return Err(io::ErrorKind::InvalidData.into());
         }
-        let len = self.out.len();
-        self.send_segments(endpoint, 1, len)
+        if self.held.closed() {
+            self.send_held();
+        }
+        Ok(())
+    }
+
+    fn holds_writes(&self) -> bool {
+        true
+    }
+
+    fn flush(&mut self) {
+        self.send_held();
     }
 }
 

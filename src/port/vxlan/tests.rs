@@ -69,6 +69,7 @@ fn a_frame_leaves_as_rfc_7348_vxlan_to_its_servers_host() {
     assert_eq!(port.carries(), [REMOTE_PORT]);
     let inner = frame(LOCAL_MAC, REMOTE_MAC, 100);
     port.write_to(REMOTE_PORT, &inner).unwrap();
+    port.flush();
     let mut buf = [0u8; 2000];
     let n = peer.recv(&mut buf).unwrap();
     assert_eq!(
@@ -91,6 +92,68 @@ fn a_frame_leaves_as_rfc_7348_vxlan_to_its_servers_host() {
         port.write(&inner).is_err(),
         "the tunnel needs a destination"
     );
+}
+
+/// Receive every datagram waiting at `peer` (which waits at most 2 s for the first).
+fn received(peer: &UdpSocket) -> Vec<Vec<u8>> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 2000];
+    while let Ok(n) = peer.recv(&mut buf) {
+        got.push(buf[..n].to_vec());
+        peer.set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+    }
+    got
+}
+
+#[test]
+fn small_frames_to_one_host_are_held_until_the_flush_and_keep_their_order() {
+    let (mut port, peer, counters) = tunnel(Offload::None);
+    assert!(port.holds_writes());
+    // Equal frames join one send; a shorter one closes it; a longer one starts the next.
+    let lens = [60, 60, 60, 40, 60, 80, 80];
+    let frames: Vec<Vec<u8>> = lens
+        .iter()
+        .enumerate()
+        .map(|(i, &len)| {
+            let mut f = frame(LOCAL_MAC, REMOTE_MAC, len);
+            f[14] = i as u8; // which frame, to check the order
+            f
+        })
+        .collect();
+    for f in &frames {
+        port.write_to(REMOTE_PORT, f).unwrap();
+    }
+    let inner = |datagrams: Vec<Vec<u8>>| -> Vec<Vec<u8>> {
+        datagrams
+            .into_iter()
+            .map(|d| d[VXLAN_HEADER_LEN..].to_vec())
+            .collect()
+    };
+    peer.set_nonblocking(true).unwrap();
+    // The shorter fourth frame sent its group; the longer sixth sent the fifth.
+    assert_eq!(inner(received(&peer)), frames[..5]);
+    port.flush();
+    peer.set_nonblocking(false).unwrap();
+    assert_eq!(inner(received(&peer)), frames[5..], "the rest at the flush");
+    let tx = counters
+        .tx_datagrams
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(tx, 7);
+    port.flush();
+    assert!(received(&peer).is_empty(), "a second flush sends nothing");
+}
+
+#[test]
+fn held_frames_leave_before_a_super_frame_to_the_same_host() {
+    let (mut port, peer, _) = tunnel(Offload::VnetHeader);
+    let mut small = vec![0u8; VNET_HDR_LEN];
+    small.extend_from_slice(&frame(LOCAL_MAC, REMOTE_MAC, 50));
+    port.write_to(REMOTE_PORT, &small).unwrap();
+    port.write_to(REMOTE_PORT, &super_frame()).unwrap();
+    let got = received(&peer);
+    let sizes: Vec<usize> = got.iter().map(|d| d.len() - VXLAN_HEADER_LEN).collect();
+    assert_eq!(sizes, [64, 1452, 1452, 1452, 54 + 5000 - 3 * 1398]);
 }
 
 #[test]
