@@ -1,68 +1,57 @@
-//! Configure a server's `eth0` inside its namespace: MAC, MTU, addresses, default route,
-//! link state. A DHCP server's `eth0` is only brought up: its client configures the rest.
+//! Configure a server's `eth0` inside its namespace over route netlink ([`super::rtnl`]):
+//! MAC, MTU, addresses, default routes, link state. A DHCP server's `eth0` is only brought
+//! up: its client configures the rest. Both functions act on the calling thread's namespace.
 
-use std::fmt::Write;
-
-use super::{KernelError, SERVER_IFNAME, ip_command};
+use super::SERVER_IFNAME;
+use super::rtnl::{Rtnl, RtnlError};
 use crate::topology::{Routers, Server};
 
-/// Render the iproute2 batch that gives `eth0` the server's identity (and default routes
-/// via `router`, its tenant's gateway) and brings it and `lo` up.
-fn batch(server: &Server, router: Routers) -> String {
-    let mut cmds = String::new();
-    // The MAC must be set while the link is down; `eui64` makes the kernel derive the
+/// Give a fresh `eth0` the server's identity (and default routes via `router`, its tenant's
+/// gateway) and bring it and `lo` up.
+pub fn configure(server: &Server, router: Routers) -> Result<(), RtnlError> {
+    let (mut rtnl, eth0) = open()?;
+    apply(&mut rtnl, eth0, server, router)
+}
+
+/// Take `eth0` down, remove its addresses (and with them its routes) and configure it again
+/// (a changed identity or gateway).
+pub fn reconfigure(server: &Server, router: Routers) -> Result<(), RtnlError> {
+    let (mut rtnl, eth0) = open()?;
+    rtnl.set_up(eth0, false)?;
+    rtnl.flush_addresses(eth0)?;
+    apply(&mut rtnl, eth0, server, router)
+}
+
+/// A netlink socket in this thread's namespace, and the index of its `eth0`.
+fn open() -> Result<(Rtnl, u32), RtnlError> {
+    let rtnl = Rtnl::open().map_err(|source| RtnlError {
+        what: "open a route netlink socket".into(),
+        source,
+    })?;
+    let eth0 = rtnl.index_of(SERVER_IFNAME)?;
+    Ok((rtnl, eth0))
+}
+
+fn apply(rtnl: &mut Rtnl, eth0: u32, server: &Server, router: Routers) -> Result<(), RtnlError> {
+    // The MAC must be set while the link is down; EUI-64 makes the kernel derive the
     // link-local address from the MAC, which is the one the switch's guard allows.
-    let _ = writeln!(
-        cmds,
-        "link set dev {SERVER_IFNAME} address {} mtu {} addrgenmode eui64",
-        server.mac, server.mtu
-    );
+    rtnl.set_identity(eth0, server.mac, server.mtu)?;
     if !server.dhcp {
-        let _ = writeln!(cmds, "address add {} dev {SERVER_IFNAME}", server.ip);
+        rtnl.add_address(eth0, server.ip.into(), false)?;
     }
     if let Some(ipv6) = server.ipv6 {
-        // nodad: the switch already guarantees the address is unique in the tenant.
-        let _ = writeln!(cmds, "address add {ipv6} dev {SERVER_IFNAME} nodad");
+        // No DAD: the switch already guarantees the address is unique in the tenant.
+        rtnl.add_address(eth0, ipv6.into(), true)?;
     }
-    let _ = writeln!(cmds, "link set dev {SERVER_IFNAME} up");
-    let _ = writeln!(cmds, "link set dev lo up");
-    if let Some(router) = router.ipv4.filter(|_| !server.dhcp) {
-        let _ = writeln!(cmds, "route add default via {router} dev {SERVER_IFNAME}");
+    rtnl.set_up(eth0, true)?;
+    let lo = rtnl.index_of("lo")?;
+    rtnl.set_up(lo, true)?;
+    if let Some(gateway) = router.ipv4.filter(|_| !server.dhcp) {
+        rtnl.add_default_route(eth0, gateway.into())?;
     }
     // The IPv6 address is configured even for a DHCP server (DHCPv4 does not give it).
-    if let Some(router) = router.ipv6 {
-        let _ = writeln!(
-            cmds,
-            "route add default via inet6 {router} dev {SERVER_IFNAME}"
-        );
+    if let Some(gateway) = router.ipv6 {
+        rtnl.add_default_route(eth0, gateway.into())?;
     }
-    cmds
-}
-
-/// Apply [`batch`] inside the server's namespace with one `ip` process.
-pub fn configure(server: &Server, router: Routers) -> Result<(), KernelError> {
-    let cmds = batch(server, router);
-    ip_command(&["-n", &server.netns, "-batch", "-"], Some(&cmds)).map_err(|detail| {
-        KernelError::ConfigureLink {
-            server: server.name.clone(),
-            netns: server.netns.clone(),
-            detail,
-        }
-    })
-}
-
-/// Take `eth0` down, flush its addresses (and with them its routes) and apply [`batch`]
-/// again (a changed identity or gateway).
-pub fn reconfigure(server: &Server, router: Routers) -> Result<(), KernelError> {
-    let cmds = format!(
-        "link set dev {SERVER_IFNAME} down\naddress flush dev {SERVER_IFNAME}\n{}",
-        batch(server, router)
-    );
-    ip_command(&["-n", &server.netns, "-batch", "-"], Some(&cmds)).map_err(|detail| {
-        KernelError::ConfigureLink {
-            server: server.name.clone(),
-            netns: server.netns.clone(),
-            detail,
-        }
-    })
+    Ok(())
 }

@@ -10,15 +10,17 @@
 //! failure), [`Plumbing::remove_server`] deletes one namespace once its TAP is closed, and
 //! [`relink`] re-applies a changed server's identity (MAC, addresses, MTU) in place.
 //!
-//! Links are configured with iproute2 (`ip -n NS -batch -`, one process per server) rather
-//! than raw netlink: it is the tool operators debug with, it handles the `/run/netns` mount
-//! dance, and it keeps this module free of hand-written netlink encoding. See `link.rs`.
+//! Servers' namespaces and links are made in-process: namespaces as `ip netns` makes them
+//! (`netns.rs`), links over route netlink with `netlink-packet-route`'s message types
+//! (`rtnl.rs`, `link.rs`). A process per server used to be most of a large start-up. The
+//! routed uplink's few per-tenant routers still use `ip -batch` and `nft` (`uplink.rs`).
 
 use std::os::fd::OwnedFd;
 
 pub mod adopt;
 mod link;
 pub mod netns;
+pub mod rtnl;
 pub mod sys;
 pub mod tunnel;
 pub mod uplink;
@@ -66,12 +68,13 @@ pub enum KernelError {
         source: std::io::Error,
     },
     #[error(
-        "Cannot configure {SERVER_IFNAME} of server {server:?} in namespace {netns:?}: {detail}"
+        "Cannot configure {SERVER_IFNAME} of server {server:?} in namespace {netns:?}: {source}"
     )]
     ConfigureLink {
         server: String,
         netns: String,
-        detail: String,
+        #[source]
+        source: rtnl::RtnlError,
     },
     #[error("The uplink needs {what}, which does not exist")]
     UplinkMissing { what: String },
@@ -436,13 +439,20 @@ fn build(
 /// Create one server's namespace, TAP and link; on failure delete the namespace again.
 fn plumb(server: &Server, router: Routers, offload: Offload) -> Result<File, KernelError> {
     netns::create(&server.netns)?;
-    let result = netns::run_in(&server.netns, || open_server_tap(offload))
-        .map_err(|source| KernelError::CreateTap {
+    // One thread in the namespace opens the TAP and configures its link.
+    let result = netns::run_in(&server.netns, || {
+        let tap = open_server_tap(offload)?;
+        Ok((tap, link::configure(server, router)))
+    });
+    let result = match result {
+        Ok((tap, Ok(()))) => Ok(tap),
+        Ok((_, Err(source))) => Err(configure_failed(server, source)),
+        Err(source) => Err(KernelError::CreateTap {
             server: server.name.clone(),
             netns: server.netns.clone(),
             source,
-        })
-        .and_then(|file| link::configure(server, router).map(|()| file));
+        }),
+    };
     match result {
         Ok(file) => {
             debug!(server = %server.name, netns = %server.netns, mac = %server.mac, ip = %server.ip, "server plumbed");
@@ -460,7 +470,22 @@ fn plumb(server: &Server, router: Routers, offload: Offload) -> Result<File, Ker
 
 /// Re-apply a server's identity (MAC, MTU, addresses) to its existing `eth0`, in place.
 pub fn relink(server: &Server, router: Routers) -> Result<(), KernelError> {
-    link::reconfigure(server, router)
+    let entered = netns::run_in(&server.netns, || Ok(link::reconfigure(server, router)));
+    let result = entered.unwrap_or_else(|source| {
+        Err(rtnl::RtnlError {
+            what: format!("enter namespace {}", server.netns),
+            source,
+        })
+    });
+    result.map_err(|source| configure_failed(server, source))
+}
+
+fn configure_failed(server: &Server, source: rtnl::RtnlError) -> KernelError {
+    KernelError::ConfigureLink {
+        server: server.name.clone(),
+        netns: server.netns.clone(),
+        source,
+    }
 }
 
 /// Create the server's TAP in the calling thread's namespace and switch off IPv6 duplicate
