@@ -117,6 +117,11 @@ impl Stat {
 pub enum Target {
     AtMost(f64),
     AtLeast(f64),
+    /// At most `factor` × the kernel's median (tuned HTB first) plus `plus`.
+    KernelTimes {
+        factor: f64,
+        plus: f64,
+    },
 }
 
 impl Target {
@@ -124,13 +129,17 @@ impl Target {
         match self {
             Target::AtMost(x) => format!("≤ {} {unit}", fmt(x)),
             Target::AtLeast(x) => format!("≥ {} {unit}", fmt(x)),
+            Target::KernelTimes { factor, plus } => {
+                format!("≤ {} × kernel + {} {unit}", fmt(factor), fmt(plus))
+            }
         }
     }
 
-    fn check(self, v: f64) -> bool {
+    fn check(self, v: f64, kernel: Option<f64>) -> bool {
         match self {
             Target::AtMost(x) => v <= x,
             Target::AtLeast(x) => v >= x,
+            Target::KernelTimes { factor, plus } => kernel.is_some_and(|k| v <= factor * k + plus),
         }
     }
 }
@@ -212,7 +221,7 @@ impl Figures {
             ratio,
             ratio_bridge,
             target: target.map(|t| t.text(unit)),
-            pass: target.and_then(|t| netd.map(|n| t.check(n))),
+            pass: target.and_then(|t| netd.map(|n| t.check(n, kernel))),
         }
     }
 }

@@ -272,6 +272,19 @@ fn log(scenario: &str, phase: &str, rep: u32, side: Side, s: &Saturated) {
     );
 }
 
+/// The retransmit row of the shaping scenarios and its target (issue 14): TCP should
+/// not notice the shaper more than it notices tuned HTB.
+const RETRANSMITS: &str = "TCP retransmits, all flows";
+const RETRANSMIT_TARGET: Target = Target::KernelTimes {
+    factor: 2.0,
+    plus: 50.0,
+};
+
+/// Return the segments every iperf3 client of a run retransmitted.
+fn retransmits(iperf: &[crate::iperf::IperfResult]) -> f64 {
+    iperf.iter().filter_map(|r| r.retransmits).sum::<u64>() as f64
+}
+
 /// Scenario 2: all three tenants saturate; each gets its guarantee.
 pub fn guarantee(ctx: &Ctx) -> Result<Outcome> {
     const NAME: &str = "2 guarantee";
@@ -287,6 +300,7 @@ pub fn guarantee(ctx: &Ctx) -> Result<Outcome> {
             log(NAME, "", rep, side, &s);
             let worst = record(&mut fig, &topo, side, "", &s, &want);
             fig.add("max |L2 error|", side, worst);
+            fig.add(RETRANSMITS, side, retransmits(&s.driven.iperf));
             fig.add("L2 vs switch's own counters", side, s.counter_deviation());
             fig.add("machine CPU busy", side, s.machine_busy);
             if side == Side::Netd {
@@ -313,6 +327,8 @@ pub fn guarantee(ctx: &Ctx) -> Result<Outcome> {
         &want,
         ("max |L2 error|", Target::AtMost(0.5)),
     );
+    out.rows
+        .push(fig.row(NAME, RETRANSMITS, "segments", Some(RETRANSMIT_TARGET)));
     out.rows
         .push(fig.row(NAME, "L2 vs switch's own counters", "% max |dev|", None));
     out.rows
@@ -446,6 +462,7 @@ pub fn aggressor(ctx: &Ctx) -> Result<Outcome> {
                 side,
                 s.l2[1] / want[1] * 100.0,
             );
+            fig.add(RETRANSMITS, side, retransmits(&s.driven.iperf));
             fig.add("machine CPU busy", side, s.machine_busy);
             if rep == 0 {
                 panels.push(panel(side, &topo, &s.driven, &want, 0.1));
@@ -471,6 +488,8 @@ pub fn aggressor(ctx: &Ctx) -> Result<Outcome> {
         "%",
         Some(Target::AtLeast(99.0)),
     ));
+    out.rows
+        .push(fig.row(NAME, RETRANSMITS, "segments", Some(RETRANSMIT_TARGET)));
     out.rows
         .push(fig.row(NAME, "machine CPU busy", "% of all cores", None));
     save_plot(
@@ -797,6 +816,7 @@ pub fn ratechange(ctx: &Ctx) -> Result<Outcome> {
             let worst = |e: [f64; 2]| e[0].abs().max(e[1].abs());
             fig.add("max |error| before", side, worst(before_err));
             fig.add("max |error| after", side, worst(after_err));
+            fig.add(RETRANSMITS, side, retransmits(&d.iperf));
             if rep == 0 {
                 let mut p = panel(side, &topo, &d, &[0.0; 3], 0.01);
                 p.lines.truncate(2);
@@ -827,6 +847,8 @@ pub fn ratechange(ctx: &Ctx) -> Result<Outcome> {
         .push(fig.row(NAME, "max |error| before", &unit(&before_want), None));
     out.rows
         .push(fig.row(NAME, "max |error| after", &unit(&after_want), None));
+    out.rows
+        .push(fig.row(NAME, RETRANSMITS, "segments", Some(RETRANSMIT_TARGET)));
     save_plot(
         ctx,
         &mut out,
