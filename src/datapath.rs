@@ -55,11 +55,12 @@ use crate::kernel::sys::TimerFd;
 use crate::pool::{self, BufferPool};
 use crate::port::{Offload, Port};
 use crate::quarantine::{self, Quarantine};
-use crate::shaper::{Admit, Nanos, Shaper, Shaping};
+use crate::shaper::{Admit, Nanos, Shaper, Shaping, Signalled};
 use crate::stats::{DropReason, Stats};
 use crate::storm::StormControl;
 use crate::switch::{Decision, Switch};
 use crate::topology::{PortId, TenantId};
+use crate::wire::segment;
 use crate::wire::vnet::{VNET_HDR_LEN, VnetHeader};
 
 /// Frames read from one port before moving on to the next ready port.
@@ -836,11 +837,8 @@ impl DataPath {
             (Path::Download, Decision::Unicast(_, to)) => to,
             _ => ingress,
         };
-        match self
-            .shapers
-            .of(path)
-            .offer_flow(now, tenant, lane, charge, pending, flow)
-        {
+        let shaper = self.shapers.of(path);
+        match shaper.offer_signalled(now, tenant, lane, charge, pending, flow, signal_congestion) {
             Admit::Send(pending) => egress.send(pending),
             Admit::Queued => {}
             Admit::Dropped(pending) => {
@@ -865,6 +863,26 @@ impl DataPath {
             }
         }
     }
+}
+
+/// Tell the sender of `pending` that its tenant's queue is growing, with the smallest
+/// signal it understands: an ECN mark if it negotiated ECN, else one segment cut off a TCP
+/// super-frame (it retransmits that one, not the 44 of the whole frame). Anything else is
+/// left as it is.
+fn signal_congestion(pending: &mut Pending) -> Signalled {
+    let header = pending.offload.header_len();
+    let Some(frame) = pending.buf.get_mut(header..pending.len) else {
+        return Signalled::Unable;
+    };
+    if segment::mark_congestion_experienced(frame) {
+        return Signalled::Marked;
+    }
+    let Some(len) = segment::cut_last_segment(&pending.vnet, frame) else {
+        return Signalled::Unable;
+    };
+    pending.len = header + len;
+    let charge = pending.vnet.wire_bytes(&frame[..len]);
+    Signalled::Cut(u32::try_from(charge).unwrap_or(u32::MAX))
 }
 
 /// Which shaper a frame passes: the host's, or the uplink's for its direction.

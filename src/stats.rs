@@ -301,6 +301,8 @@ pub struct ShaperGauges {
     pub queued_bytes: AtomicU64,
     pub dropped_frames: AtomicU64,
     pub dropped_bytes: AtomicU64,
+    pub marked_frames: AtomicU64,
+    pub cut_frames: AtomicU64,
 }
 
 /// A copy of [`ShaperGauges`].
@@ -314,6 +316,10 @@ pub struct ShaperSnapshot {
     pub queued_bytes: u64,
     pub dropped_frames: u64,
     pub dropped_bytes: u64,
+    /// Frames marked Congestion Experienced (ECN) to slow their sender down.
+    pub marked_frames: u64,
+    /// TCP super-frames that lost one segment to slow their sender down.
+    pub cut_frames: u64,
 }
 
 impl ShaperGauges {
@@ -327,6 +333,8 @@ impl ShaperGauges {
         self.dropped_frames
             .store(c.dropped_frames, Ordering::Relaxed);
         self.dropped_bytes.store(c.dropped_bytes, Ordering::Relaxed);
+        self.marked_frames.store(c.marked_frames, Ordering::Relaxed);
+        self.cut_frames.store(c.cut_frames, Ordering::Relaxed);
     }
 
     /// Copy the gauges.
@@ -338,6 +346,8 @@ impl ShaperGauges {
             queued_bytes: self.queued_bytes.load(Ordering::Relaxed),
             dropped_frames: self.dropped_frames.load(Ordering::Relaxed),
             dropped_bytes: self.dropped_bytes.load(Ordering::Relaxed),
+            marked_frames: self.marked_frames.load(Ordering::Relaxed),
+            cut_frames: self.cut_frames.load(Ordering::Relaxed),
         }
     }
 }

@@ -247,6 +247,12 @@ pub struct ShaperCounts {
     pub queued_bytes: u64,
     pub dropped_frames: u64,
     pub dropped_bytes: u64,
+    /// Frames marked Congestion Experienced (ECN); absent from an older netd's reports.
+    #[serde(default)]
+    pub marked_frames: u64,
+    /// TCP super-frames cut by one segment; absent from an older netd's reports.
+    #[serde(default)]
+    pub cut_frames: u64,
 }
 
 impl From<ShaperSnapshot> for ShaperCounts {
@@ -258,6 +264,8 @@ impl From<ShaperSnapshot> for ShaperCounts {
             queued_bytes: s.queued_bytes,
             dropped_frames: s.dropped_frames,
             dropped_bytes: s.dropped_bytes,
+            marked_frames: s.marked_frames,
+            cut_frames: s.cut_frames,
         }
     }
 }
@@ -543,7 +551,7 @@ pub fn prometheus(status: &Status, stats: &StatsReport) -> String {
         vec![(format!("version=\"{}\"", env!("CARGO_PKG_VERSION")), 1)],
     );
     type ShaperField = fn(&ShaperCounts) -> u64;
-    let shaper: [(&str, &str, &str, ShaperField); 5] = [
+    let shaper: [(&str, &str, &str, ShaperField); 7] = [
         (
             "netd_tenant_own_bytes_total",
             "counter",
@@ -573,6 +581,18 @@ pub fn prometheus(status: &Status, stats: &StatsReport) -> String {
             "counter",
             "Frames the shaper dropped (queue full).",
             |s| s.dropped_frames,
+        ),
+        (
+            "netd_tenant_shaper_ecn_marked_frames_total",
+            "counter",
+            "Frames the shaper marked Congestion Experienced (ECN) to slow their sender.",
+            |s| s.marked_frames,
+        ),
+        (
+            "netd_tenant_shaper_cut_frames_total",
+            "counter",
+            "TCP super-frames the shaper cut by one segment to slow their sender.",
+            |s| s.cut_frames,
         ),
     ];
     for (name, kind, help, get) in shaper {

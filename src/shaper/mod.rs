@@ -275,6 +275,19 @@ pub enum Admit<T> {
     Dropped(T),
 }
 
+/// What the caller did with a frame the shaper gave it to tell its sender that the queue
+/// is growing ([`Shaper::offer_signalled`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signalled {
+    /// Marked Congestion Experienced (ECN): it goes on whole, nothing is lost.
+    Marked,
+    /// One segment was cut off it; what is left is charged this many bytes.
+    Cut(u32),
+    /// Neither was possible (not TCP, or a single segment): it goes on unchanged. Dropping
+    /// it instead would only add losses for senders that do not slow down for them.
+    Unable,
+}
+
 /// One tenant's counters (a snapshot).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TenantCounters {
@@ -294,6 +307,10 @@ pub struct TenantCounters {
     pub dropped_frames: u64,
     /// Bytes dropped.
     pub dropped_bytes: u64,
+    /// Frames marked Congestion Experienced to slow their sender down.
+    pub marked_frames: u64,
+    /// Frames that lost a segment to slow their sender down.
+    pub cut_frames: u64,
 }
 
 impl TenantCounters {

@@ -76,6 +76,85 @@ pub fn segment(
     })
 }
 
+/// Cut the last segment off the TCP super-frame `frame` (described by `vnet`), in place:
+/// the sender will retransmit that one segment rather than the whole frame. Return the
+/// frame's new length, or `None` (nothing changed) if it is not a TCP super-frame of at
+/// least two segments, or its last segment carries FIN.
+///
+/// The lengths are fixed (IPv4 total length and header checksum, IPv6 payload length) and
+/// the TCP checksum too: a partial one holds the pseudo-header's sum over the new length,
+/// as the kernel's segmentation expects; a complete one is computed again.
+pub fn cut_last_segment(vnet: &VnetHeader, frame: &mut [u8]) -> Option<usize> {
+    let layout = Layout::of(vnet, frame).ok().filter(|l| l.tcp)?;
+    let payload = frame.len().checked_sub(layout.headers)?;
+    let mss = usize::from(vnet.gso_size);
+    if mss == 0 || payload <= mss || frame[layout.l4 + 13] & TCP_FIN != 0 {
+        return None;
+    }
+    let last = payload - (payload.div_ceil(mss) - 1) * mss;
+    let len = frame.len() - last;
+    let seg = &mut frame[..len];
+    let ip = &mut seg[ETHERNET_HEADER_LEN..];
+    if layout.ipv4 {
+        let total = u16::try_from(len - ETHERNET_HEADER_LEN).ok()?;
+        ip[2..4].copy_from_slice(&total.to_be_bytes());
+        ip[10..12].fill(0);
+        let sum = !checksum::data(&ip[..layout.l4 - ETHERNET_HEADER_LEN]);
+        ip[10..12].copy_from_slice(&sum.to_be_bytes());
+    } else {
+        let payload = u16::try_from(len - layout.l4).ok()?;
+        ip[4..6].copy_from_slice(&payload.to_be_bytes());
+    }
+    let pseudo = layout.pseudo_header(seg, len - layout.l4).ok()?;
+    let l4 = &mut seg[layout.l4..];
+    if vnet.needs_checksum() {
+        l4[16..18].copy_from_slice(&pseudo.to_be_bytes());
+    } else {
+        l4[16..18].fill(0);
+        let sum = !checksum::combine(&[pseudo, checksum::data(l4)]);
+        l4[16..18].copy_from_slice(&sum.to_be_bytes());
+    }
+    Some(len)
+}
+
+/// Mark the IP packet in Ethernet frame `frame` Congestion Experienced if its sender
+/// negotiated ECN (ECT(0) or ECT(1)); return false, changing nothing, if it did not (or the
+/// frame is not IP). An IPv4 header checksum is fixed; no transport checksum covers the bits.
+pub fn mark_congestion_experienced(frame: &mut [u8]) -> bool {
+    const CE: u8 = 0b11;
+    let Some(ethertype) = frame.get(12..14) else {
+        return false;
+    };
+    match ethertype {
+        [0x08, 0x00] => {
+            let Some(ip) = frame.get_mut(ETHERNET_HEADER_LEN..) else {
+                return false;
+            };
+            let header_len = usize::from(ip.first().copied().unwrap_or(0) & 0x0f) * 4;
+            if header_len < 20 || ip.len() < header_len || matches!(ip[1] & CE, 0 | CE) {
+                return false;
+            }
+            ip[1] |= CE;
+            ip[10..12].fill(0);
+            let sum = !checksum::data(&ip[..header_len]);
+            ip[10..12].copy_from_slice(&sum.to_be_bytes());
+            true
+        }
+        [0x86, 0xdd] => {
+            // The traffic class spans bytes 0 and 1; its ECN bits are bits 4 and 5 of byte 1.
+            let Some(byte) = frame.get_mut(ETHERNET_HEADER_LEN + 1) else {
+                return false;
+            };
+            if matches!((*byte >> 4) & CE, 0 | CE) {
+                return false;
+            }
+            *byte |= CE << 4;
+            true
+        }
+        _ => false,
+    }
+}
+
 /// Where a super-frame's headers are.
 #[derive(Debug, Clone, Copy)]
 struct Layout {

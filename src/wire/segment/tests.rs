@@ -189,7 +189,114 @@ fn what_cannot_be_cut_is_refused() {
     );
 }
 
+#[test]
+fn cutting_the_last_segment_leaves_a_super_frame_of_the_others() {
+    let (vnet, frame) = tcp4(3 * 1448 + 100, 0x18);
+    let mut cut = frame.clone();
+    let len = cut_last_segment(&vnet, &mut cut).unwrap();
+    assert_eq!(len, 66 + 3 * 1448, "the 100-byte tail is gone");
+    let cut = &cut[..len];
+    let eth = EthernetFrame::new_checked(cut).unwrap();
+    let ip = Ipv4Packet::new_checked(eth.payload()).unwrap();
+    assert!(ip.verify_checksum());
+    assert_eq!(usize::from(ip.total_len()), len - 14);
+    // The partial checksum is the pseudo-header's sum over the new TCP length.
+    let pseudo = checksum::pseudo_header_v4(
+        &SRC4.into(),
+        &DST4.into(),
+        IpProtocol::Tcp,
+        (len - 34) as u32,
+    );
+    assert_eq!(cut[34 + 16..34 + 18], pseudo.to_be_bytes());
+    // Segmented, it gives exactly the original's first three segments' payloads and sequence.
+    let (mut whole, mut rest) = (Vec::new(), Vec::new());
+    let s_whole = segment(&vnet, &frame, 0, &mut whole).unwrap();
+    let s_cut = segment(&vnet, cut, 0, &mut rest).unwrap();
+    assert_eq!(s_cut.count, 3);
+    for (a, b) in segments(&whole, s_whole, 0)
+        .iter()
+        .zip(segments(&rest, s_cut, 0))
+    {
+        assert_eq!(a[34 + 4..34 + 8], b[34 + 4..34 + 8], "sequence numbers");
+        assert_eq!(a[66..], b[66..], "payload");
+    }
+}
+
+#[test]
+fn a_complete_checksum_is_computed_again_when_a_segment_is_cut() {
+    let (vnet, mut frame) = tcp4(2 * 1448 + 1, 0x10);
+    let vnet = VnetHeader { flags: 0, ..vnet };
+    let len = cut_last_segment(&vnet, &mut frame).unwrap();
+    let ip = Ipv4Packet::new_checked(&frame[14..len]).unwrap();
+    let tcp = TcpPacket::new_checked(ip.payload()).unwrap();
+    let (src, dst) = (
+        IpAddress::from(ip.src_addr()),
+        IpAddress::from(ip.dst_addr()),
+    );
+    assert!(tcp.verify_checksum(&src, &dst));
+}
+
+#[test]
+fn what_has_no_segment_to_spare_is_not_cut() {
+    let (vnet, frame) = tcp4(3000, 0x10);
+    let refused = |vnet: VnetHeader, frame: &[u8]| {
+        let mut copy = frame.to_vec();
+        cut_last_segment(&vnet, &mut copy).is_none() && copy == frame
+    };
+    assert!(refused(vnet, &tcp4(3000, 0x10 | TCP_FIN).1), "FIN");
+    assert!(refused(vnet, &tcp4(1448, 0x10).1), "one segment");
+    let udp = VnetHeader {
+        gso_type: GSO_UDP_L4,
+        ..vnet
+    };
+    assert!(refused(udp, &frame), "not TCP");
+    assert!(refused(VnetHeader::default(), &frame), "not GSO");
+    assert!(refused(vnet, &frame[..50]), "truncated");
+}
+
+#[test]
+fn only_an_ecn_capable_packet_is_marked_congestion_experienced() {
+    let (_, frame) = tcp4(100, 0x10);
+    let mark = |tos: u8| {
+        let mut f = frame.clone();
+        f[15] = tos;
+        let marked = mark_congestion_experienced(&mut f);
+        let ip = Ipv4Packet::new_unchecked(&f[14..]);
+        (marked, f[15], ip.verify_checksum() || !marked)
+    };
+    assert_eq!(mark(0b10), (true, 0b11, true), "ECT(0)");
+    assert_eq!(mark(0xb9), (true, 0xbb, true), "ECT(1), DSCP kept");
+    assert_eq!(mark(0b00), (false, 0b00, true), "not ECT");
+    assert_eq!(mark(0b11), (false, 0b11, true), "already CE");
+    let mut v6 = vec![0u8; 14 + 40];
+    v6[12..14].copy_from_slice(&[0x86, 0xdd]);
+    v6[14] = 0x60;
+    v6[15] = 0x20; // traffic class 0x02: ECT(0)
+    assert!(mark_congestion_experienced(&mut v6));
+    assert_eq!(v6[15], 0x30);
+    let mut arp = frame.clone();
+    arp[12..14].copy_from_slice(&[0x08, 0x06]);
+    assert!(!mark_congestion_experienced(&mut arp));
+    assert!(!mark_congestion_experienced(&mut frame[..15].to_vec()));
+}
+
 proptest! {
+    #[test]
+    fn cutting_and_marking_never_panic(
+        gso_type in prop::sample::select(vec![GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4, 0]),
+        gso_size in 0u16..3000,
+        csum_start in 0u16..100,
+        flags in 0u8..2,
+        mut frame in prop::collection::vec(any::<u8>(), 0..6000),
+    ) {
+        let vnet = VnetHeader { flags, gso_type, gso_size, csum_start, csum_offset: 16 };
+        let before = frame.len();
+        if let Some(len) = cut_last_segment(&vnet, &mut frame) {
+            prop_assert!(len < before);
+        }
+        mark_congestion_experienced(&mut frame);
+    }
+
     #[test]
     fn segmenting_never_panics(
         gso_type in prop::sample::select(vec![GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4, 2, 3]),
