@@ -37,13 +37,32 @@ impl Bed {
         topo.validate()?;
         let netd = NetdBed::up(topo, &format!("{}n", ctx.prefix), &ctx.tmp, &ctx.netd_args)?;
         let kernel = KernelBed::up(topo, &ctx.prefix, &format!("{}k", ctx.prefix))?;
-        Ok(Bed {
+        let bed = Bed {
             topo: topo.clone(),
             netd,
             kernel,
             peers: Vec::new(),
             netd_normal: None,
-        })
+        };
+        if ctx.ecn {
+            bed.ask_for_ecn()?;
+        }
+        Ok(bed)
+    }
+
+    /// Make every server of both sides ask for ECN on its TCP connections.
+    fn ask_for_ecn(&self) -> Result<()> {
+        for server in &self.topo.servers {
+            for ns in [self.netd.ns(&server.name), self.kernel.ns(&server.name)] {
+                let status = std::process::Command::new("ip")
+                    .args(["netns", "exec", &ns, "sysctl", "-qw", "net.ipv4.tcp_ecn=1"])
+                    .status()?;
+                if !status.success() {
+                    bail!("cannot set net.ipv4.tcp_ecn=1 in {ns}");
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Bring up a second netd whose data path runs at normal priority, unless the first one

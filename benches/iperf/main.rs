@@ -64,6 +64,10 @@ struct Args {
     /// TCP congestion control for both sides (default: the machine's default).
     #[arg(long)]
     cc: Option<String>,
+    /// Servers on both sides ask for ECN (`net.ipv4.tcp_ecn=1` in every server namespace;
+    /// by default Linux only accepts it).
+    #[arg(long)]
+    ecn: bool,
     /// Hosts of the cluster scenario, each a namespace with its own netd (default 100; 10
     /// with --quick).
     #[arg(long)]
@@ -96,6 +100,8 @@ pub struct Ctx {
     pub prefix: String,
     pub reps: u32,
     pub cc: String,
+    /// Servers ask for ECN.
+    pub ecn: bool,
     /// Temp dir for generated topology files.
     pub tmp: PathBuf,
     /// This run's output directory.
@@ -217,6 +223,7 @@ fn run(args: Args) -> Result<bool> {
         prefix: prefix.clone(),
         reps: args.repeat.unwrap_or(if quick { 1 } else { 3 }).max(1),
         cc,
+        ecn: args.ecn,
         tmp: tmp.clone(),
         out_dir: out_dir.clone(),
         repo: PathBuf::from(env!("CARGO_MANIFEST_DIR")),
@@ -255,6 +262,7 @@ fn run(args: Args) -> Result<bool> {
         "iperf3": sh(&["iperf3", "--version"]).lines().next().unwrap_or("").to_string(),
         "iproute2": sh(&["ip", "-V"]),
         "congestion_control": ctx.cc,
+        "ecn": ctx.ecn,
         "netd_args": ctx.netd_args,
         "servers_own_session": args.servers_own_session,
         "cpus": std::thread::available_parallelism().map_or(0, usize::from),
@@ -268,7 +276,7 @@ fn run(args: Args) -> Result<bool> {
                         "scale": ctx.scale_secs, "realloc": ctx.realloc},
     });
     let header = format!(
-        "netd vs Linux bridge + IFB/HTB — {} mode, {} rep(s), shaping rates ×{}; kernel {}, {}, {}, cc {}, {} CPUs ({})",
+        "netd vs Linux bridge + IFB/HTB — {} mode, {} rep(s), shaping rates ×{}; kernel {}, {}, {}, cc {}{}, {} CPUs ({})",
         meta["mode"].as_str().unwrap_or(""),
         ctx.reps,
         ctx.rate_scale,
@@ -276,6 +284,7 @@ fn run(args: Args) -> Result<bool> {
         meta["iperf3"].as_str().unwrap_or(""),
         meta["iproute2"].as_str().unwrap_or(""),
         ctx.cc,
+        if ctx.ecn { " with ECN" } else { "" },
         meta["cpus"],
         meta["cpu_model"].as_str().unwrap_or("?"),
     );
