@@ -970,11 +970,16 @@ impl<T> Tenant<T> {
         // super-frame sent just before it arrived (so not "ahead") makes the rate look a
         // tenth of what it is, and a 5 ms queue look like 40 (measured: every tail drop of
         // a 200 Mbit/s tenant's TCP flow). A backlogged tenant drains at least at its
-        // guarantee, shared by its backlogged lanes: the wait at that rate is a bound.
-        let lanes = self.lanes.iter().filter(|l| !l.is_empty()).count().max(1);
-        let floor = self.guarantee.rate() / u64::try_from(lanes).unwrap_or(u64::MAX);
-        let wait = measured.min(time_to_send(queued, floor));
+        // guarantee, shared by its backlogged lanes: the wait at that rate is a bound. (Only
+        // a wait past the target needs it: the usual frame skips the scan of the lanes.)
         let bound = u128::from(self.limits.max_delay);
+        let wait = if measured <= bound / 4 {
+            measured
+        } else {
+            let lanes = self.lanes.iter().filter(|l| !l.is_empty()).count().max(1);
+            let floor = self.guarantee.rate() / u64::try_from(lanes).unwrap_or(u64::MAX);
+            measured.min(time_to_send(queued, floor))
+        };
         if wait > bound {
             Room::Full
         } else if wait > bound / 4 {
