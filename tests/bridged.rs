@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use common::{Daemon, TestTopology, ping, require_privileges, sh};
+use common::{Daemon, TestTopology, icmp_in_echos, ping, require_privileges, sh};
 
 const TOPOLOGY: &str = r#"
 [host]
@@ -155,18 +155,6 @@ impl Drop for VlanSwitch {
     }
 }
 
-/// Echo requests the kernel of namespace `ns` received.
-fn echoes(ns: &str) -> u64 {
-    let snmp = sh(ns, "cat /proc/net/snmp").1;
-    let mut icmp = snmp.lines().filter(|l| l.starts_with("Icmp:"));
-    let (names, values) = (icmp.next().unwrap(), icmp.next().unwrap());
-    let at = names
-        .split_whitespace()
-        .position(|n| n == "InEchos")
-        .unwrap();
-    values.split_whitespace().nth(at).unwrap().parse().unwrap()
-}
-
 #[test]
 fn two_tenants_reach_their_own_vlans_of_a_trunk_and_nothing_crosses() {
     require_privileges();
@@ -194,11 +182,14 @@ fn two_tenants_reach_their_own_vlans_of_a_trunk_and_nothing_crosses() {
     assert!(neighbour(&topo.name("v100")).contains(&mac(&topo.name("a1"))));
     assert!(neighbour(&topo.name("v200")).contains(&mac(&topo.name("b1"))));
     // From upstream, VLAN 100's 10.1.0.1 is a1, never b1.
-    let (a_before, b_before) = (echoes(&topo.name("a1")), echoes(&topo.name("b1")));
+    let (a_before, b_before) = (
+        icmp_in_echos(&topo.name("a1")),
+        icmp_in_echos(&topo.name("b1")),
+    );
     assert!(ping(&topo.name("v100"), "10.1.0.1", 3));
-    assert!(echoes(&topo.name("a1")) >= a_before + 3);
+    assert!(icmp_in_echos(&topo.name("a1")) >= a_before + 3);
     assert_eq!(
-        echoes(&topo.name("b1")),
+        icmp_in_echos(&topo.name("b1")),
         b_before,
         "VLAN 100 reached tenant b"
     );

@@ -246,23 +246,8 @@ fn a_spoofed_frame_injected_on_the_underlay_is_dropped_and_counted() {
             .as_u64()
             .unwrap_or(0)
     };
-    // Echo requests acme-a's kernel received (Icmp InEchos), which background frames of
-    // the tenant (neighbour discovery, multicast) do not move.
-    let echoes = |lab: &Lab| {
-        let snmp = sh(&lab.ns("acme-a"), "cat /proc/net/snmp").1;
-        let mut icmp = snmp.lines().filter(|l| l.starts_with("Icmp:"));
-        let (names, values) = (icmp.next().unwrap(), icmp.next().unwrap());
-        let at = names
-            .split_whitespace()
-            .position(|n| n == "InEchos")
-            .unwrap();
-        values
-            .split_whitespace()
-            .nth(at)
-            .unwrap()
-            .parse::<u64>()
-            .unwrap()
-    };
+    // Echo requests acme-a's kernel received, which background frames do not move.
+    let echoes = |lab: &Lab| common::icmp_in_echos(&lab.ns("acme-a"));
     let before = echoes(&lab);
     // 1. From a stranger, as acme-b: not a cluster host.
     let as_acme_b = echo_request(1001, [2, 0, 0, 0, 0x0a, 0x02], [10, 1, 0, 2]);
@@ -552,21 +537,7 @@ fn an_etcd_with_authentication_takes_the_operators_credentials_and_nothing_less(
     let private = common::TempFile::create(&dir.0.join("pw"), "root-pw-4711\n", 0o600);
     let shared = common::TempFile::create(&dir.0.join("open"), "root-pw-4711\n", 0o644);
     let wrong = common::TempFile::create(&dir.0.join("wrong"), "not-it\n", 0o600);
-    let push = |extra: &[&str]| {
-        let out = std::process::Command::new(common::netd_bin())
-            .arg("push")
-            .arg(&topo.path)
-            .args(["--etcd", &etcd.url])
-            .args(extra)
-            .output()
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.success(), text)
-    };
+    let push = |extra: &[&str]| common::cluster::try_push(&etcd, &topo.path, extra);
     let (ok, text) = push(&[]);
     assert!(!ok, "pushed without credentials: {text}");
     let (ok, text) = push(&[

@@ -189,20 +189,27 @@ impl Drop for Underlay {
 
 /// Store a cluster topology with `netd push`; panic with netd's words if it fails.
 pub fn push(etcd: &Etcd, file: &std::path::Path) -> String {
+    let (ok, text) = try_push(etcd, file, &[]);
+    assert!(ok, "netd push: {text}");
+    text
+}
+
+/// Run `netd push FILE` with `extra` arguments; return whether it succeeded and its
+/// stdout then stderr.
+pub fn try_push(etcd: &Etcd, file: &std::path::Path, extra: &[&str]) -> (bool, String) {
     let out = Command::new(netd_bin())
         .arg("push")
         .arg(file)
         .args(["--etcd", &etcd.url])
+        .args(extra)
         .output()
         .expect("run netd push");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "netd push: {}{}",
-        text,
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    text
+    (out.status.success(), text)
 }
 
 /// The control socket of host `name`'s netd in this run.

@@ -133,6 +133,19 @@ pub fn sh(ns: &str, script: &str) -> (bool, String) {
     (out.status.success(), text)
 }
 
+/// Echo requests the kernel of namespace `ns` received (Icmp InEchos), which background
+/// frames (neighbour discovery, multicast) do not move.
+pub fn icmp_in_echos(ns: &str) -> u64 {
+    let snmp = sh(ns, "cat /proc/net/snmp").1;
+    let mut icmp = snmp.lines().filter(|l| l.starts_with("Icmp:"));
+    let (names, values) = (icmp.next().unwrap(), icmp.next().unwrap());
+    let at = names
+        .split_whitespace()
+        .position(|n| n == "InEchos")
+        .unwrap();
+    values.split_whitespace().nth(at).unwrap().parse().unwrap()
+}
+
 /// Ping `target` from `ns` (`count` echo requests, 1 s deadline each); true if any reply came.
 pub fn ping(ns: &str, target: &str, count: u32) -> bool {
     exec(
