@@ -1,4 +1,5 @@
-//! Criterion: `Shaper::offer` + `Shaper::release` per frame, ns/frame, 3 and 100 tenants.
+//! Criterion: `Shaper::offer` + `Shaper::release` per frame, ns/frame, 3 and 100 tenants;
+//! and the cost of one epoch of the multi-thread `Splitter`.
 //!
 //! Every tenant has one port and saturates: frames of 1514 bytes arrive round-robin over the
 //! tenants at 1.2 × the capacity (simulated clock), so the shaper runs as in the data path
@@ -8,8 +9,9 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use netd::shaper::split::{DEFAULT_EPOCH, Splitter};
 use netd::shaper::{
-    Admit, BurstConfig, PortConfig, QueueLimits, Shaper, ShaperConfig, TenantConfig,
+    Admit, BurstConfig, PortConfig, QueueLimits, Shaper, ShaperConfig, TenantConfig, TenantCounters,
 };
 use netd::topology::{PortId, Rate, TenantId};
 
@@ -63,6 +65,25 @@ fn bench(c: &mut Criterion) {
                 });
                 i += 1;
             });
+        });
+    }
+    group.finish();
+    bench_split(c);
+}
+
+/// The splitter's epoch (past one core): every tenant hungry on every thread, so the
+/// water-fills do the most work; one run per epoch (1 ms) is its budget.
+fn bench_split(c: &mut Criterion) {
+    let mut group = c.benchmark_group("shaper/split");
+    for (tenants, threads) in [(100u32, 8usize), (100, 16), (1000, 16)] {
+        group.bench_function(format!("{tenants}_tenants_{threads}_threads"), |b| {
+            let mut splitter = Splitter::new(config(tenants), threads, DEFAULT_EPOCH);
+            let hungry = TenantCounters {
+                queued_frames: 1,
+                ..TenantCounters::default()
+            };
+            let counters = vec![vec![hungry; tenants as usize]; threads];
+            b.iter(|| black_box(splitter.split(black_box(&counters))));
         });
     }
     group.finish();

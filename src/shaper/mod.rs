@@ -31,6 +31,7 @@
 mod bucket;
 pub mod hierarchy;
 mod queue;
+pub mod split;
 
 pub use hierarchy::Shaper;
 
