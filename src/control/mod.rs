@@ -987,6 +987,8 @@ fn uplink_status(
             rate_1s_bps: rates.out_1s_bps,
             queued_bytes: up.queued_bytes,
             dropped_bytes: up.dropped_bytes,
+            marked_frames: up.marked_frames,
+            cut_frames: up.cut_frames,
             entitlement_bps: 0,
         },
         download: DirectionStatus {
@@ -995,6 +997,8 @@ fn uplink_status(
             rate_1s_bps: rates.in_1s_bps,
             queued_bytes: down.queued_bytes,
             dropped_bytes: down.dropped_bytes,
+            marked_frames: down.marked_frames,
+            cut_frames: down.cut_frames,
             entitlement_bps: 0,
         },
     }

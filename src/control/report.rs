@@ -89,6 +89,12 @@ pub struct DirectionStatus {
     pub queued_bytes: u64,
     /// Bytes the uplink shaper dropped (queue full).
     pub dropped_bytes: u64,
+    /// Frames the uplink shaper marked Congestion Experienced (early signal).
+    #[serde(default)]
+    pub marked_frames: u64,
+    /// Frames that lost their last segment (early signal to a sender without ECN).
+    #[serde(default)]
+    pub cut_frames: u64,
     /// What the uplink shaper owes the tenant in this direction now.
     pub entitlement_bps: u64,
 }
@@ -608,7 +614,7 @@ pub fn prometheus(status: &Status, stats: &StatsReport) -> String {
         );
     }
     type DirectionField = fn(&DirectionStatus) -> u64;
-    let uplink: [(&str, &str, &str, DirectionField); 4] = [
+    let uplink: [(&str, &str, &str, DirectionField); 6] = [
         (
             "netd_uplink_bytes_total",
             "counter",
@@ -632,6 +638,18 @@ pub fn prometheus(status: &Status, stats: &StatsReport) -> String {
             "counter",
             "Bytes the uplink shaper dropped (queue full), per routed tenant and direction.",
             |d| d.dropped_bytes,
+        ),
+        (
+            "netd_uplink_ecn_marked_frames_total",
+            "counter",
+            "Frames the uplink shaper marked CE as an early signal, per routed tenant and direction.",
+            |d| d.marked_frames,
+        ),
+        (
+            "netd_uplink_cut_frames_total",
+            "counter",
+            "Frames that lost a segment as an early signal on the uplink, per routed tenant and direction.",
+            |d| d.cut_frames,
         ),
     ];
     for (name, kind, help, get) in uplink {
@@ -832,6 +850,7 @@ mod tests {
                     weight: 1,
                     upload: DirectionStatus {
                         bytes: 42,
+                        cut_frames: 3,
                         ..DirectionStatus::default()
                     },
                     download: DirectionStatus::default(),
@@ -869,6 +888,10 @@ mod tests {
         let text = prometheus(&status, &stats);
         assert!(
             text.contains("netd_uplink_bytes_total{tenant=\"acme\",direction=\"upload\"} 42\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("netd_uplink_cut_frames_total{tenant=\"acme\",direction=\"upload\"} 3\n"),
             "{text}"
         );
         assert!(text.contains("# TYPE netd_tenant_rx_bytes_total counter\nnetd_tenant_rx_bytes_total{tenant=\"acme\"} 1500\n"), "{text}");
