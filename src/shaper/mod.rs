@@ -195,9 +195,17 @@ impl ShaperConfig {
                 })
             })
             .collect();
+        let queue = match &t.uplink {
+            Some(uplink) => QueueLimits {
+                max_delay: nanos(uplink.queue_delay),
+                ..host.queue
+            },
+            None => host.queue,
+        };
         ShaperConfig {
             capacity: t.uplink.as_ref().map_or(MIN_RATE, |u| u.capacity),
             tenants,
+            queue,
             ..host
         }
     }

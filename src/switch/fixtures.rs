@@ -119,6 +119,7 @@ pub fn with_uplink() -> Topology {
         netns: None,
         capacity: mbit(100),
         mode: crate::topology::UplinkMode::Routed,
+        queue_delay: crate::topology::UPLINK_QUEUE_DELAY,
     });
     topology.tenants[0].uplink = Some(crate::topology::TenantUplink {
         port: UP,

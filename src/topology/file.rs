@@ -137,6 +137,9 @@ pub struct FileUplink {
     /// domain extends onto its VLAN of the interface).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mode: Option<String>,
+    /// The uplink shapers' queue bound (default 50 ms; `[host] queue_delay` is the host's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue_delay: Option<String>,
 }
 
 /// Rates overriding a tenant's own on the uplink (`[tenants.<name>.uplink]`).

@@ -29,7 +29,7 @@ use serde::Serialize;
 pub use cluster::{Cluster, ClusterView, Host, RemoteServer};
 pub use gateway::Gateway;
 pub use rate::{MIN_RATE, Rate};
-pub use uplink::{TenantUplink, Uplink, UplinkMode};
+pub use uplink::{TenantUplink, UPLINK_QUEUE_DELAY, Uplink, UplinkMode};
 pub use validate::{ValidationError, validate};
 
 use crate::wire::MacAddr;
@@ -429,6 +429,7 @@ impl Topology {
                 netns: u.netns.clone(),
                 capacity: Some(u.capacity.to_string()),
                 mode: (u.mode == UplinkMode::Bridged).then(|| "bridged".to_string()),
+                queue_delay: Some(format!("{}us", u.queue_delay.as_micros())),
             }),
             hosts: std::collections::BTreeMap::new(),
             problems: Vec::new(),

@@ -809,7 +809,7 @@ impl Validator<'_> {
     }
 
     /// Parse an optional duration and check it lies in `range`.
-    fn duration(
+    pub(super) fn duration(
         &mut self,
         key: &str,
         raw: Option<&str>,
