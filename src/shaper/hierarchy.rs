@@ -436,15 +436,26 @@ fn charge_lane(lane: &mut Lane, vtime: &mut u128, lane_own: bool, bytes: u32, no
     }
 }
 
-/// Charge a frame sent on the tenant's own tokens: guarantee and ceiling buckets; the host
-/// pool for the part paid from the tenant's bank, and a reservation of the guaranteed rate
-/// from the pool while the rest (the guarantee's debt) is repaid.
+/// Charge and count a frame sent on the tenant's own tokens: guarantee and ceiling buckets;
+/// the host pool for the part paid from the tenant's bank, and a reservation of the
+/// guaranteed rate from the pool while the rest (the guarantee's debt) is repaid.
 fn charge_own<T>(host: &mut Pool, t: &mut Tenant<T>, bytes: u32, now: Nanos) {
     let bank = t.guarantee.bank_at(now);
     t.guarantee.charge(now, bytes);
     t.ceiling.charge(now, bytes);
     host.charge_fine(now, bank.min(i128::from(bytes) * FINE_PER_BYTE));
     reserve_debt(host, &t.guarantee, now);
+    t.counters.own_frames += 1;
+    t.counters.own_bytes += u64::from(bytes);
+}
+
+/// Charge and count a frame sent on borrowed tokens: the tenant's ceiling and the host pool.
+/// Its SFQ tag is the caller's to advance (the queue and the express path differ there).
+fn charge_borrowed<T>(host: &mut Pool, t: &mut Tenant<T>, bytes: u32, now: Nanos) {
+    t.ceiling.charge(now, bytes);
+    host.charge(now, bytes);
+    t.counters.borrowed_frames += 1;
+    t.counters.borrowed_bytes += u64::from(bytes);
 }
 
 /// How far into debt a sparse frame may take its tenant's buckets (and the host pool) to go
@@ -477,17 +488,12 @@ fn express<T>(
         // A guarantee in debt has its rate reserved from the pool already: only a ready one
         // may charge (and reserve) again, as on the usual path.
         charge_own(host, t, bytes, now);
-        t.counters.own_frames += 1;
-        t.counters.own_bytes += u64::from(bytes);
     } else if within(host.level_at(now)) {
         // Its bytes count towards the tenant's share of the spare (its finish tag), but the
         // virtual time stays the borrowers' own: moved to this tenant's tag, it would take
         // from the others the credit they have (5:3 loans came out 1.7% off).
         t.tag = t.tag.max(*vtime) + tag_step(bytes, t.weight);
-        t.ceiling.charge(now, bytes);
-        host.charge(now, bytes);
-        t.counters.borrowed_frames += 1;
-        t.counters.borrowed_bytes += u64::from(bytes);
+        charge_borrowed(host, t, bytes, now);
     } else {
         return false;
     }
@@ -635,8 +641,6 @@ impl<T> Shaper<T> {
                 // Own tokens: never wait for the host or for borrowers.
                 charge_own(&mut self.host, t, bytes, now);
                 charge_lane(&mut t.lanes[lane], &mut t.lane_vtime, lane_own, bytes, now);
-                t.counters.own_frames += 1;
-                t.counters.own_bytes += u64::from(bytes);
                 return Admit::Send(item);
             }
             if host_ready && nobody_due {
@@ -644,11 +648,8 @@ impl<T> Shaper<T> {
                 let start = t.tag.max(self.vtime);
                 t.tag = start + tag_step(bytes, t.weight);
                 self.vtime = start;
-                t.ceiling.charge(now, bytes);
-                self.host.charge(now, bytes);
+                charge_borrowed(&mut self.host, t, bytes, now);
                 charge_lane(&mut t.lanes[lane], &mut t.lane_vtime, lane_own, bytes, now);
-                t.counters.borrowed_frames += 1;
-                t.counters.borrowed_bytes += u64::from(bytes);
                 return Admit::Send(item);
             }
         }
@@ -719,8 +720,6 @@ impl<T> Shaper<T> {
                 };
                 let (item, bytes) = t.pop_lane(lane, lane_own, now);
                 charge_own(&mut self.host, t, bytes, now);
-                t.counters.own_frames += 1;
-                t.counters.own_bytes += u64::from(bytes);
                 send(item);
                 if t.queued_frames() == 0 {
                     break;
@@ -761,10 +760,7 @@ impl<T> Shaper<T> {
             let (item, bytes) = t.pop_lane(lane, lane_own, now);
             t.tag = start + tag_step(bytes, t.weight);
             self.vtime = start;
-            t.ceiling.charge(now, bytes);
-            self.host.charge(now, bytes);
-            t.counters.borrowed_frames += 1;
-            t.counters.borrowed_bytes += u64::from(bytes);
+            charge_borrowed(&mut self.host, t, bytes, now);
             send(item);
             if t.queued_frames() == 0 {
                 self.unlist(slot);
