@@ -42,7 +42,7 @@ struct Threads {
 
 impl Threads {
     fn new(global: ShaperConfig, sources: Vec<Source>, threads: usize, seed: u64) -> Threads {
-        let splitter = Splitter::new(global.clone(), threads, DEFAULT_EPOCH);
+        let mut splitter = Splitter::new(global.clone(), threads, DEFAULT_EPOCH);
         let mut shards: Vec<Vec<Source>> = vec![Vec::new(); threads];
         let mut place = Vec::new();
         for s in &sources {

@@ -29,6 +29,7 @@
 //! `now` must never go backwards (a smaller `now` is treated as the latest seen).
 
 mod bucket;
+pub mod entitlement;
 pub mod hierarchy;
 mod queue;
 pub mod split;

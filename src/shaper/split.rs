@@ -11,9 +11,9 @@
 //! per-tenant counters; the [`Splitter`] reads them and gives every thread its slice of each
 //! tenant's rates:
 //! 1. Each (tenant, thread) pair's demand is its sent rate over the last epoch, plus
-//!    [`HEADROOM`], or unbounded when it was *hungry* (frames queued or dropped).
+//!    [`HEADROOM_PERCENT`], or unbounded when it was *hungry* (frames queued or dropped).
 //! 2. The tenants' entitlements are water-filled over the whole capacity from those demands,
-//!    exactly as one shaper would share it ([`water_fill`]).
+//!    exactly as one shaper would share it ([`entitlement`], a demand as a cap).
 //! 3. Each tenant's entitlement is water-filled among its threads with equal weights: a
 //!    thread that needs less keeps what it uses, the hungry ones share the rest.
 //! 4. Each thread's config carries, per tenant, that slice as its ceiling (plus a share of
@@ -28,12 +28,14 @@
 //! equally among the threads) and has its full share one epoch later. Simulated with 8 and 16
 //! threads in `tests/shaper_threads.rs`.
 
+use super::entitlement::{Demand, entitlement};
 use super::{Nanos, ShaperConfig, TenantCounters};
 use crate::topology::Rate;
 
-/// How much room a thread that was not hungry gets above its measured rate, so that a
-/// growing sender shows up as hungry within one epoch instead of being held at its past rate.
-pub const HEADROOM: f64 = 1.05;
+/// How much room (percent) a thread that was not hungry gets above its measured rate, so
+/// that a growing sender shows up as hungry within one epoch instead of being held at its
+/// past rate.
+pub const HEADROOM_PERCENT: u128 = 5;
 
 /// The default epoch: how often the splitter runs (1 ms, the shaper's default burst time).
 pub const DEFAULT_EPOCH: Nanos = 1_000_000;
@@ -65,35 +67,42 @@ impl Splitter {
     }
 
     /// Return the first epoch's configs: every rate shared equally among the threads.
-    pub fn initial(&self) -> Vec<ShaperConfig> {
+    /// (Every counter starts at zero, so reading idle counters changes nothing remembered.)
+    pub fn initial(&mut self) -> Vec<ShaperConfig> {
         let idle = vec![vec![TenantCounters::default(); self.config.tenants.len()]; self.threads];
-        self.clone().split(&idle)
+        self.split(&idle)
     }
 
     /// Read each thread's cumulative counters, `counters[thread][tenant index]` in the order
     /// of the config's tenants, and return each thread's config for the next epoch.
     pub fn split(&mut self, counters: &[Vec<TenantCounters>]) -> Vec<ShaperConfig> {
         let demand = self.demands(counters);
-        let claims: Vec<Claim> = self
+        let tenants: Vec<Demand> = self
             .config
             .tenants
             .iter()
             .enumerate()
-            .map(|(i, t)| Claim {
-                guaranteed: bps(t.guaranteed),
-                ceiling: bps(t.ceiling),
-                weight: f64::from(t.weight.max(1)),
-                demand: demand.iter().map(|d| d[i]).sum(),
+            .map(|(i, t)| {
+                let wants = demand
+                    .iter()
+                    .fold(0, |sum: u64, d| sum.saturating_add(d[i]));
+                Demand {
+                    guaranteed: t.guaranteed.bits_per_sec(),
+                    ceiling: t.ceiling.bits_per_sec(),
+                    weight: t.weight,
+                    active: true,
+                }
+                .capped(wants)
             })
             .collect();
-        let capacity = bps(self.config.capacity);
-        let entitled = water_fill(capacity, &claims);
-        let unclaimed = (capacity - entitled.iter().sum::<f64>()).max(0.0);
+        let capacity = self.config.capacity.bits_per_sec();
+        let entitled = entitlement(capacity, &tenants);
+        let unclaimed = capacity.saturating_sub(entitled.iter().sum());
         // slices[tenant][thread]
-        let slices: Vec<Vec<f64>> = (0..claims.len())
+        let slices: Vec<Vec<u64>> = (0..tenants.len())
             .map(|i| self.thread_slices(entitled[i], demand.iter().map(|d| d[i])))
             .collect();
-        let n = self.threads as f64;
+        let n = self.threads as u64;
         // The host banks the same burst floor however many threads it has: N threads each
         // banking a full floor would let a waking tenant burst N times over (and repay it
         // over N times as long). A smaller floor costs nothing else: buckets go into debt,
@@ -107,33 +116,32 @@ impl Splitter {
                 config.burst.min_bytes = min_bytes;
                 let mut total = unclaimed / n;
                 for (i, tenant) in config.tenants.iter_mut().enumerate() {
-                    let slice = slices[i][k];
-                    let (guaranteed, entitled) = (claims[i].guaranteed, entitled[i]);
-                    let fraction = if entitled > 0.0 {
-                        slice / entitled
-                    } else {
-                        0.0
-                    };
+                    let (slice, entitled) = (slices[i][k], entitled[i]);
+                    let guaranteed = tenant.guaranteed.bits_per_sec();
                     // The guarantee in use follows the slices; the unused rest is kept on
                     // every thread alike, so a tenant under its guarantee never waits for
                     // an epoch wherever its next frame arrives.
-                    let in_use = guaranteed.min(entitled);
-                    let reserve = (guaranteed - entitled).max(0.0) / n;
-                    let room = (claims[i].ceiling - entitled).clamp(0.0, unclaimed) / n;
-                    tenant.guaranteed = rate(in_use * fraction + reserve);
-                    tenant.ceiling = rate(slice + room);
-                    total += slice;
+                    let in_use = u128::from(guaranteed.min(entitled)) * u128::from(slice)
+                        / u128::from(entitled.max(1));
+                    let reserve = guaranteed.saturating_sub(entitled) / n;
+                    let room = tenant.ceiling.bits_per_sec().saturating_sub(entitled);
+                    let room = room.min(unclaimed) / n;
+                    tenant.guaranteed = Rate::from_bits_per_sec(
+                        u64::try_from(in_use).unwrap_or(u64::MAX) + reserve,
+                    );
+                    tenant.ceiling = Rate::from_bits_per_sec(slice.saturating_add(room));
+                    total = total.saturating_add(slice);
                 }
-                config.capacity = rate(total);
+                config.capacity = Rate::from_bits_per_sec(total);
                 config
             })
             .collect()
     }
 
-    /// Return each (thread, tenant) demand in bit/s over the last epoch, and remember the
-    /// counters for the next one.
-    fn demands(&mut self, counters: &[Vec<TenantCounters>]) -> Vec<Vec<f64>> {
-        let seconds = self.epoch as f64 / 1e9;
+    /// Return each (thread, tenant) demand in bit/s over the last epoch (`u64::MAX` when
+    /// hungry), and remember the counters for the next one.
+    fn demands(&mut self, counters: &[Vec<TenantCounters>]) -> Vec<Vec<u64>> {
+        let epoch = u128::from(self.epoch);
         self.last
             .iter_mut()
             .enumerate()
@@ -148,12 +156,13 @@ impl Splitter {
                             .unwrap_or_default();
                         let sent_now = now.sent_bytes();
                         let hungry = now.queued_frames > 0 || now.dropped_frames > *dropped;
-                        let rate = sent_now.saturating_sub(*sent) as f64 * 8.0 / seconds;
+                        let bits = u128::from(sent_now.saturating_sub(*sent)) * 8_000_000_000;
                         (*sent, *dropped) = (sent_now, now.dropped_frames);
                         if hungry {
-                            f64::INFINITY
+                            u64::MAX
                         } else {
-                            rate * HEADROOM
+                            let wants = bits * (100 + HEADROOM_PERCENT) / 100 / epoch;
+                            u64::try_from(wants).unwrap_or(u64::MAX)
                         }
                     })
                     .collect()
@@ -163,72 +172,21 @@ impl Splitter {
 
     /// Share one tenant's entitlement among the threads: max-min fair on their demands, and
     /// what no thread claims spread equally, so a frame arriving anywhere finds some room.
-    fn thread_slices(&self, entitled: f64, demands: impl Iterator<Item = f64>) -> Vec<f64> {
-        let claims: Vec<Claim> = demands
-            .map(|demand| Claim {
-                guaranteed: 0.0,
-                ceiling: f64::INFINITY,
-                weight: 1.0,
-                demand,
-            })
-            .collect();
-        let mut slices = water_fill(entitled, &claims);
-        let left = (entitled - slices.iter().sum::<f64>()).max(0.0) / self.threads as f64;
+    fn thread_slices(&self, entitled: u64, demands: impl Iterator<Item = u64>) -> Vec<u64> {
+        let any_thread = Demand {
+            guaranteed: 0,
+            ceiling: u64::MAX,
+            weight: 1,
+            active: true,
+        };
+        let threads: Vec<Demand> = demands.map(|d| any_thread.capped(d)).collect();
+        let mut slices = entitlement(entitled, &threads);
+        let left = entitled.saturating_sub(slices.iter().sum()) / self.threads as u64;
         for slice in &mut slices {
             *slice += left;
         }
         slices
     }
-}
-
-/// One claimant of a water-fill, rates in bit/s.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Claim {
-    pub guaranteed: f64,
-    pub ceiling: f64,
-    pub weight: f64,
-    /// What it would use (`f64::INFINITY` for unbounded).
-    pub demand: f64,
-}
-
-/// Share `capacity` as the shaper promises (see the module docs of [`super`]): each
-/// claimant first gets `min(demand, guaranteed)`, then the spare is filled in proportion to
-/// the weights, each capped at `min(demand, ceiling)`.
-pub fn water_fill(capacity: f64, claims: &[Claim]) -> Vec<f64> {
-    let cap_of = |c: &Claim| c.demand.min(c.ceiling);
-    let mut share: Vec<f64> = claims.iter().map(|c| c.demand.min(c.guaranteed)).collect();
-    let mut spare = capacity - share.iter().sum::<f64>();
-    let mut open: Vec<usize> = (0..claims.len())
-        .filter(|&i| cap_of(&claims[i]) > share[i])
-        .collect();
-    while spare > 1e-9 && !open.is_empty() {
-        let level = spare / open.iter().map(|&i| claims[i].weight).sum::<f64>();
-        let (full, rest): (Vec<usize>, Vec<usize>) = open
-            .iter()
-            .partition(|&&i| cap_of(&claims[i]) - share[i] <= level * claims[i].weight);
-        if full.is_empty() {
-            for &i in &open {
-                share[i] += level * claims[i].weight;
-            }
-            break;
-        }
-        for &i in &full {
-            spare -= cap_of(&claims[i]) - share[i];
-            share[i] = cap_of(&claims[i]);
-        }
-        open = rest;
-    }
-    share
-}
-
-fn bps(rate: Rate) -> f64 {
-    rate.bits_per_sec() as f64
-}
-
-fn rate(bits_per_sec: f64) -> Rate {
-    // Saturating float-to-int conversion: negative and NaN become 0.
-    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-    Rate::from_bits_per_sec(bits_per_sec.round() as u64)
 }
 
 #[cfg(test)]
@@ -273,26 +231,6 @@ mod tests {
 
     fn mbit_of(r: Rate) -> f64 {
         r.bits_per_sec() as f64 / 1e6
-    }
-
-    #[test]
-    fn water_fill_gives_guarantees_then_weights_under_ceilings() {
-        let claim = |guaranteed, ceiling, weight| Claim {
-            guaranteed,
-            ceiling,
-            weight,
-            demand: f64::INFINITY,
-        };
-        let got = water_fill(
-            1000.0,
-            &[claim(300.0, 1000.0, 1.0), claim(100.0, 1000.0, 2.0)],
-        );
-        assert_eq!(got, vec![500.0, 500.0]);
-        let got = water_fill(
-            1000.0,
-            &[claim(300.0, 1000.0, 1.0), claim(100.0, 400.0, 2.0)],
-        );
-        assert_eq!(got, vec![600.0, 400.0]);
     }
 
     #[test]
