@@ -9,7 +9,10 @@ mod sim;
 
 use netd::shaper::{BurstConfig, Nanos, QueueLimits, ShaperConfig};
 use netd::topology::{MIN_RATE, Rate, TenantId};
-use sim::{Demand, MS, SEC, Sim, Size, Source, error_pct, gbit, ideal, mbit, port, tenant};
+use sim::{
+    Demand, MS, SEC, Sim, Size, Source, check_against_ideal, error_pct, gbit, ideal, mbit, port,
+    tenant,
+};
 
 fn config(capacity: Rate, tenants: Vec<netd::shaper::TenantConfig>) -> ShaperConfig {
     ShaperConfig {
@@ -27,36 +30,8 @@ const WINDOW: Nanos = SEC;
 /// worst error. Also check work conservation when the ideal fills the capacity.
 fn check_tenants(name: &str, sim: &Sim, from: Nanos, to: Nanos, tol: f64) -> f64 {
     let (want, _) = sim.ideal_measured(from, to);
-    let mut worst: f64 = 0.0;
-    let mut total = 0.0;
-    for (i, t) in sim.config.tenants.iter().enumerate() {
-        let got = sim.tenant_rate(t.id.0, from, to);
-        total += got;
-        let err = error_pct(got, want[i]);
-        println!(
-            "{name}: tenant {:>3} ideal {:>14.0} got {:>14.0} bit/s  err {err:.3}%",
-            t.id.0, want[i], got
-        );
-        worst = worst.max(err);
-        assert!(
-            err <= tol,
-            "{name}: tenant {} got {got:.0} bit/s, ideal {:.0} ({err:.3}% > {tol}%)",
-            t.id.0,
-            want[i]
-        );
-    }
-    let cap = sim.config.capacity.bits_per_sec() as f64;
-    let ideal_total: f64 = want.iter().sum();
-    if ideal_total >= cap * 0.999 {
-        let conservation = total / cap * 100.0;
-        println!("{name}: work conservation {conservation:.3}%");
-        assert!(
-            conservation >= 99.0,
-            "{name}: work conservation {conservation:.2}%"
-        );
-    }
-    println!("{name}: worst error {worst:.3}%");
-    worst
+    let rate_of = |t| sim.tenant_rate(t, from, to);
+    check_against_ideal(name, &sim.config, &want, rate_of, tol)
 }
 
 /// Milliseconds after `event` until every tenant's rate, over every 2 ms window up to

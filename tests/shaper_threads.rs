@@ -8,13 +8,16 @@
 //! 1%, and work conservation ≥ 99%, as `shaper_sim` does for one thread. Figures are printed
 //! (`cargo test --release --test shaper_threads -- --nocapture`).
 
-#![allow(clippy::cast_possible_truncation)] // rates, bins and ports of a short simulation
+#![allow(clippy::cast_possible_truncation)] // ports and seeds of a short simulation
 
 mod sim;
 
 use netd::shaper::split::{DEFAULT_EPOCH, Splitter};
 use netd::shaper::{BurstConfig, Nanos, QueueLimits, ShaperConfig, TenantConfig};
-use sim::{Demand, MS, SEC, Sim, Size, Source, error_pct, gbit, ideal, mbit, tenant};
+use sim::{
+    Demand, MS, SEC, Sim, Size, Source, check_against_ideal, gbit, ideal, mbit, tenant,
+    with_measured_demand,
+};
 
 const FRAME: Size = Size::Fixed(1500);
 const WARMUP: Nanos = 100 * MS;
@@ -95,52 +98,17 @@ impl Threads {
         self.sims.iter().map(|s| s.tenant_rate(t, from, to)).sum()
     }
 
-    /// The single-shaper ideal, open-loop sources taken at what they offered in the window.
-    fn ideal(&self, from: Nanos, to: Nanos) -> Vec<f64> {
-        let mut sources = self.sources.clone();
-        for (s, src) in sources.iter_mut().enumerate() {
-            if let Demand::Cbr(_) | Demand::Poisson(_) = src.demand {
-                let (k, i) = self.place[s];
-                let bins = &self.sims[k].offered_bins[i];
-                let bytes: u64 = bins[(from / MS) as usize..(to / MS) as usize].iter().sum();
-                src.demand = Demand::Cbr((bytes as f64 * 8e9 / (to - from) as f64) as u64);
-            }
-        }
-        ideal(&self.global, &sources, from).0
-    }
-
-    /// Check every tenant's aggregate against the ideal within `tol` percent and the work
-    /// conservation when the ideal fills the capacity; return the worst error.
+    /// Check every tenant's aggregate over `[from, to)` against the single-shaper ideal
+    /// (open-loop sources taken at what they offered) within `tol` percent.
     fn check(&self, name: &str, from: Nanos, to: Nanos, tol: f64) -> f64 {
-        let want = self.ideal(from, to);
-        let threads = self.sims.len();
-        let (mut worst, mut total) = (0.0f64, 0.0);
-        for (i, t) in self.global.tenants.iter().enumerate() {
-            let got = self.tenant_rate(t.id.0, from, to);
-            let err = error_pct(got, want[i]);
-            println!(
-                "{name}, {threads} threads: tenant {} ideal {:>12.0} got {got:>12.0} bit/s  err {err:.3}%",
-                t.id.0, want[i]
-            );
-            assert!(
-                err <= tol,
-                "{name}, {threads} threads: tenant {} got {got:.0} bit/s, ideal {:.0} ({err:.3}% > {tol}%)",
-                t.id.0,
-                want[i]
-            );
-            worst = worst.max(err);
-            total += got;
-        }
-        let capacity = self.global.capacity.bits_per_sec() as f64;
-        if want.iter().sum::<f64>() >= capacity * 0.999 {
-            let conservation = total / capacity * 100.0;
-            println!("{name}, {threads} threads: work conservation {conservation:.3}%");
-            assert!(
-                conservation >= 99.0,
-                "{name}: conservation {conservation:.2}%"
-            );
-        }
-        worst
+        let sources = with_measured_demand(&self.sources, from, to, |s| {
+            let (k, i) = self.place[s];
+            self.sims[k].offered_bytes(i, from, to)
+        });
+        let want = ideal(&self.global, &sources, from).0;
+        let name = format!("{name}, {} threads", self.sims.len());
+        let rate_of = |t| self.tenant_rate(t, from, to);
+        check_against_ideal(&name, &self.global, &want, rate_of, tol)
     }
 
     fn drain(&mut self) {

@@ -397,14 +397,15 @@ impl Sim {
     /// of open-loop sources what they actually offered in `[from, to)` (a Poisson source's
     /// 1 s mean strays from its nominal rate by ~1/√frames).
     pub fn ideal_measured(&self, from: Nanos, to: Nanos) -> (Vec<f64>, Vec<f64>) {
-        let mut sources = self.sources.clone();
-        for (s, src) in sources.iter_mut().enumerate() {
-            if let Demand::Cbr(_) | Demand::Poisson(_) = src.demand {
-                let bytes: u64 = sum_bins(&self.offered_bins[s], from, to);
-                src.demand = Demand::Cbr((bytes as f64 * 8e9 / (to - from) as f64) as u64);
-            }
-        }
+        let sources = with_measured_demand(&self.sources, from, to, |s| {
+            sum_bins(&self.offered_bins[s], from, to)
+        });
         ideal(&self.config, &sources, from)
+    }
+
+    /// Bytes source `s` offered in bins `[from, to)`.
+    pub fn offered_bytes(&self, s: usize, from: Nanos, to: Nanos) -> u64 {
+        sum_bins(&self.offered_bins[s], from, to)
     }
 
     /// Stop every source and release what is queued; then check nothing was lost.
@@ -556,6 +557,66 @@ pub fn ideal(config: &ShaperConfig, sources: &[Source], now: Nanos) -> (Vec<f64>
         }
     }
     (tenants, per_source)
+}
+
+/// `sources` with each open-loop one's demand taken as what it offered in `[from, to)`,
+/// `offered(source index)` bytes (a Poisson source's 1 s mean strays from its nominal rate
+/// by ~1/√frames).
+pub fn with_measured_demand(
+    sources: &[Source],
+    from: Nanos,
+    to: Nanos,
+    offered: impl Fn(usize) -> u64,
+) -> Vec<Source> {
+    let mut sources = sources.to_vec();
+    for (s, src) in sources.iter_mut().enumerate() {
+        if let Demand::Cbr(_) | Demand::Poisson(_) = src.demand {
+            let bits_per_sec = offered(s) as f64 * 8e9 / (to - from) as f64;
+            src.demand = Demand::Cbr(bits_per_sec as u64);
+        }
+    }
+    sources
+}
+
+/// Check every tenant's rate, `rate_of(tenant id)`, against `want` (in the config's tenant
+/// order) within `tol` percent, and the work conservation (≥ 99%) when the ideal fills the
+/// capacity; print each figure and return the worst error.
+pub fn check_against_ideal(
+    name: &str,
+    config: &ShaperConfig,
+    want: &[f64],
+    rate_of: impl Fn(u32) -> f64,
+    tol: f64,
+) -> f64 {
+    let mut worst: f64 = 0.0;
+    let mut total = 0.0;
+    for (i, t) in config.tenants.iter().enumerate() {
+        let got = rate_of(t.id.0);
+        total += got;
+        let err = error_pct(got, want[i]);
+        println!(
+            "{name}: tenant {:>3} ideal {:>14.0} got {:>14.0} bit/s  err {err:.3}%",
+            t.id.0, want[i], got
+        );
+        worst = worst.max(err);
+        assert!(
+            err <= tol,
+            "{name}: tenant {} got {got:.0} bit/s, ideal {:.0} ({err:.3}% > {tol}%)",
+            t.id.0,
+            want[i]
+        );
+    }
+    let cap = config.capacity.bits_per_sec() as f64;
+    if want.iter().sum::<f64>() >= cap * 0.999 {
+        let conservation = total / cap * 100.0;
+        println!("{name}: work conservation {conservation:.3}%");
+        assert!(
+            conservation >= 99.0,
+            "{name}: work conservation {conservation:.2}%"
+        );
+    }
+    println!("{name}: worst error {worst:.3}%");
+    worst
 }
 
 /// Relative error of `achieved` against `ideal`, in percent.
