@@ -15,11 +15,11 @@
 //!
 //! Uplink ports are numbered after the gateways' ports, in tenant name order.
 
+use std::time::Duration;
+
 use serde::Serialize;
 
 use super::file::{FileRates, FileTopology};
-use std::time::Duration;
-
 use super::validate::{
     ErrorKind, MAX_IFNAME_LEN, MAX_NETNS_LEN, QUEUE_DELAY_RANGE, Validator, key_segment, quoted,
     saturating_rate,
@@ -333,6 +333,14 @@ tenant = "plain"
 ip = "10.1.0.10/24"
 "#;
 
+    /// Assert that one of `errors` names `wanted`.
+    fn assert_reported(errors: &[String], wanted: &str) {
+        assert!(
+            errors.iter().any(|e| e.contains(wanted)),
+            "{wanted} not in {errors:#?}"
+        );
+    }
+
     fn problems(text: &str) -> Vec<String> {
         parse(Path::new("t.toml"), text)
             .expect_err("expected errors")
@@ -366,12 +374,7 @@ ip = "10.1.0.10/24"
             "capacity = \"100mbit\"\nqueue_delay = \"5s\"",
         );
         let errors = problems(&text);
-        assert!(
-            errors
-                .iter()
-                .any(|e| e.contains("uplink.queue_delay = \"5s\"")),
-            "{errors:#?}"
-        );
+        assert_reported(&errors, "uplink.queue_delay = \"5s\"");
     }
 
     /// The running state written back as a file keeps the uplink rates the file left out
@@ -481,10 +484,7 @@ ip = "10.1.0.10/24"
             "tenants.plain.uplink: needs a gateway",
         ];
         for want in want {
-            assert!(
-                errors.iter().any(|e| e.contains(want)),
-                "{want} not in {errors:#?}"
-            );
+            assert_reported(&errors, want);
         }
     }
 
@@ -492,22 +492,18 @@ ip = "10.1.0.10/24"
     fn uplink_guarantees_above_its_capacity_are_refused() {
         let text = BASE.replace("guaranteed = \"50mbit\"", "guaranteed = \"80mbit\"");
         let errors = problems(&text);
-        assert!(
-            errors.iter().any(|e| e.contains(
-                "uplink.capacity = 100mbit: the tenants' uplink guarantees sum to 110mbit"
-            )),
-            "{errors:#?}"
+        assert_reported(
+            &errors,
+            "uplink.capacity = 100mbit: the tenants' uplink guarantees sum to 110mbit",
         );
         let text = BASE.replace(
             "nat = true\n",
             "nat = true\n[tenants.acme.uplink]\nceiling = \"200mbit\"\n",
         );
         let errors = problems(&text);
-        assert!(
-            errors.iter().any(|e| e.contains(
-                "tenants.acme.uplink.ceiling = \"200mbit\": ceiling is above the uplink capacity"
-            )),
-            "{errors:#?}"
+        assert_reported(
+            &errors,
+            "tenants.acme.uplink.ceiling = \"200mbit\": ceiling is above the uplink capacity",
         );
     }
 
@@ -523,12 +519,7 @@ ip = "10.1.0.10/24"
                 "nat = true\n[tenants.acme.uplink]\nweight = 2\n",
             );
         let errors = problems(&text);
-        assert!(
-            errors
-                .iter()
-                .any(|e| e.contains("tenants.acme.uplink: needs an uplink")),
-            "{errors:#?}"
-        );
+        assert_reported(&errors, "tenants.acme.uplink: needs an uplink");
     }
 
     const BRIDGED: &str = r#"
@@ -594,26 +585,13 @@ ip = "10.9.0.1/24"
             "tenants.local.vlan = 4095: VLAN must be an integer from 1 to 4094",
             "tenants.local.gateway: a tenant on a bridged uplink has its gateway upstream",
         ] {
-            assert!(
-                errors.iter().any(|e| e.contains(wanted)),
-                "{wanted}: {errors:#?}"
-            );
+            assert_reported(&errors, wanted);
         }
         let routed = BRIDGED.replace("mode = \"bridged\"\n", "");
         let errors = problems(&routed);
-        assert!(
-            errors
-                .iter()
-                .any(|e| e.contains("tenants.a.vlan = 100: needs a bridged uplink")),
-            "{errors:#?}"
-        );
+        assert_reported(&errors, "tenants.a.vlan = 100: needs a bridged uplink");
         let unknown = BRIDGED.replace("\"bridged\"", "\"switched\"");
         let errors = problems(&unknown);
-        assert!(
-            errors
-                .iter()
-                .any(|e| e.contains("uplink.mode = \"switched\": unknown uplink mode")),
-            "{errors:#?}"
-        );
+        assert_reported(&errors, "uplink.mode = \"switched\": unknown uplink mode");
     }
 }
