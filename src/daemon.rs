@@ -21,7 +21,8 @@ use tracing::{error, info, warn};
 use crate::control::auth::{AuthError, HttpAuth, Token};
 use crate::control::{self, Control, ControlError, rates};
 
-use crate::datapath::{DataPath, Priority};
+use crate::datapath::Priority;
+use crate::datapath::threads::{self, Group};
 use crate::gateway::GatewayPort;
 use crate::handover;
 use crate::kernel::{self, KernelError, Plumbing};
@@ -53,6 +54,8 @@ pub struct UpOptions {
     pub datapath_cpu: Option<usize>,
     /// Schedule the data-path thread so (`None`: real-time where the kernel allows it).
     pub datapath_priority: Option<Priority>,
+    /// How many data-path loops share the servers' ports (1: one loop owns every port).
+    pub datapath_threads: usize,
     /// Take the TAPs over from the netd running this topology ([`crate::handover`]).
     pub take_over: bool,
     /// How this daemon was started, so `netd upgrade` can start the installed binary alike.
@@ -81,6 +84,7 @@ impl Default for UpOptions {
             metrics_token_file: None,
             datapath_cpu: None,
             datapath_priority: None,
+            datapath_threads: 1,
             take_over: false,
             relaunch: None,
             cluster: None,
@@ -113,6 +117,8 @@ pub enum DaemonError {
     HandOver(#[from] handover::HandOverError),
     #[error("The topology handed over does not fit: {0}")]
     HandedTopology(String),
+    #[error("--datapath-threads {threads}: {why}")]
+    Threads { threads: usize, why: String },
 }
 
 /// Removes a file netd created (control socket, token) when dropped.
@@ -165,6 +171,12 @@ pub async fn up(
     }
     // Root, /dev/net/tun and iproute2 first: the clearest refusal (and the socket needs root).
     kernel::check_privileges()?;
+    let threads = options.datapath_threads.max(1);
+    if threads > 1
+        && let Some(why) = threads::refusal(&topology)
+    {
+        return Err(DaemonError::Threads { threads, why });
+    }
     // The operator's token files are read before anything exists, so a bad one creates nothing.
     let operator_tokens = options
         .http
@@ -174,7 +186,7 @@ pub async fn up(
     // Claim the socket before creating anything: a second daemon for the same topology stops
     // here. Taking over, the old daemon still holds it: bound once it has gone (below).
     let (topology, prepared, start, mut plumbing) = if options.take_over {
-        let (topology, prepared, taken) = take_over(topology, &socket_path)?;
+        let (topology, prepared, taken) = take_over(topology, &socket_path, threads)?;
         (
             topology,
             prepared,
@@ -192,7 +204,7 @@ pub async fn up(
         let offload = Offload::with_header(options.offload);
         let mut plumbing = kernel::bring_up(&topology, offload)?;
         let ports = kernel_ports(&mut plumbing, offload);
-        let mut prepared = prepare(&topology, ports, offload)?;
+        let mut prepared = prepare(&topology, ports, offload, threads)?;
         let shared = crate::port::shared_ports(&topology, &plumbing, offload, &prepared.stats)
             .and_then(|ports| prepared.datapath.attach(ports));
         shared.map_err(DaemonError::StartDataPath)?;
@@ -206,9 +218,13 @@ pub async fn up(
     } = prepared;
     let updates = datapath.update_handle();
     let (thread, priority) = datapath
-        .spawn(options.datapath_cpu, options.datapath_priority)
+        .spawn(
+            options.datapath_cpu,
+            options.datapath_priority,
+            stop.clone(),
+        )
         .map_err(DaemonError::StartDataPath)?;
-    info!(%priority, cpu = options.datapath_cpu, "data path running");
+    info!(%priority, cpu = options.datapath_cpu, threads, "data path running");
     let mut finished = tokio::task::spawn_blocking(move || thread.join());
     // Until the loop below owns it: an early return stops the data path, or the process
     // would wait for its thread forever, still reading the TAPs.
@@ -412,7 +428,7 @@ enum Start {
 
 /// A data path built and ready to spawn, with its counters.
 struct Prepared {
-    datapath: DataPath,
+    datapath: Group,
     stop: crate::datapath::StopHandle,
     stats: Arc<Stats>,
     /// What the servers' TAPs carry.
@@ -424,6 +440,7 @@ fn prepare(
     topology: &Topology,
     mut ports: Vec<Box<dyn Port>>,
     offload: Offload,
+    threads: usize,
 ) -> Result<Prepared, DaemonError> {
     for tenant in &topology.tenants {
         if let Some(gateway) = GatewayPort::of(topology, tenant.id) {
@@ -434,7 +451,8 @@ fn prepare(
         topology.port_id_bound(),
         topology.tenant_id_bound(),
     ));
-    let (datapath, stop) = DataPath::new(
+    let (datapath, stop) = Group::new(
+        threads,
         Switch::new(topology),
         Shaping::from_topology(topology),
         ports,
@@ -459,9 +477,10 @@ fn prepare(
 fn take_over(
     file_topology: Topology,
     socket_path: &std::path::Path,
+    threads: usize,
 ) -> Result<(Topology, Prepared, handover::Taken), DaemonError> {
     let file_text = toml::to_string(&file_topology.to_file()).unwrap_or_default();
-    let early = prepare(&file_topology, Vec::new(), Offload::None)?;
+    let early = prepare(&file_topology, Vec::new(), Offload::None, threads)?;
     let mut taken = handover::take(socket_path)?;
     let offload = Offload::with_header(taken.offer.vnet_header);
     let built = if taken.offer.topology == file_text {
@@ -475,7 +494,12 @@ fn take_over(
                 DaemonError::HandedTopology(errors.join("; "))
             })
             .and_then(|topology| {
-                let prepared = prepare(&topology, Vec::new(), offload)?;
+                if threads > 1
+                    && let Some(why) = threads::refusal(&topology)
+                {
+                    return Err(DaemonError::Threads { threads, why });
+                }
+                let prepared = prepare(&topology, Vec::new(), offload, threads)?;
                 Ok((topology, prepared))
             })
     };

@@ -232,19 +232,21 @@ impl Overload {
     }
 }
 
-/// Stops a running data path from another thread.
+/// Stops a running data path (every loop of it) from another thread.
 #[derive(Debug, Clone)]
 pub struct StopHandle {
     stop: Arc<AtomicBool>,
-    waker: Arc<Waker>,
+    wakers: Vec<Arc<Waker>>,
 }
 
 impl StopHandle {
     /// Ask the data path to stop; it exits at its next wake-up, which this triggers.
     pub fn stop(&self) {
         self.stop.store(true, Ordering::SeqCst);
-        if let Err(err) = self.waker.wake() {
-            warn!(cause = %err, "cannot wake the data path");
+        for waker in &self.wakers {
+            if let Err(err) = waker.wake() {
+                warn!(cause = %err, "cannot wake the data path");
+            }
         }
     }
 }
@@ -264,23 +266,52 @@ pub struct Update {
     pub stats: Option<Arc<Stats>>,
     /// Told when the update is applied, with the removed ports.
     pub done: Option<tokio::sync::oneshot::Sender<Vec<Box<dyn Port>>>>,
+    /// Write-only handles on ports another loop owns ([`threads`]).
+    pub shared: Vec<Box<dyn Port>>,
+    /// The generation of the shaper's rates in `shaper` ([`threads`]; 0 with one loop).
+    pub generation: u64,
+    /// Where a loop of several reports its part of the update ([`threads`]).
+    pub joined: Option<threads::Joined>,
 }
 
-/// Hands [`Update`]s to a running data path from another thread.
+/// Hands [`Update`]s to a running data path (each of its loops) from another thread.
 #[derive(Debug, Clone)]
 pub struct UpdateHandle {
-    tx: mpsc::Sender<Update>,
-    waker: Arc<Waker>,
+    loops: Vec<(mpsc::Sender<Update>, Arc<Waker>)>,
+    /// The rates being split among the loops, when there are several.
+    split: Option<Arc<std::sync::Mutex<threads::Split>>>,
 }
 
 impl UpdateHandle {
-    /// Queue `update` and wake the loop; give it back if the data path is gone.
+    /// Queue `update` and wake the loop (every loop its part); give it back if the data
+    /// path is gone.
     pub fn send(&self, update: Update) -> Result<(), Box<Update>> {
-        self.tx.send(update).map_err(|e| Box::new(e.0))?;
-        if let Err(err) = self.waker.wake() {
-            warn!(cause = %err, "cannot wake the data path");
+        let parts = match &self.split {
+            Some(split) => threads::split_update(update, self.loops.len(), split),
+            None => vec![update],
+        };
+        let mut gone = false;
+        for ((tx, waker), part) in self.loops.iter().zip(parts) {
+            if let Err(err) = tx.send(part) {
+                if self.loops.len() == 1 {
+                    return Err(Box::new(err.0));
+                }
+                gone = true;
+                continue;
+            }
+            if let Err(err) = waker.wake() {
+                warn!(cause = %err, "cannot wake the data path");
+            }
+        }
+        if gone {
+            return Err(Box::default());
         }
         Ok(())
+    }
+
+    /// Return the number of loops.
+    pub fn threads(&self) -> usize {
+        self.loops.len()
     }
 }
 
@@ -308,6 +339,9 @@ struct Egress {
     /// Ports known to have frames to read, by slot: an fd's edge seen and not yet drained to
     /// `WouldBlock`, or a deadline port written to or due.
     ready: Vec<bool>,
+    /// Ports this loop reads, by slot; the others are write-only handles on ports another
+    /// loop owns ([`threads`]).
+    owned: Vec<bool>,
     /// Slots of the ports without an fd (driven by deadlines): the few the loop asks for
     /// their next deadline every turn, instead of asking every port.
     deadline_slots: Vec<usize>,
@@ -346,6 +380,8 @@ pub struct DataPath {
     /// The priority the thread was given (set by [`DataPath::spawn`]).
     priority: Priority,
     overload: Overload,
+    /// This loop's place among several ([`threads`]); `None` for the only loop.
+    link: Option<threads::ThreadLink>,
 }
 
 impl DataPath {
@@ -364,12 +400,12 @@ impl DataPath {
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, updates) = mpsc::channel();
         let update_handle = UpdateHandle {
-            tx,
-            waker: waker.clone(),
+            loops: vec![(tx, waker.clone())],
+            split: None,
         };
         let handle = StopHandle {
             stop: stop.clone(),
-            waker,
+            wakers: vec![waker],
         };
         let storm = StormControl::new(&switch);
         let mut pool = BufferPool::default();
@@ -382,6 +418,7 @@ impl DataPath {
                 ports: Vec::with_capacity(ports.len()),
                 slot_of,
                 ready: Vec::with_capacity(ports.len()),
+                owned: Vec::with_capacity(ports.len()),
                 deadline_slots: Vec::new(),
                 held: Vec::new(),
                 switch,
@@ -404,6 +441,7 @@ impl DataPath {
             update_handle,
             priority: Priority::Normal,
             overload: Overload::default(),
+            link: None,
         };
         // The same registration as ports added later.
         datapath.attach(ports)?;
@@ -416,10 +454,25 @@ impl DataPath {
     pub fn attach(&mut self, ports: Vec<Box<dyn Port>>) -> io::Result<()> {
         let registry = self.poll.registry();
         for port in ports {
-            self.egress.add_port(registry, port)?;
+            self.egress.add_port(registry, port, true)?;
         }
         self.egress.deadline_slots = deadline_slots(&self.egress.ports);
         Ok(())
+    }
+
+    /// Add write-only handles on ports another loop owns (before the loop runs).
+    pub fn attach_shared(&mut self, ports: Vec<Box<dyn Port>>) -> io::Result<()> {
+        let registry = self.poll.registry();
+        for port in ports {
+            self.egress.add_port(registry, port, false)?;
+        }
+        Ok(())
+    }
+
+    /// Make this loop one of several: `link` is its place, `stop` their common flag.
+    pub fn join_group(&mut self, link: threads::ThreadLink, stop: Arc<AtomicBool>) {
+        self.link = Some(link);
+        self.stop = stop;
     }
 
     /// Return a handle that sends live changes to this data path.
@@ -513,6 +566,9 @@ impl DataPath {
                     self.apply(update);
                 }
             }
+            if self.link.is_some() {
+                self.take_posted_slice();
+            }
             if !self.egress.deadline_slots.is_empty() {
                 self.poll_deadline_ports(self.now());
             }
@@ -535,7 +591,41 @@ impl DataPath {
                 self.last_publish = now;
                 self.unpublished = false;
             }
+            if let Some(link) = &self.link
+                && (now.saturating_sub(link.published_at) >= threads::PUBLISH_TO_SPLITTER
+                    || !self.readable())
+            {
+                self.publish_to_splitter(now);
+            }
         }
+    }
+
+    /// Apply the slice of the rates the coordinator posted, if it is for the rates this
+    /// loop runs (a slice split before a live change is stale).
+    fn take_posted_slice(&mut self) {
+        let Some(link) = &self.link else { return };
+        let Some(posted) = link.board.take_posted(link.thread) else {
+            return;
+        };
+        if posted.generation != link.generation {
+            return;
+        }
+        let now = self.now();
+        for pending in self.shapers.host.reconfigure(posted.config, now) {
+            self.egress
+                .count_drop(pending.ingress, DropReason::QueueFull);
+            self.egress.pool.give(pending.buf);
+        }
+        self.timer_target = None;
+    }
+
+    /// Publish this loop's host-shaper counters for the coordinator.
+    fn publish_to_splitter(&mut self, now: Nanos) {
+        let Some(link) = &mut self.link else { return };
+        let host = &self.shapers.host;
+        let counters = link.tenants.iter().map(|&id| host.counters(id));
+        link.board.publish(link.thread, link.generation, counters);
+        link.published_at = now;
     }
 
     /// Apply a live change: ports out, ports in, then the new switch, storm limits, counters
@@ -551,7 +641,8 @@ impl DataPath {
             };
             let port = egress.ports.swap_remove(slot);
             egress.ready.swap_remove(slot);
-            if let Some(fd) = port.fd() {
+            let owned = egress.owned.swap_remove(slot);
+            if let Some(fd) = port.fd().filter(|_| owned) {
                 let _ = registry.deregister(&mut SourceFd(&fd));
             }
             for carried in port.carries() {
@@ -561,7 +652,7 @@ impl DataPath {
             }
             // The last port moved into `slot`: re-register it under its new token.
             if let Some(moved) = egress.ports.get(slot) {
-                if let Some(fd) = moved.fd()
+                if let Some(fd) = moved.fd().filter(|_| egress.owned[slot])
                     && let Err(err) =
                         registry.reregister(&mut SourceFd(&fd), Token(slot), Interest::READABLE)
                 {
@@ -572,9 +663,12 @@ impl DataPath {
                         *entry = Some(slot);
                     }
                 }
-                egress.ready[slot] = true;
+                egress.ready[slot] = egress.owned[slot];
             }
-            removed.push(port);
+            // A write-only handle closes here; the owner hands the port back.
+            if owned {
+                removed.push(port);
+            }
         }
         if let Some(switch) = update.switch {
             self.storm.update(&switch);
@@ -586,13 +680,18 @@ impl DataPath {
         if let Some(stats) = update.stats {
             egress.stats = stats;
         }
-        for port in update.add {
+        let owned = update.add.into_iter().map(|port| (port, true));
+        for (port, owned) in owned.chain(update.shared.into_iter().map(|port| (port, false))) {
             let id = port.id();
-            if let Err(err) = egress.add_port(registry, port) {
+            if let Err(err) = egress.add_port(registry, port, owned) {
                 warn!(port = %id, cause = %err, "cannot poll new port");
             }
         }
         if let Some(config) = update.shaper {
+            if let Some(link) = &mut self.link {
+                link.generation = update.generation;
+                link.tenants = config.host.tenants.iter().map(|t| t.id).collect();
+            }
             // Frames of removed tenants come back: recycle their buffers.
             for pending in self.shapers.reconfigure(config, now) {
                 egress.count_drop(pending.ingress, DropReason::QueueFull);
@@ -602,7 +701,9 @@ impl DataPath {
         }
         egress.deadline_slots = deadline_slots(&egress.ports);
         self.publish_shaper_counters();
-        if let Some(done) = update.done {
+        if let Some(joined) = update.joined {
+            joined.report(removed);
+        } else if let Some(done) = update.done {
             let _ = done.send(removed);
         }
     }
@@ -848,8 +949,14 @@ impl DataPath {
         }
     }
 
-    /// Copy the shapers' per-tenant counters to the shared stats.
-    fn publish_shaper_counters(&self) {
+    /// Copy the shapers' per-tenant counters to the shared stats (one loop of several
+    /// publishes them to the coordinator, which adds them up).
+    fn publish_shaper_counters(&mut self) {
+        if self.link.is_some() {
+            let now = self.now();
+            self.publish_to_splitter(now);
+            return;
+        }
         let stats = &self.egress.stats;
         let shapers = &self.shapers;
         for (gauges, shaper) in [
@@ -1040,10 +1147,18 @@ impl Egress {
         self.count_drop(ingress, reason);
     }
 
-    /// Poll `port` in a new slot, marked ready (it may hold frames already).
-    fn add_port(&mut self, registry: &Registry, port: Box<dyn Port>) -> io::Result<()> {
+    /// Poll `port` in a new slot, marked ready (it may hold frames already); or only write
+    /// to it, unless `owned`.
+    fn add_port(
+        &mut self,
+        registry: &Registry,
+        port: Box<dyn Port>,
+        owned: bool,
+    ) -> io::Result<()> {
         let slot = self.ports.len();
-        register(registry, port.as_ref(), slot)?;
+        if owned {
+            register(registry, port.as_ref(), slot)?;
+        }
         for id in port.carries() {
             if self.slot_of.len() <= id.index() {
                 self.slot_of.resize(id.index() + 1, None);
@@ -1051,7 +1166,8 @@ impl Egress {
             self.slot_of[id.index()] = Some(slot);
         }
         self.ports.push(port);
-        self.ready.push(true);
+        self.ready.push(owned);
+        self.owned.push(owned);
         Ok(())
     }
 
@@ -1114,6 +1230,8 @@ fn convert<'a>(
         (Offload::None, Offload::None) | (Offload::VnetHeader, Offload::VnetHeader) => Ok(frame),
     }
 }
+
+pub mod threads;
 
 #[cfg(test)]
 pub(crate) mod harness;

@@ -110,6 +110,12 @@ enum Command {
         /// where the kernel caps real-time CPU time and netd may use it, else normal.
         #[arg(long, value_name = "normal|realtime[:N]")]
         datapath_priority: Option<Priority>,
+        /// Data-path threads: each owns a share of the servers' TAPs and its own shaper, the
+        /// host's rates split among them every millisecond. Servers' TAPs only (no gateways,
+        /// uplink or hosts); with --datapath-cpu C, thread k runs on CPU C+k.
+        #[arg(long, value_name = "N", default_value_t = 1,
+              value_parser = clap::value_parser!(u16).range(1..=netd::datapath::threads::MAX_THREADS as i64))]
+        datapath_threads: u16,
         /// Upgrade: take the servers' TAPs over from the netd running this topology (over its
         /// control socket), which then exits without tearing down; forwarding pauses for
         /// milliseconds and no connection is lost.
@@ -337,6 +343,7 @@ fn main() -> ExitCode {
             metrics_token_file,
             datapath_cpu,
             datapath_priority,
+            datapath_threads,
             take_over,
         } => {
             let config = match store.config() {
@@ -384,7 +391,8 @@ fn main() -> ExitCode {
             // Refuse a CPU netd may not run on before anything is created.
             if let Some(cpu) = datapath_cpu {
                 let allowed = netd::kernel::sys::allowed_cpus().unwrap_or_default();
-                if !allowed.contains(&cpu) {
+                let wanted = cpu..cpu + usize::from(datapath_threads);
+                if let Some(cpu) = wanted.into_iter().find(|c| !allowed.contains(c)) {
                     let list: Vec<String> = allowed.iter().map(ToString::to_string).collect();
                     eprintln!(
                         "error: --datapath-cpu {cpu}: netd may run only on CPUs {}",
@@ -413,6 +421,7 @@ fn main() -> ExitCode {
                 metrics_token_file,
                 datapath_cpu,
                 datapath_priority,
+                datapath_threads: usize::from(datapath_threads),
                 take_over,
                 relaunch: relaunch(),
                 cluster,

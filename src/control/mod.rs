@@ -726,7 +726,14 @@ impl Control {
             }
         };
         let diff = Diff::between(&state.topology, &new);
-        if let Some(why) = routing_change_not_live(&state.topology, &new) {
+        let threads = state.datapath.threads();
+        let not_live = routing_change_not_live(&state.topology, &new).or_else(|| {
+            (threads > 1)
+                .then(|| crate::datapath::threads::refusal(&new))
+                .flatten()
+                .map(|why| format!("{why} (netd runs {threads} data-path threads)"))
+        });
+        if let Some(why) = not_live {
             let err = ControlError::NotLive(why);
             warn!(origin, action, cause = %err, "control change rejected; nothing changed");
             return Err(err);
@@ -880,6 +887,7 @@ impl Control {
             shaper,
             stats: stats.clone(),
             done: Some(done),
+            ..Update::default()
         };
         let start = Instant::now();
         if let Err(update) = state.datapath.send(update) {

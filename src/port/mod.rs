@@ -176,4 +176,11 @@ pub trait Port: Debug + Send {
     /// Let a port without an fd run its timers at `now`; it may have frames to read after.
     /// The data path also reads such a port after every frame it writes to it.
     fn poll(&mut self, _now: Nanos) {}
+
+    /// Return a second handle on the same device, for another data-path thread to write to
+    /// (only the thread that owns the port reads it); `None` for a port whose state only
+    /// one thread may drive (a gateway's stack, the tunnel's held writes).
+    fn share(&self) -> io::Result<Option<Box<dyn Port>>> {
+        Ok(None)
+    }
 }

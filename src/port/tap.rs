@@ -36,6 +36,13 @@ impl Port for TapPort {
         Some(self.file.as_raw_fd())
     }
 
+    /// Writes to a TAP from several fds of one open file are whole frames each: any thread
+    /// may write while its owner reads.
+    fn share(&self) -> io::Result<Option<Box<dyn Port>>> {
+        let file = self.file.try_clone()?;
+        Ok(Some(Box::new(TapPort::new(self.id, file, self.offload))))
+    }
+
     #[inline]
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         self.file.read(buf)

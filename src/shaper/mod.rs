@@ -333,6 +333,22 @@ impl TenantCounters {
     pub fn sent_bytes(&self) -> u64 {
         self.own_bytes + self.borrowed_bytes
     }
+
+    /// Return these counters and `other`'s added (one tenant over several shapers).
+    pub fn plus(self, other: &TenantCounters) -> TenantCounters {
+        TenantCounters {
+            own_frames: self.own_frames + other.own_frames,
+            own_bytes: self.own_bytes + other.own_bytes,
+            borrowed_frames: self.borrowed_frames + other.borrowed_frames,
+            borrowed_bytes: self.borrowed_bytes + other.borrowed_bytes,
+            queued_frames: self.queued_frames + other.queued_frames,
+            queued_bytes: self.queued_bytes + other.queued_bytes,
+            dropped_frames: self.dropped_frames + other.dropped_frames,
+            dropped_bytes: self.dropped_bytes + other.dropped_bytes,
+            marked_frames: self.marked_frames + other.marked_frames,
+            cut_frames: self.cut_frames + other.cut_frames,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -73,10 +73,45 @@ impl Splitter {
         self.split(&idle)
     }
 
+    /// Return the number of threads split among.
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// Split `config` from now on, remembering each kept tenant's counters (by id), so the
+    /// next epoch's demands stay measured over one epoch.
+    pub fn rebase(&mut self, config: ShaperConfig) {
+        let last = (0..self.threads)
+            .map(|k| {
+                config
+                    .tenants
+                    .iter()
+                    .map(|t| {
+                        let old = self.config.tenants.iter().position(|o| o.id == t.id);
+                        old.and_then(|i| self.last[k].get(i).copied())
+                            .unwrap_or((0, 0))
+                    })
+                    .collect()
+            })
+            .collect();
+        self.last = last;
+        self.config = config;
+    }
+
     /// Read each thread's cumulative counters, `counters[thread][tenant index]` in the order
     /// of the config's tenants, and return each thread's config for the next epoch.
     pub fn split(&mut self, counters: &[Vec<TenantCounters>]) -> Vec<ShaperConfig> {
-        let demand = self.demands(counters);
+        self.split_over(counters, self.epoch)
+    }
+
+    /// [`Splitter::split`] when `elapsed` ns have passed since the last split (a thread
+    /// that runs the split wakes a little late, never exactly on the epoch).
+    pub fn split_over(
+        &mut self,
+        counters: &[Vec<TenantCounters>],
+        elapsed: Nanos,
+    ) -> Vec<ShaperConfig> {
+        let demand = self.demands(counters, elapsed.max(1));
         let tenants: Vec<Demand> = self
             .config
             .tenants
@@ -140,8 +175,8 @@ impl Splitter {
 
     /// Return each (thread, tenant) demand in bit/s over the last epoch (`u64::MAX` when
     /// hungry), and remember the counters for the next one.
-    fn demands(&mut self, counters: &[Vec<TenantCounters>]) -> Vec<Vec<u64>> {
-        let epoch = u128::from(self.epoch);
+    fn demands(&mut self, counters: &[Vec<TenantCounters>], elapsed: Nanos) -> Vec<Vec<u64>> {
+        let epoch = u128::from(elapsed);
         self.last
             .iter_mut()
             .enumerate()
