@@ -109,10 +109,24 @@ fn run_phase(topo: &TestTopology, tenants: &[&str], secs: u32) -> Vec<f64> {
 
 #[test]
 fn three_tenants_get_their_entitlement_and_share_an_idle_tenants_bandwidth_by_weight() {
+    three_tenants_share(&[]);
+}
+
+/// The same with two data-path loops: each tenant's sender and receiver are read by
+/// different loops (ports 2k and 2k+1), so every tenant's rates are split between the two
+/// shapers every millisecond.
+#[test]
+fn two_data_path_loops_keep_every_entitlement_and_loan() {
+    three_tenants_share(&["--datapath-threads", "2"]);
+}
+
+/// Run the three tenants all busy, then t3 idle, through netd started with `extra`; check
+/// every tenant's TCP goodput against its entitlement.
+fn three_tenants_share(extra: &[&str]) {
     require_privileges();
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let topo = TestTopology::new(THREE_TENANTS);
-    let _netd = Daemon::start(&topo, &[]);
+    let _netd = Daemon::start(&topo, extra);
     let mbit = 1e6;
     let guaranteed = [150.0 * mbit, 90.0 * mbit, 60.0 * mbit];
     let ceiling = [300.0 * mbit; 3];

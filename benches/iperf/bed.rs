@@ -29,6 +29,9 @@ pub struct Bed {
     /// A second netd started with `--datapath-priority normal` (`{prefix}m-*`), brought up
     /// with [`Bed::add_netd_normal`] (throughput only).
     pub netd_normal: Option<NetdBed>,
+    /// A third netd started with `--datapath-threads` (`{prefix}t-*`), brought up with
+    /// [`Bed::add_netd_threads`] (throughput only).
+    pub netd_threads: Option<NetdBed>,
 }
 
 impl Bed {
@@ -43,6 +46,7 @@ impl Bed {
             kernel,
             peers: Vec::new(),
             netd_normal: None,
+            netd_threads: None,
         };
         if ctx.ecn {
             bed.ask_for_ecn()?;
@@ -78,6 +82,19 @@ impl Bed {
         Ok(vec![Side::NetdNormalPriority])
     }
 
+    /// Bring up a netd with `--datapath-threads` as `--netd-threads` asks (none for 1);
+    /// return its side (none or one).
+    pub fn add_netd_threads(&mut self, ctx: &Ctx) -> Result<Vec<Side>> {
+        if ctx.netd_threads <= 1 {
+            return Ok(Vec::new());
+        }
+        let mut args = ctx.netd_args.clone();
+        args.push(format!("--datapath-threads={}", ctx.netd_threads));
+        let bed = NetdBed::up(&self.topo, &format!("{}t", ctx.prefix), &ctx.tmp, &args)?;
+        self.netd_threads = Some(bed);
+        Ok(vec![Side::NetdThreads(ctx.netd_threads)])
+    }
+
     /// Return the netd instance behind `side`, if it is a netd side.
     pub fn netd_of(&self, side: Side) -> Result<&NetdBed> {
         match side {
@@ -86,6 +103,10 @@ impl Bed {
                 .netd_normal
                 .as_ref()
                 .context("netd at normal priority is not up"),
+            Side::NetdThreads(_) => self
+                .netd_threads
+                .as_ref()
+                .context("netd with several data-path threads is not up"),
             Side::Kernel(..) | Side::Peer(_) => bail!("{} is not netd", side.label()),
         }
     }
@@ -123,7 +144,7 @@ impl Bed {
     /// Return the namespace of `server` on `side`.
     pub fn ns(&self, side: Side, server: &str) -> String {
         match side {
-            Side::Netd | Side::NetdNormalPriority => self
+            Side::Netd | Side::NetdNormalPriority | Side::NetdThreads(_) => self
                 .netd_of(side)
                 .map_or_else(|_| "netd-not-up".into(), |n| n.ns(server)),
             Side::Kernel(..) => self.kernel.ns(server),
@@ -147,7 +168,7 @@ impl Bed {
     /// own view, against which the runner cross-checks its L2 figures.
     pub fn switch_bytes(&self, side: Side) -> Result<Vec<u64>> {
         match side {
-            Side::Netd | Side::NetdNormalPriority => {
+            Side::Netd | Side::NetdNormalPriority | Side::NetdThreads(_) => {
                 let names: Vec<String> = self.topo.tenants.iter().map(|t| t.name.clone()).collect();
                 self.netd_of(side)?.charged_bytes(&names)
             }
@@ -159,7 +180,9 @@ impl Bed {
     /// Return the pid whose CPU time is the switch's own (netd; none for the kernel).
     pub fn pid(&self, side: Side) -> Option<u32> {
         match side {
-            Side::Netd | Side::NetdNormalPriority => self.netd_of(side).ok()?.pid(),
+            Side::Netd | Side::NetdNormalPriority | Side::NetdThreads(_) => {
+                self.netd_of(side).ok()?.pid()
+            }
             Side::Kernel(..) => None,
             Side::Peer(p) => self.peer(p).ok().and_then(PeerBed::pid),
         }

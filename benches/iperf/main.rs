@@ -82,6 +82,10 @@ struct Args {
     /// An argument for every `netd up` (repeat for several), e.g. `--netd-arg=--datapath-cpu=1`.
     #[arg(long = "netd-arg", allow_hyphen_values = true)]
     netd_args: Vec<String>,
+    /// Also run the throughput scenario with a netd of this many data-path threads
+    /// (`--datapath-threads`), beside the one-loop netd (default 1: no extra column).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=64))]
+    netd_threads: u8,
     /// Leave out the peer switches (Open vSwitch netdev, vde_switch) even where installed.
     #[arg(long)]
     no_peers: bool,
@@ -134,6 +138,8 @@ pub struct Ctx {
     pub peers: bool,
     /// Extra arguments for `netd up`.
     pub netd_args: Vec<String>,
+    /// Data-path threads of the throughput scenario's extra netd (1: none).
+    pub netd_threads: u8,
 }
 
 fn sh(args: &[&str]) -> String {
@@ -252,6 +258,7 @@ fn run(args: Args) -> Result<bool> {
         cluster_hosts: args.cluster_hosts.unwrap_or(if quick { 10 } else { 100 }),
         peers: !args.no_peers,
         netd_args: args.netd_args.clone(),
+        netd_threads: args.netd_threads,
     };
     let meta = json!({
         "started": stamp,

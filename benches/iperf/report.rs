@@ -21,6 +21,9 @@ pub enum Side {
     /// The same netd with its data-path thread moved to normal (CFS) priority, as
     /// `--datapath-priority normal` runs it: what the real-time default buys, in the same run.
     NetdNormalPriority,
+    /// The same netd with `--datapath-threads N` (`--netd-threads`): whether more loops
+    /// than one cost anything on this machine, in the same run.
+    NetdThreads(u8),
     Kernel(Htb, Offloads),
     /// A peer switch (throughput only, where installed).
     Peer(Peer),
@@ -32,6 +35,7 @@ impl Side {
         match self {
             Side::Netd => Column::Netd,
             Side::NetdNormalPriority => Column::NetdNormalPriority,
+            Side::NetdThreads(_) => Column::NetdThreads,
             Side::Kernel(Htb::Default, _) => Column::KernelDefault,
             Side::Kernel(Htb::Off, _) => Column::KernelBridge,
             Side::Kernel(Htb::Tuned, o) if o == tap_offloads => Column::KernelTuned,
@@ -48,6 +52,7 @@ impl Side {
         match self {
             Side::Netd => "netd".into(),
             Side::NetdNormalPriority => "netd, normal priority".into(),
+            Side::NetdThreads(n) => format!("netd, {n} data-path threads"),
             Side::Peer(p) => p.label().into(),
             Side::Kernel(Htb::Off, o) => {
                 format!("kernel bridge, no HTB, {o:?} offloads").to_lowercase()
@@ -62,6 +67,7 @@ impl Side {
 pub enum Column {
     Netd,
     NetdNormalPriority,
+    NetdThreads,
     KernelDefault,
     KernelTuned,
     KernelTunedVeth,
@@ -70,9 +76,10 @@ pub enum Column {
     Vde,
 }
 
-const COLUMNS: [Column; 8] = [
+const COLUMNS: [Column; 9] = [
     Column::Netd,
     Column::NetdNormalPriority,
+    Column::NetdThreads,
     Column::KernelDefault,
     Column::KernelTuned,
     Column::KernelTunedVeth,
@@ -256,6 +263,7 @@ pub fn markdown(header: &str, rows: &[Row]) -> String {
     let switches: Vec<(Column, &str)> = [
         (Column::Netd, "netd"),
         (Column::NetdNormalPriority, "netd, normal priority"),
+        (Column::NetdThreads, "netd, data-path threads"),
         (Column::KernelDefault, "kernel default HTB"),
         (Column::KernelTuned, "kernel tuned HTB"),
         (Column::KernelTunedVeth, "kernel tuned, veth offloads"),

@@ -741,7 +741,7 @@ pub fn ratechange(ctx: &Ctx) -> Result<Outcome> {
                         Ok(())
                     }
                     Side::Kernel(..) => bed.kernel.change_guarantees(&[(0, n1), (1, n2)]),
-                    Side::Peer(_) | Side::NetdNormalPriority => {
+                    Side::Peer(_) | Side::NetdNormalPriority | Side::NetdThreads(_) => {
                         anyhow::bail!("{} runs in the throughput scenario only", side.label())
                     }
                 }),
@@ -764,7 +764,7 @@ pub fn ratechange(ctx: &Ctx) -> Result<Outcome> {
                         .cli(&["set-rate", &names[0], "--guaranteed", &mbit(g1)])?;
                 }
                 Side::Kernel(..) => bed.kernel.change_guarantees(&[(1, g2), (0, g1)])?,
-                Side::Peer(_) | Side::NetdNormalPriority => {
+                Side::Peer(_) | Side::NetdNormalPriority | Side::NetdThreads(_) => {
                     anyhow::bail!("{} runs in the throughput scenario only", side.label())
                 }
             }

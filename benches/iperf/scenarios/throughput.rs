@@ -48,6 +48,8 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
     let mut sides = vec![Side::Netd];
     // A second netd at normal priority: what the real-time default buys, in the same run.
     sides.extend(bed.add_netd_normal(ctx)?);
+    // And one with several data-path loops, when asked (`--netd-threads`).
+    sides.extend(bed.add_netd_threads(ctx)?);
     sides.push(Side::Kernel(Htb::Tuned, ctx.tap_offloads));
     if ctx.tap_offloads != Offloads::Veth {
         sides.push(Side::Kernel(Htb::Tuned, Offloads::Veth));
@@ -95,7 +97,10 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
                 } else {
                     fig.add(&format!("{kind}: goodput"), side, r.goodput / 1e9);
                 }
-                if matches!(side, Side::Netd | Side::NetdNormalPriority | Side::Peer(_)) {
+                if matches!(
+                    side,
+                    Side::Netd | Side::NetdNormalPriority | Side::NetdThreads(_) | Side::Peer(_)
+                ) {
                     // The switch's own process: netd, ovs-vswitchd or vde_switch.
                     fig.add(
                         &format!("{kind}: switch process CPU"),
@@ -103,7 +108,11 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
                         r.switch_cpu_per_gb,
                     );
                 }
-                if matches!(side, Side::Netd | Side::NetdNormalPriority) && udp_len.is_none() {
+                if matches!(
+                    side,
+                    Side::Netd | Side::NetdNormalPriority | Side::NetdThreads(_)
+                ) && udp_len.is_none()
+                {
                     // GB → Gbit: bulk TCP moved per second of one netd core.
                     let per_core = 8.0 / r.switch_cpu_per_gb;
                     fig.add(&format!("{kind}: per netd core"), side, per_core);
@@ -234,7 +243,9 @@ fn one(ctx: &Ctx, bed: &Bed, side: Side, load: &Load) -> Result<One> {
     sleep(Duration::from_secs_f64(ctx.warm))?;
     let pid = bed.pid(side);
     let forwarded = || match side {
-        Side::Netd | Side::NetdNormalPriority => bed.netd_of(side)?.forwarded_frames().map(Some),
+        Side::Netd | Side::NetdNormalPriority | Side::NetdThreads(_) => {
+            bed.netd_of(side)?.forwarded_frames().map(Some)
+        }
         Side::Kernel(..) | Side::Peer(_) => Ok(None),
     };
     let f0 = forwarded()?;
