@@ -551,6 +551,52 @@ mod tests {
         assert_eq!(board.gather(1).map(|c| c[0].len()), Some(1));
     }
 
+    fn one_tenant(guaranteed_mbit: u64) -> ShaperConfig {
+        let mbit = |n: u64| crate::topology::Rate::from_bits_per_sec(n * 1_000_000);
+        ShaperConfig {
+            capacity: mbit(1000),
+            tenants: vec![crate::shaper::TenantConfig {
+                id: TenantId(0),
+                guaranteed: mbit(guaranteed_mbit),
+                ceiling: mbit(1000),
+                weight: 1,
+                ports: Vec::new(),
+            }],
+            queue: Default::default(),
+            burst: Default::default(),
+        }
+    }
+
+    #[test]
+    fn a_change_reaches_every_loop_in_a_new_generation_and_is_done_when_all_applied() {
+        let stats = Arc::new(Stats::new(2, 1));
+        let (split, first) = Split::new(one_tenant(300), 2, stats);
+        assert_eq!(first.len(), 2);
+        let split = Mutex::new(split);
+        let (done, mut applied) = tokio::sync::oneshot::channel();
+        let update = Update {
+            shaper: Some(Shaping::host_only(one_tenant(500))),
+            done: Some(done),
+            ..Update::default()
+        };
+        let parts = split_update(update, 2, &split);
+        assert_eq!(parts.len(), 2);
+        for part in &parts {
+            assert_eq!(part.generation, 1);
+            let host = &part.shaper.as_ref().expect("the new rates").host;
+            // Each loop starts with half the new guarantee.
+            assert_eq!(host.tenants[0].guaranteed.bits_per_sec(), 250_000_000);
+        }
+        let joined: Vec<Joined> = parts.into_iter().filter_map(|p| p.joined).collect();
+        joined[0].report(Vec::new());
+        assert!(
+            applied.try_recv().is_err(),
+            "done before the second loop applied it"
+        );
+        joined[1].report(Vec::new());
+        assert!(applied.try_recv().is_ok_and(|removed| removed.is_empty()));
+    }
+
     #[test]
     fn a_posted_slice_is_taken_once() {
         let board = Board::new(1);

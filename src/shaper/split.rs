@@ -269,6 +269,24 @@ mod tests {
     }
 
     #[test]
+    fn a_rebased_splitter_measures_kept_tenants_from_where_they_were() {
+        let mut splitter = Splitter::new(config(), 2, DEFAULT_EPOCH);
+        let before = vec![vec![sent(1_000_000), sent(2_000)]; 2];
+        splitter.split(&before);
+        // The same tenants in the other order, and nothing sent since.
+        let mut swapped = config();
+        swapped.tenants.reverse();
+        splitter.rebase(swapped.clone());
+        let after = vec![vec![sent(2_000), sent(1_000_000)]; 2];
+        let idle = vec![vec![TenantCounters::default(); 2]; 2];
+        assert_eq!(
+            splitter.split(&after),
+            Splitter::new(swapped, 2, DEFAULT_EPOCH).split(&idle),
+            "the counters from before the change must not read as one epoch's sending"
+        );
+    }
+
+    #[test]
     fn initial_split_is_even_and_sums_to_the_host() {
         let configs = Splitter::new(config(), 4, DEFAULT_EPOCH).initial();
         assert_eq!(configs.len(), 4);
