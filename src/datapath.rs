@@ -55,7 +55,7 @@ use crate::kernel::sys::TimerFd;
 use crate::pool::{self, BufferPool};
 use crate::port::{Offload, Port};
 use crate::quarantine::{self, Quarantine};
-use crate::shaper::{Admit, Nanos, Shaper, Shaping, Signalled};
+use crate::shaper::{Admit, Allowed, Nanos, Shaper, Shaping, Signalled};
 use crate::stats::{DropReason, Stats};
 use crate::storm::StormControl;
 use crate::switch::{Decision, Switch};
@@ -976,13 +976,16 @@ impl DataPath {
 /// signal it understands: an ECN mark if it negotiated ECN, else one segment cut off a TCP
 /// super-frame (it retransmits that one, not the 44 of the whole frame). Anything else is
 /// left as it is.
-fn signal_congestion(pending: &mut Pending) -> Signalled {
+fn signal_congestion(pending: &mut Pending, allowed: Allowed) -> Signalled {
     let header = pending.offload.header_len();
     let Some(frame) = pending.buf.get_mut(header..pending.len) else {
         return Signalled::Unable;
     };
     if segment::mark_congestion_experienced(frame) {
         return Signalled::Marked;
+    }
+    if allowed == Allowed::MarkOnly {
+        return Signalled::Unable;
     }
     let Some(len) = segment::cut_last_segment(&pending.vnet, frame) else {
         return Signalled::Unable;

@@ -71,9 +71,12 @@
 //! one tenant's lane changes.
 //!
 //! **Early signals** ([`Shaper::offer_signalled`]): a bulk frame queued while its lane's
-//! wait is past a target (a quarter of the delay bound) may be handed back to the caller to
-//! mark (ECN) or to cut one segment from: after the wait has been past the target for an
-//! interval (the delay bound), then up to twice per interval while it stays there (CoDel's
+//! wait is past a target ([`QueueLimits::target_delay`], far below the delay bound) may be
+//! handed back to the caller to mark (ECN), and once the wait is past a quarter of the
+//! bound as well, to cut one segment from ([`super::Allowed`]): a mark costs the sender
+//! nothing, a cut segment a retransmission. Signals come after the wait has been past the
+//! target for an interval (four targets), then up to twice per interval while it stays
+//! there (CoDel's
 //! control law, Nichols and Jacobson, capped). A TCP sender thus slows down on one mark or
 //! one lost segment before the queue reaches its bound, where a whole 64 KB super-frame (44
 //! segments) would go.
@@ -84,7 +87,8 @@
 use super::bucket::{Bucket, FINE_PER_BYTE, NEVER, Pool};
 use super::queue::{Arena, Fifo, NO_FLOW};
 use super::{
-    Admit, Nanos, PortConfig, QueueLimits, ShaperConfig, Signalled, TenantConfig, TenantCounters,
+    Admit, Allowed, Nanos, PortConfig, QueueLimits, ShaperConfig, Signalled, TenantConfig,
+    TenantCounters,
 };
 use crate::topology::{PortId, Rate, TenantId};
 
@@ -118,8 +122,10 @@ struct Lane {
     fifo: Fifo,
     /// Frames of flows that had nothing queued: sent before `fifo`.
     sparse: Fifo,
-    /// When the lane's senders are next told to slow down.
+    /// When the lane's senders are next told to slow down with a mark.
     signals: Signals,
+    /// When with a cut segment: the same law on its own target and interval.
+    cuts: Signals,
 }
 
 /// How full a queue is for a frame offered to it.
@@ -129,6 +135,8 @@ enum Room {
     Fits,
     /// It waits longer than the target, within the bound.
     Congested,
+    /// It waits longer than a quarter of the bound too (the cut target), within it.
+    Deep,
     /// Over a bound: it is dropped.
     Full,
 }
@@ -163,7 +171,7 @@ impl Signals {
             }
             // Dropped at the bound: the wait is still past the target, the spell goes on.
             Room::Full => return false,
-            Room::Congested => {}
+            Room::Congested | Room::Deep => {}
         }
         let since = *self.above_since.get_or_insert(now);
         if now < since.saturating_add(interval) || now < self.next {
@@ -189,6 +197,7 @@ impl Lane {
             fifo: Fifo::default(),
             sparse: Fifo::default(),
             signals: Signals::default(),
+            cuts: Signals::default(),
         }
     }
 
@@ -316,6 +325,26 @@ impl<T> Tenant<T> {
             self.arena.append(&mut lanes[0].fifo, &mut lane.fifo);
         }
         self.lanes = lanes;
+    }
+
+    /// Return the signal a bulk frame joining `lane` with `room` may carry now, if one is
+    /// due: marks and cuts each keep their own clock, marks on the signal target, cuts on a
+    /// quarter of the bound (a cut costs a retransmission, and BBR does not slow down for
+    /// one: an early cut would only add losses).
+    fn signal_due(&mut self, lane: usize, room: Room, now: Nanos) -> Option<Allowed> {
+        let limits = &self.limits;
+        let l = &mut self.lanes[lane];
+        let mark = l.signals.due(room, now, limits.signal_interval());
+        let past_cut_target = match room {
+            Room::Congested => Room::Fits,
+            other => other,
+        };
+        let cut = l.cuts.due(past_cut_target, now, limits.max_delay);
+        match (mark, cut) {
+            (_, true) => Some(Allowed::MarkOrCut),
+            (true, false) => Some(Allowed::MarkOnly),
+            (false, false) => None,
+        }
     }
 
     fn queued_frames(&self) -> u32 {
@@ -592,7 +621,7 @@ impl<T> Shaper<T> {
         item: T,
         flow: Option<u32>,
     ) -> Admit<T> {
-        let no_signals: Option<fn(&mut T) -> Signalled> = None;
+        let no_signals: Option<fn(&mut T, Allowed) -> Signalled> = None;
         self.offer_with(now, tenant, port, bytes, item, flow, no_signals)
     }
 
@@ -609,7 +638,7 @@ impl<T> Shaper<T> {
         bytes: u32,
         item: T,
         flow: Option<u32>,
-        signal: impl FnOnce(&mut T) -> Signalled,
+        signal: impl FnOnce(&mut T, Allowed) -> Signalled,
     ) -> Admit<T> {
         self.offer_with(now, tenant, port, bytes, item, flow, Some(signal))
     }
@@ -623,7 +652,7 @@ impl<T> Shaper<T> {
         mut bytes: u32,
         mut item: T,
         flow: Option<u32>,
-        signal: Option<impl FnOnce(&mut T) -> Signalled>,
+        signal: Option<impl FnOnce(&mut T, Allowed) -> Signalled>,
     ) -> Admit<T> {
         let now = self.tick(now);
         let Some(slot) = self.slot(tenant) else {
@@ -663,12 +692,11 @@ impl<T> Shaper<T> {
         }
         // `room` also checks the frame count against the arena, so an admitted push fits.
         let room = t.room(lane, bytes, now, sparse);
-        let interval = t.limits.max_delay;
         if let Some(signal) = signal
             && !sparse
-            && t.lanes[lane].signals.due(room, now, interval)
+            && let Some(allowed) = t.signal_due(lane, room, now)
         {
-            match signal(&mut item) {
+            match signal(&mut item, allowed) {
                 Signalled::Marked => t.counters.marked_frames += 1,
                 Signalled::Cut(left) => {
                     bytes = left;
@@ -969,7 +997,8 @@ impl<T> Tenant<T> {
         // guarantee, shared by its backlogged lanes: the wait at that rate is a bound. (Only
         // a wait past the target needs it: the usual frame skips the scan of the lanes.)
         let bound = u128::from(self.limits.max_delay);
-        let wait = if measured <= bound / 4 {
+        let target = u128::from(self.limits.target_delay);
+        let wait = if measured <= target {
             measured
         } else {
             let lanes = self.lanes.iter().filter(|l| !l.is_empty()).count().max(1);
@@ -979,6 +1008,8 @@ impl<T> Tenant<T> {
         if wait > bound {
             Room::Full
         } else if wait > bound / 4 {
+            Room::Deep
+        } else if wait > target {
             Room::Congested
         } else {
             Room::Fits
@@ -1256,9 +1287,9 @@ mod tests {
     }
 
     /// Offer a 64 KB frame to a 100 Mbit/s tenant every 2 ms (2.6 × its rate) for 400 ms,
-    /// with `signal` asked as the shaper decides; return what each offer did, and the times
-    /// the signal was asked.
-    fn overload(signal: Signalled) -> (Vec<&'static str>, Vec<Nanos>, TenantCounters) {
+    /// with `signal` asked as the shaper decides; return what each offer did, the times the
+    /// signal was asked and what it was allowed to be.
+    fn overload(signal: Signalled) -> (Vec<&'static str>, Vec<(Nanos, Allowed)>, TenantCounters) {
         let mut s = Shaper::new(config(1000, vec![tenant(0, 100, 100, 1)]), 0);
         let (mut admits, mut asked) = (Vec::new(), Vec::new());
         for i in 0..200u32 {
@@ -1271,8 +1302,8 @@ mod tests {
                 65_536,
                 i,
                 None,
-                |_: &mut u32| {
-                    asked.push(now);
+                |_: &mut u32, allowed| {
+                    asked.push((now, allowed));
                     signal
                 },
             );
@@ -1289,13 +1320,24 @@ mod tests {
     fn a_growing_queue_asks_for_an_early_signal_and_counts_what_was_done() {
         let (_, asked, counters) = overload(Signalled::Cut(64_000));
         assert!(asked.len() >= 3, "{asked:?}");
-        // The queue passes 5 ms of wait within a few frames: the first signal comes an
-        // interval (20 ms) after that, and they never come closer than 10 ms.
-        assert!(asked[0] >= 20 * MS, "{asked:?}");
-        assert!(
-            asked.windows(2).all(|w| w[1] - w[0] >= 10 * MS),
-            "{asked:?}"
-        );
+        // The queue passes the 5 ms target within a few frames: the first signal comes an
+        // interval (20 ms) after that, a mark only; marks never come closer than 10 ms.
+        assert!(asked[0].0 >= 20 * MS, "{asked:?}");
+        assert_eq!(asked[0].1, Allowed::MarkOnly, "{asked:?}");
+        let spaced = |kind: Allowed, gap: Nanos| {
+            let times: Vec<Nanos> = asked.iter().filter(|a| a.1 == kind).map(|a| a.0).collect();
+            times.windows(2).all(|w| w[1] - w[0] >= gap)
+        };
+        assert!(spaced(Allowed::MarkOnly, 10 * MS), "{asked:?}");
+        // Cuts wait for a quarter of the 100 ms bound, an interval of 100 ms, and then
+        // never come closer than 50 ms.
+        let cuts: Vec<Nanos> = asked
+            .iter()
+            .filter(|a| a.1 == Allowed::MarkOrCut)
+            .map(|a| a.0)
+            .collect();
+        assert!(!cuts.is_empty() && cuts[0] >= 100 * MS, "{asked:?}");
+        assert!(spaced(Allowed::MarkOrCut, 50 * MS), "{asked:?}");
         assert_eq!(counters.cut_frames, asked.len() as u64);
         let (_, asked, counters) = overload(Signalled::Marked);
         assert_eq!(counters.marked_frames, asked.len() as u64);

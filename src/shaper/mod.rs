@@ -91,8 +91,12 @@ pub struct PortConfig {
 /// rate)`, which [`crate::topology::MIN_RATE`] bounds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QueueLimits {
-    /// Queueing delay bound (default 20 ms, as `[host] queue_delay`).
+    /// Queueing delay bound (default 100 ms, as `[host] queue_delay`).
     pub max_delay: Nanos,
+    /// The early signals' target: a lane whose estimated wait stays past it gets a mark or
+    /// a cut segment (see `hierarchy`). The host's is a quarter of its bound, at most
+    /// [`HOST_SIGNAL_TARGET`]; the uplink's a quarter of its bound.
+    pub target_delay: Nanos,
     /// Bytes always accepted, so slow tenants can hold a few frames (default 64 KiB).
     pub min_bytes: u32,
     /// Frames per tenant; the queue's pre-sized slots (default 4096).
@@ -104,13 +108,30 @@ impl Default for QueueLimits {
         QueueLimits {
             // One default for the topology file and the shaper: `[host] queue_delay`'s.
             max_delay: nanos(ShapingParams::default().queue_delay),
+            target_delay: host_signal_target(ShapingParams::default().queue_delay),
             min_bytes: 64 * 1024,
             max_frames: 4096,
         }
     }
 }
 
+/// The longest early-signal target of the host's shaper (CoDel's 5 ms): a sender that
+/// slows down for a mark or one lost segment keeps its queue near it, however far the
+/// bound is.
+pub const HOST_SIGNAL_TARGET: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// The host shaper's signal target for the bound `queue_delay`.
+fn host_signal_target(queue_delay: std::time::Duration) -> Nanos {
+    nanos((queue_delay / 4).min(HOST_SIGNAL_TARGET))
+}
+
 impl QueueLimits {
+    /// Return how long a lane's wait must stay past the target before its first signal
+    /// (and the spacing of later ones): four targets.
+    pub fn signal_interval(&self) -> Nanos {
+        self.target_delay.saturating_mul(4)
+    }
+
     /// Return the byte bound of a tenant with this ceiling: `max(min_bytes, ceiling × max_delay)`.
     pub fn byte_limit(&self, ceiling: Rate) -> u64 {
         u64::from(self.min_bytes).max(bytes_in(ceiling, self.max_delay))
@@ -199,6 +220,7 @@ impl ShaperConfig {
         let queue = match &t.uplink {
             Some(uplink) => QueueLimits {
                 max_delay: nanos(uplink.queue_delay),
+                target_delay: nanos(uplink.queue_delay / 4),
                 ..host.queue
             },
             None => host.queue,
@@ -236,6 +258,7 @@ impl ShaperConfig {
             tenants,
             queue: QueueLimits {
                 max_delay: nanos(t.shaping.queue_delay),
+                target_delay: host_signal_target(t.shaping.queue_delay),
                 ..QueueLimits::default()
             },
             burst: BurstConfig {
@@ -296,6 +319,18 @@ pub enum Signalled {
     /// Neither was possible (not TCP, or a single segment): it goes on unchanged. Dropping
     /// it instead would only add losses for senders that do not slow down for them.
     Unable,
+}
+
+/// How strong a signal a frame may carry ([`Shaper::offer_signalled`]): an ECN mark loses
+/// nothing, so it comes at the signal target; a cut segment must be retransmitted, and
+/// BBR does not slow down for one, so it comes only once the wait passes a quarter of the
+/// bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Allowed {
+    /// Past the signal target: an ECN mark only.
+    MarkOnly,
+    /// Past a quarter of the bound as well: a mark, or else one segment cut.
+    MarkOrCut,
 }
 
 /// One tenant's counters (a snapshot).
@@ -439,7 +474,7 @@ mod tests {
             BurstConfig::default().bytes_for(Rate::from_bits_per_sec(1_000_000)),
             65_536
         );
-        assert_eq!(QueueLimits::default().byte_limit(g), 2_500_000);
+        assert_eq!(QueueLimits::default().byte_limit(g), 12_500_000);
         assert_eq!(
             QueueLimits::default().byte_limit(Rate::from_bits_per_sec(1_000_000)),
             65_536

@@ -50,7 +50,7 @@ pub struct FileHost {
     /// Aggregate rate, a tc rate such as `"1gbit"`: required.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub capacity: Option<String>,
-    /// Longest a frame may wait in a tenant's shaper queue, e.g. `"20ms"` (the default); optional.
+    /// Longest a frame may wait in a tenant's shaper queue, e.g. `"20ms"` (default 100 ms); optional.
     pub queue_delay: Option<String>,
     /// Token-bucket size as time at the bucket's rate, e.g. `"1ms"`; optional.
     pub burst: Option<String>,

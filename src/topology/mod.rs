@@ -194,12 +194,16 @@ pub struct ShapingParams {
 impl Default for ShapingParams {
     fn default() -> Self {
         ShapingParams {
-            // 20 ms, not less: a TAP orphans the sender's skbs, so TCP gets no backpressure
-            // (no TSQ) and its bursts land here. Measured (two BBR flows borrowing at
-            // 600/360 Mbit/s): a 5 ms bound dropped 11% of t2's bytes as 64 KB super-frames
-            // (~4000 retransmits/s), 20 ms dropped none, and the standing queue (ping
-            // through it) was ~4.4 ms with either: TCP, not this bound, sets it.
-            queue_delay: std::time::Duration::from_millis(20),
+            // A TAP orphans the sender's skbs, so TCP gets no backpressure (no TSQ) and its
+            // bursts land here. Measured (two BBR flows borrowing at 600/360 Mbit/s): a 5 ms
+            // bound dropped 11% of t2's bytes as 64 KB super-frames (~4000 retransmits/s),
+            // 20 ms dropped none, and the standing queue (ping through it) was ~4.4 ms with
+            // either: TCP, not this bound, sets it. But 16 BBR flows of one tenant keep their
+            // cwnd floor (3 super-frames each, ~3 MB) queued whatever the signals: with 20 ms
+            // they lost ~3700 segments per 6 s, with 100 ms 13 (`scripts/shaper-probe
+            // aggressor`). Senders that heed a mark or one lost segment stay near the
+            // signal target (5 ms, `shaper::HOST_SIGNAL_TARGET`), far below this bound.
+            queue_delay: std::time::Duration::from_millis(100),
             burst: std::time::Duration::from_millis(1),
         }
     }

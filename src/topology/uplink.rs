@@ -42,7 +42,7 @@ pub struct Uplink {
     pub queue_delay: Duration,
 }
 
-/// The uplink's default queue bound: 50 ms, where the host's is 20. Downloads reach netd
+/// The uplink's default queue bound: 50 ms. Downloads reach netd
 /// as the edge's GRO super-frames, and the ACKs of a 64 KB frame come back at once, so a
 /// BBR sender keeps 250–400 KB queued whatever its rate. At 65 Mbit/s that is 30–50 ms:
 /// with 20 ms the tenant lost 12% of its download bytes at the bound and ~5500 segments
@@ -356,7 +356,7 @@ ip = "10.1.0.10/24"
         assert_eq!(uplink.queue_delay, UPLINK_QUEUE_DELAY);
         let shaping = crate::shaper::Shaping::from_topology(&topology);
         assert_eq!(shaping.uplink.queue.max_delay, 50_000_000);
-        assert_eq!(shaping.host.queue.max_delay, 20_000_000);
+        assert_eq!(shaping.host.queue.max_delay, 100_000_000);
 
         let text = BASE.replace(
             "capacity = \"100mbit\"",
