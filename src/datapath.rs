@@ -525,7 +525,7 @@ impl DataPath {
             let timeout = if busy {
                 Some(Duration::ZERO)
             } else if self.unpublished {
-                let due = self.last_publish.saturating_add(PUBLISH_EVERY);
+                let due = self.last_publish.saturating_add(self.publish_every());
                 Some(Duration::from_nanos(due.saturating_sub(self.now())))
             } else {
                 None
@@ -586,17 +586,21 @@ impl DataPath {
             self.shapers.release(now, &mut self.egress);
             self.egress.flush_held();
             self.arm_timer(now)?;
-            if now.saturating_sub(self.last_publish) >= PUBLISH_EVERY {
+            if now.saturating_sub(self.last_publish) >= self.publish_every() {
                 self.publish_shaper_counters();
                 self.last_publish = now;
                 self.unpublished = false;
             }
-            if let Some(link) = &self.link
-                && (now.saturating_sub(link.published_at) >= threads::PUBLISH_TO_SPLITTER
-                    || !self.readable())
-            {
-                self.publish_to_splitter(now);
-            }
+        }
+    }
+
+    /// How often the loop publishes its shaper's counters: to the shared stats, or, as one
+    /// loop of several, to the coordinator, which splits the rates every epoch from them.
+    fn publish_every(&self) -> Nanos {
+        if self.link.is_some() {
+            threads::PUBLISH_TO_SPLITTER
+        } else {
+            PUBLISH_EVERY
         }
     }
 
@@ -619,13 +623,13 @@ impl DataPath {
         self.timer_target = None;
     }
 
-    /// Publish this loop's host-shaper counters for the coordinator.
-    fn publish_to_splitter(&mut self, now: Nanos) {
-        let Some(link) = &mut self.link else { return };
+    /// Publish this loop's host-shaper counters for the coordinator, in the order of its
+    /// rates' tenants (the coordinator's order too: one config split).
+    fn publish_to_splitter(&self) {
+        let Some(link) = &self.link else { return };
         let host = &self.shapers.host;
-        let counters = link.tenants.iter().map(|&id| host.counters(id));
+        let counters = host.config().tenants.iter().map(|t| host.counters(t.id));
         link.board.publish(link.thread, link.generation, counters);
-        link.published_at = now;
     }
 
     /// Apply a live change: ports out, ports in, then the new switch, storm limits, counters
@@ -690,7 +694,6 @@ impl DataPath {
         if let Some(config) = update.shaper {
             if let Some(link) = &mut self.link {
                 link.generation = update.generation;
-                link.tenants = config.host.tenants.iter().map(|t| t.id).collect();
             }
             // Frames of removed tenants come back: recycle their buffers.
             for pending in self.shapers.reconfigure(config, now) {
@@ -951,10 +954,9 @@ impl DataPath {
 
     /// Copy the shapers' per-tenant counters to the shared stats (one loop of several
     /// publishes them to the coordinator, which adds them up).
-    fn publish_shaper_counters(&mut self) {
+    fn publish_shaper_counters(&self) {
         if self.link.is_some() {
-            let now = self.now();
-            self.publish_to_splitter(now);
+            self.publish_to_splitter();
             return;
         }
         let stats = &self.egress.stats;

@@ -31,13 +31,14 @@ use crate::shaper::split::{DEFAULT_EPOCH, Splitter};
 use crate::shaper::{Nanos, ShaperConfig, Shaping, TenantCounters};
 use crate::stats::Stats;
 use crate::switch::Switch;
-use crate::topology::{TenantId, Topology};
+use crate::topology::Topology;
 
 /// The most data-path threads `--datapath-threads` accepts.
 pub const MAX_THREADS: usize = 64;
 
-/// How often a busy loop publishes its counters for the coordinator (a loop about to sleep
-/// publishes at once): a quarter of an epoch, so each split reads fresh counters.
+/// How often a loop publishes its counters for the coordinator while it has news (its
+/// ordinary publishing cadence, shortened): a quarter of an epoch, so each split reads
+/// fresh counters.
 pub const PUBLISH_TO_SPLITTER: Nanos = DEFAULT_EPOCH / 4;
 
 /// How often the coordinator copies the summed shaper counters to the shared stats.
@@ -153,7 +154,6 @@ impl Board {
 pub struct Split {
     splitter: Splitter,
     generation: u64,
-    tenants: Vec<TenantId>,
     stats: Arc<Stats>,
 }
 
@@ -164,12 +164,12 @@ impl Split {
         threads: usize,
         stats: Arc<Stats>,
     ) -> (Split, Vec<ShaperConfig>) {
-        let first = Splitter::new(host.clone(), threads, DEFAULT_EPOCH).initial();
-        let tenants = host.tenants.iter().map(|t| t.id).collect();
+        let mut splitter = Splitter::new(host, threads, DEFAULT_EPOCH);
+        // A new splitter's counters are all zero: its first split remembers nothing new.
+        let first = splitter.initial();
         let split = Split {
-            splitter: Splitter::new(host, threads, DEFAULT_EPOCH),
+            splitter,
             generation: 0,
-            tenants,
             stats,
         };
         (split, first)
@@ -178,10 +178,9 @@ impl Split {
     /// Start a new generation with rates `host`; return its number and each loop's first
     /// slice (every rate shared equally).
     pub fn rebase(&mut self, host: ShaperConfig) -> (u64, Vec<ShaperConfig>) {
-        let threads = self.threads();
-        let first = Splitter::new(host.clone(), threads, DEFAULT_EPOCH).initial();
-        self.splitter.rebase(host.clone());
-        self.tenants = host.tenants.iter().map(|t| t.id).collect();
+        // The equal shares come from a fresh splitter: this one keeps its counters.
+        let first = Splitter::new(host.clone(), self.splitter.threads(), DEFAULT_EPOCH).initial();
+        self.splitter.rebase(host);
         self.generation += 1;
         (self.generation, first)
     }
@@ -189,10 +188,6 @@ impl Split {
     /// Count into `stats` from now on (counters grown for new ids).
     pub fn set_stats(&mut self, stats: Arc<Stats>) {
         self.stats = stats;
-    }
-
-    fn threads(&self) -> usize {
-        self.splitter.threads()
     }
 }
 
@@ -248,7 +243,8 @@ impl Coordinator {
 
 /// Copy each tenant's counters summed over the loops to the shared stats.
 fn publish_sums(split: &Split, counters: &[Vec<TenantCounters>]) {
-    for (i, id) in split.tenants.iter().enumerate() {
+    let tenants = split.splitter.config().tenants.iter().map(|t| t.id);
+    for (i, id) in tenants.enumerate() {
         let sum = counters
             .iter()
             .filter_map(|thread| thread.get(i))
@@ -398,7 +394,7 @@ impl Group {
                 host,
                 uplink: shaping.uplink.clone(),
             };
-            let link = ThreadLink::new(thread, board.clone(), &shaping.host);
+            let link = ThreadLink::new(thread, board.clone());
             let (mut datapath, its_stop) =
                 DataPath::new(switch.clone(), shaping, Vec::new(), stats.clone())?;
             datapath.join_group(link, flag.clone());
@@ -510,20 +506,14 @@ pub struct ThreadLink {
     pub thread: usize,
     pub board: Arc<Board>,
     pub generation: u64,
-    /// The tenants of the generation's rates, in their order (what it publishes).
-    pub tenants: Vec<TenantId>,
-    /// When it last published.
-    pub published_at: Nanos,
 }
 
 impl ThreadLink {
-    pub fn new(thread: usize, board: Arc<Board>, host: &ShaperConfig) -> ThreadLink {
+    pub fn new(thread: usize, board: Arc<Board>) -> ThreadLink {
         ThreadLink {
             thread,
             board,
             generation: 0,
-            tenants: host.tenants.iter().map(|t| t.id).collect(),
-            published_at: 0,
         }
     }
 }
@@ -531,6 +521,7 @@ impl ThreadLink {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::topology::TenantId;
 
     #[test]
     fn ports_are_owned_round_robin_and_one_thread_owns_all() {

@@ -73,6 +73,11 @@ impl Splitter {
         self.split(&idle)
     }
 
+    /// Return the rates being split (as one shaper would have them).
+    pub fn config(&self) -> &ShaperConfig {
+        &self.config
+    }
+
     /// Return the number of threads split among.
     pub fn threads(&self) -> usize {
         self.threads
