@@ -172,9 +172,7 @@ pub async fn up(
     // Root, /dev/net/tun and iproute2 first: the clearest refusal (and the socket needs root).
     kernel::check_privileges()?;
     let threads = options.datapath_threads.max(1);
-    if threads > 1
-        && let Some(why) = threads::refusal(&topology)
-    {
+    if let Some(why) = threads::refusal(&topology, threads) {
         return Err(DaemonError::Threads { threads, why });
     }
     // The operator's token files are read before anything exists, so a bad one creates nothing.
@@ -218,11 +216,7 @@ pub async fn up(
     } = prepared;
     let updates = datapath.update_handle();
     let (thread, priority) = datapath
-        .spawn(
-            options.datapath_cpu,
-            options.datapath_priority,
-            stop.clone(),
-        )
+        .spawn(options.datapath_cpu, options.datapath_priority)
         .map_err(DaemonError::StartDataPath)?;
     info!(%priority, cpu = options.datapath_cpu, threads, "data path running");
     let mut finished = tokio::task::spawn_blocking(move || thread.join());
@@ -494,9 +488,7 @@ fn take_over(
                 DaemonError::HandedTopology(errors.join("; "))
             })
             .and_then(|topology| {
-                if threads > 1
-                    && let Some(why) = threads::refusal(&topology)
-                {
+                if let Some(why) = threads::refusal(&topology, threads) {
                     return Err(DaemonError::Threads { threads, why });
                 }
                 let prepared = prepare(&topology, Vec::new(), offload, threads)?;

@@ -290,23 +290,20 @@ impl UpdateHandle {
             Some(split) => threads::split_update(update, self.loops.len(), split),
             None => vec![update],
         };
-        let mut gone = false;
+        let mut failed = None;
         for ((tx, waker), part) in self.loops.iter().zip(parts) {
-            if let Err(err) = tx.send(part) {
-                if self.loops.len() == 1 {
-                    return Err(Box::new(err.0));
+            match tx.send(part) {
+                Ok(()) => {
+                    if let Err(err) = waker.wake() {
+                        warn!(cause = %err, "cannot wake the data path");
+                    }
                 }
-                gone = true;
-                continue;
-            }
-            if let Err(err) = waker.wake() {
-                warn!(cause = %err, "cannot wake the data path");
+                Err(err) => {
+                    failed.get_or_insert(Box::new(err.0));
+                }
             }
         }
-        if gone {
-            return Err(Box::default());
-        }
-        Ok(())
+        failed.map_or(Ok(()), Err)
     }
 
     /// Return the number of loops.
@@ -615,11 +612,8 @@ impl DataPath {
             return;
         }
         let now = self.now();
-        for pending in self.shapers.host.reconfigure(posted.config, now) {
-            self.egress
-                .count_drop(pending.ingress, DropReason::QueueFull);
-            self.egress.pool.give(pending.buf);
-        }
+        let evicted = self.shapers.host.reconfigure(posted.config, now);
+        self.egress.drop_evicted(evicted);
         self.timer_target = None;
     }
 
@@ -695,11 +689,7 @@ impl DataPath {
             if let Some(link) = &mut self.link {
                 link.generation = update.generation;
             }
-            // Frames of removed tenants come back: recycle their buffers.
-            for pending in self.shapers.reconfigure(config, now) {
-                egress.count_drop(pending.ingress, DropReason::QueueFull);
-                egress.pool.give(pending.buf);
-            }
+            egress.drop_evicted(self.shapers.reconfigure(config, now));
             self.timer_target = None;
         }
         egress.deadline_slots = deadline_slots(&egress.ports);
@@ -1141,6 +1131,15 @@ impl Egress {
             if let Some(port) = self.ports.get_mut(slot) {
                 port.flush();
             }
+        }
+    }
+
+    /// Count the frames a shaper handed back from tenants it no longer has as dropped, and
+    /// recycle their buffers.
+    fn drop_evicted(&mut self, evicted: Vec<Pending>) {
+        for pending in evicted {
+            self.count_drop(pending.ingress, DropReason::QueueFull);
+            self.pool.give(pending.buf);
         }
     }
 

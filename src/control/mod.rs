@@ -728,9 +728,7 @@ impl Control {
         let diff = Diff::between(&state.topology, &new);
         let threads = state.datapath.threads();
         let not_live = routing_change_not_live(&state.topology, &new).or_else(|| {
-            (threads > 1)
-                .then(|| crate::datapath::threads::refusal(&new))
-                .flatten()
+            crate::datapath::threads::refusal(&new, threads)
                 .map(|why| format!("{why} (netd runs {threads} data-path threads)"))
         });
         if let Some(why) = not_live {

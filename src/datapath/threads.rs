@@ -44,8 +44,12 @@ pub const PUBLISH_TO_SPLITTER: Nanos = DEFAULT_EPOCH / 4;
 /// How often the coordinator copies the summed shaper counters to the shared stats.
 const PUBLISH_EVERY: Duration = Duration::from_millis(50);
 
-/// Why `topology` cannot run on more than one data-path thread, if it cannot.
-pub fn refusal(topology: &Topology) -> Option<String> {
+/// Why `topology` cannot run on `threads` data-path loops, if it cannot (one loop runs
+/// anything).
+pub fn refusal(topology: &Topology, threads: usize) -> Option<String> {
+    if threads <= 1 {
+        return None;
+    }
     let mut parts = Vec::new();
     if topology.tenants.iter().any(|t| t.gateway.is_some()) {
         parts.push("tenant gateways");
@@ -84,10 +88,10 @@ struct Slot {
 }
 
 /// A loop's counters as it last published them.
-#[derive(Debug, Default, Clone)]
-pub struct Published {
-    pub generation: u64,
-    pub tenants: Vec<TenantCounters>,
+#[derive(Debug, Default)]
+struct Published {
+    generation: u64,
+    tenants: Vec<TenantCounters>,
 }
 
 /// A loop's slice of the rates, for the generation it was split from.
@@ -103,11 +107,6 @@ impl Board {
         Board {
             slots: (0..threads.max(1)).map(|_| Slot::default()).collect(),
         }
-    }
-
-    /// Return the number of loops.
-    pub fn threads(&self) -> usize {
-        self.slots.len()
     }
 
     /// Publish loop `thread`'s counters (it holds the lock for a copy only).
@@ -289,6 +288,34 @@ impl Joined {
     }
 }
 
+/// Give `port` to the loop (of `threads`) that owns it and a write-only handle on it to
+/// every other loop, through `give(loop, port, owned)`. Every loop that can get its part
+/// gets it; the first failure (a port that cannot be shared, or `give`'s) is returned.
+fn deal(
+    port: Box<dyn Port>,
+    threads: usize,
+    mut give: impl FnMut(usize, Box<dyn Port>, bool) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    let owner = owner_of(port.id().index(), threads);
+    let mut result = Ok(());
+    for thread in (0..threads).filter(|&t| t != owner) {
+        let handle = port.share().and_then(|handle| {
+            handle.ok_or_else(|| {
+                std::io::Error::other(format!(
+                    "port {} cannot be shared between data-path threads",
+                    port.id()
+                ))
+            })
+        });
+        let given = handle.and_then(|handle| give(thread, handle, false));
+        if result.is_ok() {
+            result = given;
+        }
+    }
+    let given = give(owner, port, true);
+    result.and(given)
+}
+
 /// Cut `update` into one part per loop: the ports each owns, write-only handles on the
 /// others, the same switch and counters, and a new generation of split rates.
 pub fn split_update(update: Update, threads: usize, split: &Mutex<Split>) -> Vec<Update> {
@@ -318,19 +345,21 @@ pub fn split_update(update: Update, threads: usize, split: &Mutex<Split>) -> Vec
         })
         .collect();
     for port in add {
-        let owner = owner_of(port.id().index(), threads);
-        for (thread, part) in parts.iter_mut().enumerate() {
-            if thread == owner {
-                continue;
+        let id = port.id();
+        let dealt = deal(port, threads, |thread, port, owned| {
+            let part = &mut parts[thread];
+            if owned {
+                &mut part.add
+            } else {
+                &mut part.shared
             }
-            match port.share() {
-                Ok(Some(handle)) => part.shared.push(handle),
-                // `refusal` keeps such ports out of a topology with several loops.
-                Ok(None) => warn!(port = %port.id(), "port cannot be shared between loops"),
-                Err(err) => warn!(port = %port.id(), cause = %err, "cannot share port"),
-            }
+            .push(port);
+            Ok(())
+        });
+        // `refusal` keeps ports that cannot be shared out of a topology with several loops.
+        if let Err(err) = dealt {
+            warn!(port = %id, cause = %err, "cannot share port");
         }
-        parts[owner].add.push(port);
     }
     let mut split = lock(split);
     if let Some(stats) = &stats {
@@ -354,6 +383,7 @@ pub struct Group {
     loops: Vec<DataPath>,
     coordinator: Option<Coordinator>,
     handle: UpdateHandle,
+    stop: StopHandle,
 }
 
 impl Group {
@@ -373,6 +403,7 @@ impl Group {
                 loops: vec![datapath],
                 coordinator: None,
                 handle,
+                stop: stop.clone(),
             };
             return Ok((group, stop));
         }
@@ -407,6 +438,7 @@ impl Group {
             loops,
             coordinator,
             handle,
+            stop: stop.clone(),
         };
         group.attach(ports)?;
         Ok((group, stop))
@@ -420,19 +452,14 @@ impl Group {
             return self.loops[0].attach(ports);
         }
         for port in ports {
-            let owner = owner_of(port.id().index(), threads);
-            for (thread, datapath) in self.loops.iter_mut().enumerate() {
-                if thread != owner {
-                    let handle = port.share()?.ok_or_else(|| {
-                        std::io::Error::other(format!(
-                            "port {} cannot be shared between data-path threads",
-                            port.id()
-                        ))
-                    })?;
-                    datapath.attach_shared(vec![handle])?;
+            deal(port, threads, |thread, port, owned| {
+                let datapath = &mut self.loops[thread];
+                if owned {
+                    datapath.attach(vec![port])
+                } else {
+                    datapath.attach_shared(vec![port])
                 }
-            }
-            self.loops[owner].attach(vec![port])?;
+            })?;
         }
         Ok(())
     }
@@ -449,8 +476,8 @@ impl Group {
         self,
         cpu: Option<usize>,
         priority: Option<Priority>,
-        stop: StopHandle,
     ) -> std::io::Result<(JoinHandle<std::io::Result<()>>, Priority)> {
+        let stop = self.stop;
         let mut running = Vec::with_capacity(self.loops.len());
         let mut granted = None;
         for (k, datapath) in self.loops.into_iter().enumerate() {
@@ -586,6 +613,22 @@ mod tests {
         );
         joined[1].report(Vec::new());
         assert!(applied.try_recv().is_ok_and(|removed| removed.is_empty()));
+    }
+
+    #[test]
+    fn a_port_goes_to_its_owner_even_when_the_others_cannot_share_it() {
+        use crate::port::{MemoryPort, Offload};
+        use crate::topology::PortId;
+        // A memory port cannot be shared: loops 0 and 1 get nothing, loop 2 (5 mod 3) the
+        // port itself, and the failure is reported.
+        let (port, _peer) = MemoryPort::pair(PortId(5), Offload::None).expect("a socket pair");
+        let mut given = Vec::new();
+        let dealt = deal(Box::new(port), 3, |thread, port, owned| {
+            given.push((thread, port.id(), owned));
+            Ok(())
+        });
+        assert!(dealt.is_err());
+        assert_eq!(given, vec![(2, PortId(5), true)]);
     }
 
     #[test]
