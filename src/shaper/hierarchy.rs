@@ -123,7 +123,7 @@ struct Lane {
     /// Frames of flows that had nothing queued: sent before `fifo`.
     sparse: Fifo,
     /// When the lane's senders are next told to slow down with a mark.
-    signals: Signals,
+    marks: Signals,
     /// When with a cut segment: the same law on its own target and interval.
     cuts: Signals,
 }
@@ -196,7 +196,7 @@ impl Lane {
             tag: 0,
             fifo: Fifo::default(),
             sparse: Fifo::default(),
-            signals: Signals::default(),
+            marks: Signals::default(),
             cuts: Signals::default(),
         }
     }
@@ -334,7 +334,7 @@ impl<T> Tenant<T> {
     fn signal_due(&mut self, lane: usize, room: Room, now: Nanos) -> Option<Allowed> {
         let limits = &self.limits;
         let l = &mut self.lanes[lane];
-        let mark = l.signals.due(room, now, limits.signal_interval());
+        let mark = l.marks.due(room, now, limits.signal_interval());
         let past_cut_target = match room {
             Room::Congested => Room::Fits,
             other => other,
